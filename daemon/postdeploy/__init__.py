@@ -1,0 +1,3 @@
+"""postdeploy: a post-deploy production monitor."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,256 @@
+"""The configuration file: pydantic models, TOML loading, and `PATH: key: message` errors.
+
+Every table forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. `[defaults]` holds the window settings; each `[repos.NAME]` table may override any of
+them, and `Config.window_settings(name)` returns the merged, effective values for one repo.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
+
+from postdeploy.layout import NAME_RE, valid_name
+
+DEFAULT_CONFIG_PATH = "/etc/postdeploy/config.toml"
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _check_argv(argv: list[str]) -> list[str]:
+    if not argv:
+        raise ValueError("must name a program: a non-empty list of strings")
+    if not argv[0]:
+        raise ValueError("the program name (first element) is empty")
+    return argv
+
+
+Argv = Annotated[list[str], AfterValidator(_check_argv)]
+
+
+class _Table(BaseModel):
+    """Base for every TOML table: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WindowOverrides(_Table):
+    """The window keys that `[defaults]` sets and each `[repos.NAME]` may override."""
+
+    window_s: PositiveFloat | None = None
+    interval_s: PositiveFloat | None = None
+    initial_delay_s: NonNegativeFloat | None = None
+    fail_threshold: Annotated[int, Field(ge=1)] | None = None
+    fivexx_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_samples: Annotated[int, Field(ge=1)] | None = None
+    probe_timeout_s: PositiveFloat | None = None
+    auto_rollback: bool | None = None
+    rollback_timeout_s: PositiveFloat | None = None
+    mode: Literal["act", "shadow"] | None = None
+
+
+class WindowSettings(_Table):
+    """The effective window settings of one repo (built-in defaults < [defaults] < repo)."""
+
+    window_s: float = 900
+    interval_s: float = 30
+    initial_delay_s: float | None = None
+    fail_threshold: int = 3
+    fivexx_threshold: float = 0.2
+    min_samples: int = 6
+    probe_timeout_s: float = 5
+    auto_rollback: bool = False
+    rollback_timeout_s: float = 300
+    mode: Literal["act", "shadow"] = "act"
+
+    @property
+    def effective_initial_delay_s(self) -> float:
+        """`initial_delay_s`, which defaults to the repo's effective `interval_s`."""
+        return self.interval_s if self.initial_delay_s is None else self.initial_delay_s
+
+    @property
+    def max_ticks(self) -> int:
+        """How many ticks a window has: `max(1, floor(window_s / interval_s + 1e-9))`."""
+        return max(1, math.floor(self.window_s / self.interval_s + 1e-9))
+
+
+class RepoConfig(WindowOverrides):
+    """One `[repos.NAME]` table: the service to watch and how to react."""
+
+    base_url: str
+    health_path: str = "/health"
+    fivexx_paths: list[str] = Field(default_factory=list)
+    self_hosting: bool = False
+    rollback_command: Argv | None = None
+    rollback_env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @field_validator("fivexx_paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} must start with /")
+        return value
+
+    @field_validator("rollback_env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+
+class DaemonSettings(_Table):
+    """`[daemon]`: how the daemon itself runs (an extension of the contract)."""
+
+    rescan_interval_s: PositiveFloat = 2.0
+    max_inflight_requests: Annotated[int, Field(ge=1)] = 256
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 65536
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _state_dir(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+class Config(_Table):
+    """The whole configuration file."""
+
+    state_dir: Annotated[str, AfterValidator(_state_dir)]
+    enabled: bool = True
+    defaults: WindowOverrides = Field(default_factory=WindowOverrides)
+    repos: dict[str, RepoConfig] = Field(default_factory=dict)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    # Where the file was read from; a relative `state_dir` resolves against its folder.
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("repos")
+    @classmethod
+    def _repo_names(cls, value: dict[str, RepoConfig]) -> dict[str, RepoConfig]:
+        for name in value:
+            if not valid_name(name):
+                raise ValueError(f"repo name {name!r} must match {NAME_RE.pattern}")
+        return value
+
+    @property
+    def state_path(self) -> Path:
+        """`state_dir` as an absolute path (relative to the config file's folder)."""
+        path = Path(self.state_dir)
+        if not path.is_absolute() and self._source is not None:
+            path = self._source.parent / path
+        return path.absolute()
+
+    def window_settings(self, repo: str) -> WindowSettings:
+        """The effective window settings of `repo`: repo keys over `[defaults]` over built-ins."""
+        fields = WindowOverrides.model_fields
+        merged: dict[str, Any] = {}
+        for layer in (self.defaults, self.repos[repo]):
+            merged.update({k: getattr(layer, k) for k in fields if getattr(layer, k) is not None})
+        return WindowSettings(**merged)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `lines` are `PATH: dotted.key: message`."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(top level)"
+
+
+def _messages(path: str, error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path}: {_dotted(loc)}: {message}")
+    return lines
+
+
+def _cross_key_problems(config: Config) -> list[tuple[str, str]]:
+    """Rules between keys, checked on each repo's merged (effective) settings."""
+    problems = []
+    for name, repo in config.repos.items():
+        settings = config.window_settings(name)
+        if settings.probe_timeout_s >= settings.interval_s:
+            problems.append(
+                (
+                    f"repos.{name}.probe_timeout_s",
+                    f"{settings.probe_timeout_s:g} must be below interval_s "
+                    f"({settings.interval_s:g}), so that a window's probes never overlap",
+                )
+            )
+        if settings.auto_rollback and repo.rollback_command is None and not repo.self_hosting:
+            problems.append(
+                (f"repos.{name}.rollback_command", "auto_rollback is on but it is unset")
+            )
+    return problems
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    """Parse TOML text into a Config; raises ConfigError with every problem found."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: (toml): {exc}"]) from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_messages(path, exc)) from None
+    problems = _cross_key_problems(config)
+    if problems:
+        raise ConfigError([f"{path}: {key}: {message}" for key, message in problems])
+    config._source = Path(path)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at `path`; raises ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: (file): not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: (file): cannot be read: {exc}"]) from None
+    return parse_config(text, str(path))

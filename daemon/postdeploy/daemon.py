@@ -1,0 +1,366 @@
+"""The daemon: start-up (recover every open window), main loop (watch, rescan), shutdown.
+
+Structure, after uvicorn's server: `serve()` runs `startup()`, waits in the main loop until
+a signal asks it to stop, then runs `shutdown()`. Signals only set flags; everything they
+cause happens here, in the main flow.
+
+Each open window is one `WindowRunner` task in the `windows` task group. Work items are taken
+in ("intake") when inotify or the periodic rescan points at them; intake checks the
+directory, rejects what is invalid, records the window's start, and starts its runner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import structlog
+
+from postdeploy import layout, watcher
+from postdeploy.config import Config, ConfigError, load_config
+from postdeploy.layout import ArmedError, ItemKey, UnsafePath, open_item_dir, parse_armed
+from postdeploy.notify import Notifier
+from postdeploy.probe import Prober
+from postdeploy.report import iso
+from postdeploy.runner import Phase, WindowRunner, WindowStart
+from postdeploy.store import ItemStore
+from postdeploy.verdict import Status, Verdict
+from postdeploy.window import Schedule
+
+log = structlog.get_logger("postdeploy.daemon")
+
+QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long
+MAX_QUIET_WAIT_S = 5.0
+_CHECKED = (layout.ARMED, layout.DONE, layout.REJECTED, layout.WINDOW, layout.CANCEL)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.root: Path = config.state_path
+        self.runners: dict[ItemKey, WindowRunner] = {}
+        self.notifier = Notifier()
+        self.prober = Prober(
+            max_inflight=config.daemon.max_inflight_requests,
+            max_body_bytes=config.daemon.max_body_bytes,
+        )
+        self._settled: set[ItemKey] = set()  # finished or rejected: never looked at again
+        self._intaking: set[ItemKey] = set()
+        self._reported: set[tuple[str, str]] = set()
+        self._should_exit = anyio.Event()
+        self._stop_watching = anyio.Event()
+        self._closing = False
+        self._windows: anyio.abc.TaskGroup | None = None
+        self.ready = anyio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Run until SIGTERM or SIGINT; returns the exit code."""
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._signals)
+            async with anyio.create_task_group() as windows:
+                self._windows = windows
+                await self.startup()
+                outer.start_soon(self._watch)
+                outer.start_soon(self._rescan_loop)
+                outer.start_soon(self._watchdog)
+                await self._should_exit.wait()
+                await self.shutdown()
+            outer.cancel_scope.cancel()
+        await self.prober.aclose()
+        log.info("daemon.stopped")
+        return 0
+
+    async def startup(self) -> None:
+        """Take up every work item on disk, then report READY."""
+        started = time.monotonic()
+        await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
+        found = await self._rescan()
+        self.ready.set()
+        self.notifier.ready(f"watching {len(self.runners)} open windows")
+        log.info(
+            "daemon.ready",
+            state_dir=str(self.root),
+            enabled=self.config.enabled,
+            repos=sorted(self.config.repos),
+            work_items_found=found,
+            open_windows=len(self.runners),
+            startup_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    async def shutdown(self) -> None:
+        """Stop intake, pause observing windows, let reactions in progress finish."""
+        self._closing = True
+        self._stop_watching.set()
+        self.notifier.stopping()
+        concluding = [r.key for r in self.runners.values() if r.phase is Phase.CONCLUDING]
+        log.info(
+            "daemon.stopping", open_windows=len(self.runners), reactions_running=len(concluding)
+        )
+        for runner in list(self.runners.values()):
+            runner.stop(None)
+
+    def request_exit(self) -> None:
+        self._should_exit.set()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                elif self._should_exit.is_set():
+                    log.critical("daemon.forced_exit", signal=signal.Signals(signum).name)
+                    os._exit(1)
+                else:
+                    log.info("daemon.signal", signal=signal.Signals(signum).name)
+                    self._should_exit.set()
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await anyio.sleep(interval)
+
+    async def reload(self) -> None:
+        """Re-read the config; an invalid one is reported and the old one stays in force."""
+        self.notifier.reloading()
+        try:
+            if self.config_path is None:
+                raise ConfigError(["(no config file to reload)"])
+            new = await anyio.to_thread.run_sync(load_config, self.config_path)
+            if new.state_path != self.root:
+                raise ConfigError([f"{self.config_path}: state_dir: cannot change while running"])
+        except ConfigError as exc:
+            log.error(
+                "config.reload_failed", problems=exc.lines, note="the old config stays in force"
+            )
+            self.notifier.ready("reload failed; old config in force")
+            return
+        self.config = new
+        for runner in self.runners.values():
+            if runner.key.repo in new.repos:
+                runner.reconfigure(new.repos[runner.key.repo], new.window_settings(runner.key.repo))
+            else:
+                log.warning(
+                    "config.repo_removed",
+                    repo=runner.key.repo,
+                    work_item=runner.key.work_item,
+                    note="the open window keeps its previous settings",
+                )
+        if not new.enabled:
+            for runner in list(self.runners.values()):
+                runner.stop(Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)"))
+        self.notifier.ready("config reloaded")
+        log.info("config.reloaded", enabled=new.enabled, repos=sorted(new.repos))
+
+    # -- discovery ------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        async for changes in watcher.watch(self.root, self._stop_watching):
+            for repo in changes.repos:
+                await self._rescan(only_repo=repo)
+            for key in changes.items:
+                self._hint(key)
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.daemon.rescan_interval_s)
+            try:
+                await self._rescan()
+            except OSError as exc:
+                log.error("rescan.failed", state_dir=str(self.root), error=str(exc))
+
+    async def _rescan(self, only_repo: str | None = None) -> int:
+        """Scan the state directory and take in every work item found; returns how many."""
+        found = await watcher.scan(self.root, only_repo)
+        for path, problem in found.problems:
+            self._report_once(path, problem)
+        async with anyio.create_task_group() as tg:
+            for key in found.items:
+                if key in self.runners:
+                    tg.start_soon(self._check_cancel, key)
+                elif key not in self._settled and key not in self._intaking:
+                    tg.start_soon(self._intake, key)
+        return len(found.items)
+
+    def _hint(self, key: ItemKey) -> None:
+        """inotify saw a change in `key`'s directory."""
+        if self._closing or self._windows is None or key in self._settled:
+            return
+        if not (layout.valid_name(key.repo) and layout.valid_name(key.work_item)):
+            self._report_once(str(self.root / key.repo / key.work_item), "invalid name")
+            return
+        if key in self.runners:
+            self._windows.start_soon(self._check_cancel, key)
+        elif key not in self._intaking:
+            self._windows.start_soon(self._intake, key)
+
+    def _report_once(self, path: str, problem: str) -> None:
+        if (path, problem) not in self._reported:
+            self._reported.add((path, problem))
+            log.warning("sentinel.ignored", path=path, problem=problem)
+
+    async def _check_cancel(self, key: ItemKey) -> None:
+        runner = self.runners.get(key)
+        if runner is None or runner.phase is not Phase.OBSERVING:
+            return
+        try:
+            cancelled = await runner.store.exists(layout.CANCEL)
+        except (OSError, UnsafePath):
+            return
+        if cancelled and runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
+            log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def _intake(self, key: ItemKey) -> None:
+        if self._closing or key in self._intaking or key in self.runners or key in self._settled:
+            return
+        self._intaking.add(key)
+        structlog.contextvars.bind_contextvars(repo=key.repo, work_item=key.work_item)
+        try:
+            await self._admit(key)
+        except UnsafePath as exc:
+            self._report_once(str(self.root / key.repo / key.work_item), str(exc))
+        except FileNotFoundError:
+            pass  # removed while we looked
+        except Exception as exc:
+            log.exception("intake.failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._intaking.discard(key)
+            structlog.contextvars.unbind_contextvars("repo", "work_item")
+
+    def _kinds(self, key: ItemKey) -> dict[str, str | None]:
+        with open_item_dir(self.root, key) as dfd:
+            return {name: layout.lstat_kind(dfd, name) for name in _CHECKED}
+
+    async def _admit(self, key: ItemKey) -> None:
+        store = ItemStore(self.root, key)
+        kinds = await anyio.to_thread.run_sync(self._kinds, key)
+        if kinds[layout.DONE] or kinds[layout.REJECTED]:
+            self._settled.add(key)
+            return
+        armed = kinds[layout.ARMED]
+        if armed is None:
+            return  # a directory without a sentinel (yet)
+        if armed != "file":
+            await self._reject(store, f"armed is a {armed}, not a regular file; it is not followed")
+            return
+        if key.repo not in self.config.repos:
+            await self._reject(store, f"no [repos.{key.repo}] section in the config")
+            return
+        first_seen = kinds[layout.WINDOW] is None
+        broken: str | None = None
+        if first_seen:
+            try:
+                metadata, armed_at = await self._read_armed(store)
+            except ArmedError as exc:
+                await self._reject(store, str(exc))
+                return
+            start = self._new_start(key.repo, armed_at, metadata)
+            await store.write_json(layout.WINDOW, start.to_dict())
+            log.info(
+                "window.armed",
+                armed_at=iso(armed_at),
+                max_ticks=start.schedule.max_ticks,
+                interval_s=start.schedule.interval_s,
+                metadata=metadata,
+            )
+        else:
+            try:
+                start = WindowStart.from_dict(await store.read_json(layout.WINDOW) or {})
+            except (ValueError, KeyError, TypeError) as exc:
+                broken = f"{layout.WINDOW} is unreadable ({exc}); the window cannot be resumed"
+                start = self._new_start(key.repo, time.time(), {})
+        repo = self.config.repos[key.repo]
+        runner = WindowRunner(
+            store,
+            start,
+            repo,
+            self.config.window_settings(key.repo),
+            self.prober,
+            first_seen=first_seen,
+        )
+        if broken:
+            runner.stop(Verdict(Status.ERROR, broken))
+        elif kinds[layout.CANCEL]:
+            runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator"))
+        elif not self.config.enabled:
+            runner.stop(Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)"))
+        if self._closing or self._windows is None:
+            return
+        self.runners[key] = runner
+        self._supersede(key.repo)
+        self._windows.start_soon(self._run, runner)
+
+    def _new_start(self, repo: str, armed_at: float, metadata: dict[str, str]) -> WindowStart:
+        settings = self.config.window_settings(repo)
+        schedule = Schedule(
+            armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
+        )
+        return WindowStart(schedule, time.time(), metadata)
+
+    async def _read_armed(self, store: ItemStore) -> tuple[dict[str, str], float]:
+        """Wait until `armed` is quiet for QUIET_S, then parse it; returns (metadata, armed_at)."""
+        deadline = time.monotonic() + MAX_QUIET_WAIT_S
+        previous = None
+        while True:
+            st = await anyio.to_thread.run_sync(self._stat_armed, store.key)
+            now = time.time()
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+            age = now - st.st_mtime
+            quiet = identity == previous or (age >= 0 and age >= QUIET_S)
+            if quiet or time.monotonic() > deadline:
+                break
+            previous = identity
+            await anyio.sleep(QUIET_S - age if 0 <= age < QUIET_S else QUIET_S)
+        data = await store.read(layout.ARMED, limit=layout.MAX_ARMED_BYTES + 1)
+        return parse_armed(data or b""), min(st.st_mtime, now)
+
+    def _stat_armed(self, key: ItemKey) -> os.stat_result:
+        with open_item_dir(self.root, key) as dfd:
+            return os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False)
+
+    async def _reject(self, store: ItemStore, reason: str) -> None:
+        log.warning("sentinel.rejected", reason=reason)
+        await store.write_atomic(layout.REJECTED, reason.replace("\n", " ").encode() + b"\n")
+        self._settled.add(store.key)
+
+    # -- windows --------------------------------------------------------------------------
+
+    def _supersede(self, repo: str) -> None:
+        """Every open window of `repo` but the latest armed one ends as SUPERSEDED."""
+        open_ = [
+            r for r in self.runners.values() if r.key.repo == repo and r.phase is not Phase.FINISHED
+        ]
+        if len(open_) < 2:
+            return
+        current = max(open_, key=lambda r: r.sort_key)
+        reason = (
+            f"superseded by {current.key.work_item}, armed at "
+            f"{iso(current.start.schedule.armed_at)}"
+        )
+        for runner in open_:
+            if runner is not current and runner.stop(Verdict(Status.SUPERSEDED, reason)):
+                log.info(
+                    "window.superseded",
+                    repo=repo,
+                    work_item=runner.key.work_item,
+                    by=current.key.work_item,
+                )
+
+    async def _run(self, runner: WindowRunner) -> None:
+        try:
+            await runner.run()
+        finally:
+            self.runners.pop(runner.key, None)
+            if runner.completed:
+                self._settled.add(runner.key)

@@ -1,0 +1,5 @@
+"""postdeploy demo"""
+
+
+def run(keep: bool = False) -> int:
+    return 0

@@ -1,0 +1,108 @@
+"""The contents of `done` and `report.md` for a finished window (pure: no I/O)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from postdeploy.layout import ItemKey
+from postdeploy.series import ProbeRow
+from postdeploy.verdict import Action, Status
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything known about a finished window."""
+
+    key: ItemKey
+    status: Status
+    action_taken: Action
+    reason: str
+    checks_total: int
+    checks_failed: int
+    window_s: float
+    finished_at: float  # epoch seconds
+    armed_at: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    rollback: dict[str, Any] | None = None  # the rollback command's result, if one ran
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC timestamp with seconds precision."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def done_record(outcome: Outcome) -> dict[str, Any]:
+    """The `done` file's JSON object."""
+    return {
+        "status": str(outcome.status),
+        "action_taken": str(outcome.action_taken),
+        "reason": outcome.reason,
+        "checks_total": outcome.checks_total,
+        "checks_failed": outcome.checks_failed,
+        "window_s": _number(outcome.window_s),
+        "finished_at": iso(outcome.finished_at),
+        "repo": outcome.key.repo,
+        "work_item": outcome.key.work_item,
+    }
+
+
+def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
+    """`report.md`: YAML front matter (the seed's artefact), then a readable body."""
+    front: dict[str, Any] = {
+        "post_deploy_status": str(outcome.status),
+        "action_taken": str(outcome.action_taken),
+        "repo": outcome.key.repo,
+        "work_item": outcome.key.work_item,
+        "window_s": _number(outcome.window_s),
+        "checks_total": outcome.checks_total,
+        "checks_failed": outcome.checks_failed,
+        "finished_at": iso(outcome.finished_at),
+        "reason": outcome.reason,
+    }
+    if outcome.metadata:
+        front["metadata"] = dict(outcome.metadata)
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000).rstrip(),
+        "---",
+        "",
+        f"# Post-deploy window {outcome.key}: {outcome.status}",
+        "",
+        f"- **Verdict:** {outcome.status}, action taken: {outcome.action_taken}",
+        f"- **Why:** {outcome.reason}",
+    ]
+    if outcome.armed_at is not None:
+        lines.append(f"- **Armed at:** {iso(outcome.armed_at)}")
+    lines.append(f"- **Finished at:** {iso(outcome.finished_at)}")
+    lines.append(
+        f"- **Checks:** {outcome.checks_total} probed, {outcome.checks_failed} failed "
+        f"(window {_number(outcome.window_s)} s)"
+    )
+    if outcome.rollback:
+        rb = outcome.rollback
+        lines.append(
+            f"- **Rollback:** exit code {rb.get('exit_code')}, {rb.get('detail', '')}".rstrip(", ")
+        )
+    for key, value in sorted(outcome.metadata.items()):
+        lines.append(f"- `{key}`: {value}")
+    if rows:
+        lines += ["", "## Probes", "", "| tick | time (UTC) | health | 5xx | latency ms | detail |"]
+        lines.append("| ---: | --- | --- | --- | ---: | --- |")
+        for row in rows:
+            tick = f"{row.tick}{' (catch-up)' if row.catch_up else ''}"
+            health = f"{row.health_code} {'ok' if row.health_ok else 'FAIL'}"
+            detail = row.detail.replace("|", "\\|")
+            lines.append(
+                f"| {tick} | {iso(row.ts)[11:19]} | {health} | {row.fivexx}/{row.total} "
+                f"| {row.latency_ms:.1f} | {detail} |"
+            )
+    return "\n".join(lines) + "\n"

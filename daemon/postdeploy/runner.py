@@ -1,0 +1,340 @@
+"""The task that runs one window: probe on schedule, persist, judge, react, finish.
+
+This is shell around the pure core: it asks `window.next_step` what to do, performs it
+(sleep, probe, append), folds the row into the tally with `series.fold`, and once there is a
+verdict runs the reaction that `verdict.decide_action` chose and writes `report.md` and
+`done`. Errors stay inside the window: the daemon and every other window go on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import structlog
+
+from postdeploy import layout
+from postdeploy.config import RepoConfig, WindowSettings
+from postdeploy.layout import ItemKey
+from postdeploy.probe import Prober
+from postdeploy.report import Outcome, done_record, render_report
+from postdeploy.rollback import RollbackResult, rollback_env, run_command
+from postdeploy.series import ProbeRow, Tally, fold, replay
+from postdeploy.store import ItemStore, dump_line
+from postdeploy.verdict import Action, Decision, Status, Thresholds, Verdict, decide_action
+from postdeploy.verdict import rollback_action as action_for_exit
+from postdeploy.window import Admission, Finish, Probe, Schedule, Wait, admit, missed, next_step
+
+log = structlog.get_logger("postdeploy.window")
+
+WRITE_RETRY_MAX_S = 30.0
+
+
+class Phase(StrEnum):
+    OBSERVING = "observing"  # probing; may be stopped (cancel, supersede, kill switch)
+    CONCLUDING = "concluding"  # has its verdict; reacting and writing; never interrupted
+    FINISHED = "finished"
+
+
+@dataclass
+class WindowStart:
+    """`window.json`: the window's start, recorded durably the first time it is seen."""
+
+    schedule: Schedule
+    first_seen_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.schedule.to_dict(),
+            "first_seen_at": self.first_seen_at,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowStart:
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not an object")
+        return cls(Schedule.from_dict(data), float(data["first_seen_at"]), metadata)
+
+
+def thresholds(settings: WindowSettings) -> Thresholds:
+    return Thresholds(settings.fail_threshold, settings.fivexx_threshold, settings.min_samples)
+
+
+class WindowRunner:
+    """One open window. `run()` is its task; `stop()` ends it early from outside."""
+
+    def __init__(
+        self,
+        store: ItemStore,
+        start: WindowStart,
+        repo: RepoConfig,
+        settings: WindowSettings,
+        prober: Prober,
+        *,
+        first_seen: bool,
+    ) -> None:
+        self.key: ItemKey = store.key
+        self.store = store
+        self.start = start
+        self.repo = repo
+        self.settings = settings
+        self.prober = prober
+        self.first_seen = first_seen
+        self.phase = Phase.OBSERVING
+        self.completed = False  # `done` is written: the window is finished for good
+        self.tally = Tally()
+        self._stop: Verdict | None = None
+        self._scope = anyio.CancelScope()
+        self._unwritten: list[bytes] = []  # rows the disk refused; retried before the next
+        # The schedule's wall-clock times become monotonic deadlines once, here.
+        self._wall0 = time.time()
+        self._mono0 = time.monotonic()
+
+    @property
+    def sort_key(self) -> tuple[float, str]:
+        """The current window of a repo is the one with the greatest sort key."""
+        return (self.start.schedule.armed_at, self.key.work_item)
+
+    def now(self) -> float:
+        """Schedule time: wall time at load, advanced by the monotonic clock."""
+        return self._wall0 + (time.monotonic() - self._mono0)
+
+    def reconfigure(self, repo: RepoConfig, settings: WindowSettings) -> None:
+        """Take a reloaded config; the schedule stays as recorded."""
+        self.repo, self.settings = repo, settings
+
+    def stop(self, verdict: Verdict | None) -> bool:
+        """End the window early with `verdict` (None: daemon shutdown, nothing written).
+
+        Returns False once the window has its verdict: a reaction is never interrupted.
+        """
+        if self.phase is not Phase.OBSERVING:
+            return False
+        if self._stop is None or verdict is None:
+            self._stop = verdict
+        self._scope.cancel()
+        return True
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(repo=self.key.repo, work_item=self.key.work_item)
+        try:
+            verdict = await self._observe()
+            if verdict is None:
+                log.info(
+                    "window.paused", reason="daemon shutting down", ticks=self.tally.checks_total
+                )
+                return
+            self.phase = Phase.CONCLUDING
+            await self._conclude(verdict)
+        except Exception as exc:
+            log.exception("window.error", error=f"{type(exc).__name__}: {exc}")
+            self.phase = Phase.CONCLUDING
+            verdict = Verdict(Status.ERROR, f"internal error: {type(exc).__name__}: {exc}")
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._finish(verdict, Action.NONE)
+                except Exception:
+                    log.exception("window.error_unrecorded")
+        finally:
+            self.phase = Phase.FINISHED
+
+    # -- observing ----------------------------------------------------------------------
+
+    async def _observe(self) -> Verdict | None:
+        """Probe until a verdict; None if stopped for shutdown."""
+        with self._scope:
+            if self._stop is not None:
+                return self._stop
+            lines = await self.store.read_lines(layout.SERIES)
+            self.tally = replay(lines.rows)
+            if lines.bad_lines or lines.torn_bytes or self.tally.ignored:
+                log.warning(
+                    "series.repaired",
+                    bad_lines=lines.bad_lines[:20],
+                    torn_bytes=lines.torn_bytes,
+                    ignored_rows=self.tally.ignored,
+                )
+            schedule = self.start.schedule
+            admission = admit(schedule, self.tally, self.now(), first_seen=self.first_seen)
+            if admission is Admission.MISSED:
+                return missed(schedule, self.now())
+            catch_up = admission is Admission.CATCH_UP
+            if catch_up:
+                log.warning("window.catch_up", reason="its end passed while the daemon was down")
+            elif not self.first_seen:
+                log.info(
+                    "window.resumed", ticks=self.tally.checks_total, last_tick=self.tally.last_tick
+                )
+            while True:
+                step = next_step(
+                    schedule,
+                    self.tally,
+                    thresholds(self.settings),
+                    self.now(),
+                    catch_up=catch_up and not self.tally.catch_up_done,
+                )
+                if isinstance(step, Finish):
+                    return step.verdict
+                if isinstance(step, Wait):
+                    await anyio.sleep(max(0.0, step.until - self.now()))
+                    continue
+                await self._tick(step)
+        return self._stop
+
+    async def _tick(self, step: Probe) -> None:
+        row = await self.prober.probe(
+            self.repo, self.settings.probe_timeout_s, step.tick, step.scheduled_ts, step.catch_up
+        )
+        with anyio.CancelScope(shield=True):
+            await self._append(row)
+        self.tally = fold(self.tally, row)
+        log.debug("probe", tick=row.tick, ok=not row.failed, detail=row.detail)
+
+    async def _append(self, row: ProbeRow) -> None:
+        self._unwritten.append(dump_line(row.to_dict()))
+        try:
+            await self.store.append_lines(layout.SERIES, self._unwritten)
+        except OSError as exc:
+            log.error(
+                "series.append_failed",
+                error=str(exc),
+                unwritten_rows=len(self._unwritten),
+                note="kept in memory; retried with the next row and before the verdict is written",
+            )
+            return
+        self._unwritten.clear()
+
+    # -- concluding ---------------------------------------------------------------------
+
+    async def _conclude(self, verdict: Verdict) -> None:
+        decision = decide_action(
+            verdict.status,
+            self_hosting=self.repo.self_hosting,
+            auto_rollback=self.settings.auto_rollback,
+        )
+        shadow = self.settings.mode == "shadow" or self.start.metadata.get("mode") == "shadow"
+        action, rollback = Action.NONE, None
+        if decision is not Decision.NONE:
+            log.critical(
+                "window.degraded",
+                decision=str(decision),
+                shadow=shadow,
+                reason=verdict.reason,
+                self_hosting=self.repo.self_hosting,
+            )
+        if decision is not Decision.NONE and shadow:
+            action = Action.SHADOW
+        elif decision is Decision.ALERT_ONLY:
+            action = Action.ALERT_ONLY
+        elif decision is Decision.ROLLBACK:
+            with anyio.CancelScope(shield=True):
+                action, rollback = await self._rollback(verdict)
+        await self._finish(verdict, action, rollback)
+
+    async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:
+        """Run the rollback command at most once per work item, even across restarts."""
+        previous = await self.store.read_json(layout.ROLLBACK_RESULT)
+        if previous is not None:
+            log.info("rollback.already_ran", result=previous)
+            return action_for_exit(previous.get("exit_code")), previous
+        if await self.store.exists(layout.ROLLBACK_INTENT):
+            log.critical(
+                "rollback.unknown",
+                reason="a rollback was started before a restart and its result was never "
+                "recorded; it is not run again: check the service by hand",
+            )
+            return Action.ROLLBACK_UNKNOWN, None
+        argv = list(self.repo.rollback_command or [])
+        await self.store.write_json(
+            layout.ROLLBACK_INTENT, {"argv": argv, "started_at": time.time(), "pid": os.getpid()}
+        )
+        log.warning("rollback.started", argv=argv)
+        env = rollback_env(
+            os.environ,
+            self.repo.rollback_env,
+            repo=self.key.repo,
+            work_item=self.key.work_item,
+            reason=verdict.reason,
+            metadata=self.start.metadata,
+        )
+        result = await self._run_logged(argv, env)
+        await self.store.write_json(layout.ROLLBACK_RESULT, result.to_dict())
+        action = action_for_exit(result.exit_code)
+        level = log.warning if action is Action.ROLLBACK_OK else log.critical
+        level("rollback.finished", action=str(action), **result.to_dict())
+        return action, result.to_dict()
+
+    async def _run_logged(self, argv: list[str], env: dict[str, str]) -> RollbackResult:
+        opener = self.store.opener(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            log_fd = await anyio.to_thread.run_sync(opener, layout.ROLLBACK_LOG, 0)
+        except OSError as exc:
+            log.error("rollback.log_unavailable", error=str(exc))
+            log_fd = None
+        try:
+            return await run_command(argv, env, self.settings.rollback_timeout_s, log_fd)
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
+
+    async def _finish(
+        self, verdict: Verdict, action: Action, rollback: dict[str, Any] | None = None
+    ) -> None:
+        """Write `report.md`, then `done` (the commit point), retrying while the disk refuses."""
+        outcome = Outcome(
+            key=self.key,
+            status=verdict.status,
+            action_taken=action,
+            reason=verdict.reason,
+            checks_total=self.tally.checks_total,
+            checks_failed=self.tally.checks_failed,
+            window_s=self.start.schedule.window_s,
+            finished_at=time.time(),
+            armed_at=self.start.schedule.armed_at,
+            metadata=self.start.metadata,
+            evidence=verdict.evidence,
+            rollback=rollback,
+        )
+        delay = 0.5
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._write_outcome(outcome)
+                break
+            except OSError as exc:
+                log.error("window.write_failed", error=str(exc), retry_in_s=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_S)
+        self.completed = True
+        level = log.info if verdict.status is Status.HEALTHY else log.warning
+        if (
+            action in (Action.ROLLBACK_FAILED, Action.ROLLBACK_UNKNOWN)
+            or verdict.status is Status.ERROR
+        ):
+            level = log.error
+        level(
+            "window.finished",
+            status=str(outcome.status),
+            action_taken=str(action),
+            reason=verdict.reason,
+            checks_total=outcome.checks_total,
+            checks_failed=outcome.checks_failed,
+            window_s=outcome.window_s,
+            metadata=self.start.metadata,
+        )
+
+    async def _write_outcome(self, outcome: Outcome) -> None:
+        if self._unwritten:
+            await self.store.append_lines(layout.SERIES, self._unwritten)
+            self._unwritten.clear()
+        lines = await self.store.read_lines(layout.SERIES)
+        rows = [r for r in map(ProbeRow.from_dict, lines.rows) if r is not None]
+        await self.store.write_atomic(layout.REPORT, render_report(outcome, rows).encode())
+        await self.store.write_json(layout.DONE, done_record(outcome))

@@ -1,0 +1,135 @@
+"""Probe rows and the running tally they fold into (pure: no I/O).
+
+A window's state is never stored on its own: it is always the fold of its `series.jsonl`
+rows, so a restarted daemon rebuilds exactly the state it had by replaying the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+RECENT_ROWS = 5  # how many of the last rows a tally keeps as evidence
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """The result of one tick, as one line of `series.jsonl`."""
+
+    tick: int
+    scheduled_ts: float
+    ts: float
+    health_ok: bool
+    health_code: int
+    total: int
+    fivexx: int
+    latency_ms: float
+    detail: str
+    catch_up: bool = False
+    codes: dict[str, int] = field(default_factory=dict)  # 5xx path -> status code (0: none)
+
+    @property
+    def failed(self) -> bool:
+        """Whether this tick counts in `checks_failed`: health or any 5xx path failed."""
+        return not self.health_ok or self.fivexx > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "tick": self.tick,
+            "scheduled_ts": round(self.scheduled_ts, 6),
+            "ts": round(self.ts, 6),
+            "health_ok": self.health_ok,
+            "health_code": self.health_code,
+            "total": self.total,
+            "fivexx": self.fivexx,
+            "latency_ms": round(self.latency_ms, 3),
+            "detail": self.detail,
+        }
+        if self.codes:
+            row["codes"] = self.codes
+        if self.catch_up:
+            row["catch_up"] = True
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> ProbeRow | None:
+        """Validate a parsed line; None when it is malformed (it then counts for nothing)."""
+        try:
+            tick, total, fivexx, code = row["tick"], row["total"], row["fivexx"], row["health_code"]
+            health_ok = row["health_ok"]
+            numbers = (row["scheduled_ts"], row["ts"], row.get("latency_ms", 0.0))
+        except (KeyError, TypeError):
+            return None
+        ints = (tick, total, fivexx, code)
+        if not all(type(v) is int for v in ints) or type(health_ok) is not bool:
+            return None
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+            return None
+        if tick < 0 or total < 0 or not 0 <= fivexx <= total:
+            return None
+        codes = row.get("codes", {})
+        if not isinstance(codes, dict):
+            codes = {}
+        return cls(
+            tick=tick,
+            scheduled_ts=float(numbers[0]),
+            ts=float(numbers[1]),
+            health_ok=health_ok,
+            health_code=code,
+            total=total,
+            fivexx=fivexx,
+            latency_ms=float(numbers[2]),
+            detail=str(row.get("detail", "")),
+            catch_up=row.get("catch_up") is True,
+            codes={str(k): v for k, v in codes.items() if type(v) is int},
+        )
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Everything the rules need from a window's rows, updated one row at a time."""
+
+    last_tick: int = -1
+    checks_total: int = 0
+    checks_failed: int = 0
+    streak: int = 0  # current run of consecutive failed health probes
+    max_streak: int = 0
+    sum_total: int = 0
+    sum_fivexx: int = 0
+    catch_up_done: bool = False
+    recent: tuple[ProbeRow, ...] = ()
+    ignored: int = 0  # rows skipped: malformed, or a tick number not after the last one
+
+    @property
+    def fivexx_ratio(self) -> float:
+        return self.sum_fivexx / self.sum_total if self.sum_total else 0.0
+
+
+def fold(tally: Tally, row: ProbeRow) -> Tally:
+    """The tally after one more row; a row that does not move the tick forward is ignored."""
+    if row.tick <= tally.last_tick:
+        return replace(tally, ignored=tally.ignored + 1)
+    streak = 0 if row.health_ok else tally.streak + 1
+    return Tally(
+        last_tick=row.tick,
+        checks_total=tally.checks_total + 1,
+        checks_failed=tally.checks_failed + row.failed,
+        streak=streak,
+        max_streak=max(tally.max_streak, streak),
+        sum_total=tally.sum_total + row.total,
+        sum_fivexx=tally.sum_fivexx + row.fivexx,
+        catch_up_done=tally.catch_up_done or row.catch_up,
+        recent=(*tally.recent, row)[-RECENT_ROWS:],
+        ignored=tally.ignored,
+    )
+
+
+def replay(raw_rows: Iterable[Any]) -> Tally:
+    """Rebuild a window's tally from the rows of its series file, skipping malformed ones."""
+    tally = Tally()
+    for raw in raw_rows:
+        row = ProbeRow.from_dict(raw) if isinstance(raw, dict) else None
+        tally = replace(tally, ignored=tally.ignored + 1) if row is None else fold(tally, row)
+    return tally

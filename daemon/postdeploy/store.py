@@ -1,0 +1,174 @@
+"""Every file write and read of a work item's directory.
+
+- Small files (`window.json`, `done`, `report.md`, ...) are written atomically: a temporary
+  file is written and fsynced, renamed over the target, and the directory is fsynced, so a
+  crash leaves either the old content or the new one, never half of it.
+- `series.jsonl` is append-only JSON Lines, written with aiofiles and fsynced per append. A
+  crash mid-append can leave a torn last line; reads ignore it and `repair_tail` cuts it off
+  before the next append, so it can never glue itself to a good row.
+
+All paths are opened relative to the item directory's descriptor with O_NOFOLLOW (see layout).
+The blocking calls run in worker threads so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import anyio.to_thread
+
+from postdeploy.layout import ItemKey, open_file_flags, open_item_dir
+
+
+@dataclass(frozen=True)
+class JsonLines:
+    """What a JSON Lines file held: the parsed objects, and what had to be skipped."""
+
+    rows: list[dict[str, Any]]
+    bad_lines: list[int]  # 1-based numbers of complete lines that are not JSON objects
+    torn_bytes: int  # length of an unterminated last line (a crash mid-append), 0 if none
+
+
+def parse_json_lines(data: bytes) -> JsonLines:
+    """Parse JSON Lines, keeping every object line; pure."""
+    complete, _, tail = data.rpartition(b"\n")
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    if complete or data.startswith(b"\n"):
+        for number, line in enumerate(complete.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad.append(number)
+                continue
+            if isinstance(value, dict):
+                rows.append(value)
+            else:
+                bad.append(number)
+    return JsonLines(rows, bad, len(tail))
+
+
+def dump_line(obj: dict[str, Any]) -> bytes:
+    """One JSON Lines record, compact, newline-terminated."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+class ItemStore:
+    """File access for one work item directory below the state directory."""
+
+    def __init__(self, root: Path, key: ItemKey) -> None:
+        self.root = root
+        self.key = key
+        self.path = root / key.repo / key.work_item
+
+    # -- blocking primitives (run in threads by the async wrappers) ---------------------
+
+    def read_sync(self, name: str, limit: int = -1) -> bytes | None:
+        """The content of `name` (at most `limit` bytes if given), or None if missing."""
+        with open_item_dir(self.root, self.key) as dfd:
+            try:
+                fd = os.open(name, open_file_flags(os.O_RDONLY), dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            with os.fdopen(fd, "rb") as f:
+                return f.read(limit)
+
+    def exists_sync(self, name: str) -> bool:
+        """Whether `name` exists in the item directory (a symlink counts as existing)."""
+        with open_item_dir(self.root, self.key) as dfd:
+            try:
+                os.lstat(name, dir_fd=dfd)
+            except FileNotFoundError:
+                return False
+            return True
+
+    def write_atomic_sync(self, name: str, data: bytes, *, create_dirs: bool = False) -> None:
+        """Replace `name` with `data` atomically and durably."""
+        with open_item_dir(self.root, self.key, create=create_dirs) as dfd:
+            tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(
+                tmp, open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), 0o664, dir_fd=dfd
+            )
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            os.fsync(dfd)
+
+    def repair_tail_sync(self, name: str, keep: int) -> None:
+        """Cut `name` to its first `keep` bytes (drops a torn last line), durably."""
+        with open_item_dir(self.root, self.key) as dfd:
+            fd = os.open(name, open_file_flags(os.O_WRONLY), dir_fd=dfd)
+            try:
+                os.ftruncate(fd, keep)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- async API ----------------------------------------------------------------------
+
+    async def read(self, name: str, limit: int = -1) -> bytes | None:
+        return await anyio.to_thread.run_sync(self.read_sync, name, limit)
+
+    async def exists(self, name: str) -> bool:
+        return await anyio.to_thread.run_sync(self.exists_sync, name)
+
+    async def write_atomic(self, name: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self.write_atomic_sync, name, data)
+
+    async def write_json(self, name: str, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, indent=1, ensure_ascii=False).encode() + b"\n"
+        await self.write_atomic(name, data)
+
+    async def read_json(self, name: str) -> dict[str, Any] | None:
+        """The JSON object in `name`, None if missing; ValueError if it is not an object."""
+        data = await self.read(name)
+        if data is None:
+            return None
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} does not hold a JSON object")
+        return value
+
+    async def read_lines(self, name: str) -> JsonLines:
+        """Parse a JSON Lines file; a torn last line is cut off durably before returning."""
+        data = await self.read(name)
+        if data is None:
+            return JsonLines([], [], 0)
+        parsed = parse_json_lines(data)
+        if parsed.torn_bytes:
+            await anyio.to_thread.run_sync(
+                self.repair_tail_sync, name, len(data) - parsed.torn_bytes
+            )
+        return parsed
+
+    async def append_lines(self, name: str, lines: list[bytes]) -> None:
+        """Append complete lines to `name` and fsync before returning."""
+        opener = self.opener(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        async with aiofiles.open(name, "ab", opener=opener) as f:
+            await f.write(b"".join(lines))
+            await f.flush()
+            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+
+    def opener(self, flags: int) -> Callable[[str, int], int]:
+        def opener(name: str, _flags: int) -> int:
+            with open_item_dir(self.root, self.key) as dfd:
+                return os.open(name, open_file_flags(flags), 0o664, dir_fd=dfd)
+
+        return opener

@@ -1,0 +1,129 @@
+"""The rules: `classify` a window's tally, `decide_action` on the verdict (pure: no I/O).
+
+These are the seed module's rules, unchanged but for one fix: the 5xx ratio is only judged
+once `min_samples` 5xx-path requests were made, so a single early 5xx cannot trip it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from postdeploy.series import Tally
+
+
+class Status(StrEnum):
+    """How a window ended (`done.status`)."""
+
+    HEALTHY = "HEALTHY"
+    DEGRADED = "DEGRADED"
+    SUPERSEDED = "SUPERSEDED"
+    CANCELLED = "CANCELLED"
+    DISABLED = "DISABLED"
+    MISSED = "MISSED"
+    ERROR = "ERROR"
+
+
+class Decision(StrEnum):
+    """What to do about a verdict."""
+
+    NONE = "NONE"
+    ALERT_ONLY = "ALERT_ONLY"
+    ROLLBACK = "ROLLBACK"
+
+
+class Action(StrEnum):
+    """What was done (`done.action_taken`)."""
+
+    NONE = "NONE"
+    ALERT_ONLY = "ALERT_ONLY"
+    ROLLBACK_OK = "ROLLBACK_OK"
+    ROLLBACK_FAILED = "ROLLBACK_FAILED"
+    ROLLBACK_UNKNOWN = "ROLLBACK_UNKNOWN"
+    SHADOW = "SHADOW"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    fail_threshold: int
+    fivexx_threshold: float
+    min_samples: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A window's status with a human-readable reason and the measured values behind it."""
+
+    status: Status
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _evidence(tally: Tally, th: Thresholds) -> dict[str, Any]:
+    return {
+        "health_streak": tally.max_streak,
+        "fail_threshold": th.fail_threshold,
+        "fivexx": tally.sum_fivexx,
+        "fivexx_total": tally.sum_total,
+        "fivexx_ratio": round(tally.fivexx_ratio, 4),
+        "fivexx_threshold": th.fivexx_threshold,
+        "min_samples": th.min_samples,
+        "checks_total": tally.checks_total,
+        "checks_failed": tally.checks_failed,
+        "last_probes": [row.to_dict() for row in tally.recent],
+    }
+
+
+def classify(tally: Tally, th: Thresholds) -> Verdict | None:
+    """DEGRADED as soon as either rule holds, else None (no verdict yet).
+
+    - `fail_threshold` consecutive failed health probes;
+    - the window's 5xx ratio strictly above `fivexx_threshold`, once at least `min_samples`
+      5xx-path requests were made.
+    """
+    if tally.max_streak >= th.fail_threshold:
+        last = tally.recent[-1].detail if tally.recent else ""
+        reason = (
+            f"health failed {tally.max_streak} consecutive probes "
+            f"(threshold {th.fail_threshold}); last: {last}"
+        )
+        return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
+    if tally.sum_total >= th.min_samples and tally.fivexx_ratio > th.fivexx_threshold:
+        reason = (
+            f"5xx ratio {tally.fivexx_ratio:.3f} ({tally.sum_fivexx}/{tally.sum_total}) "
+            f"above threshold {th.fivexx_threshold:g} (min_samples {th.min_samples})"
+        )
+        return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
+    return None
+
+
+def healthy(tally: Tally, th: Thresholds) -> Verdict:
+    """The verdict of a window whose last tick passed without tripping a rule."""
+    ratio = f"{tally.fivexx_ratio:.3f} ({tally.sum_fivexx}/{tally.sum_total})"
+    reason = (
+        f"{tally.checks_total} checks passed the rules: longest health-failure streak "
+        f"{tally.max_streak} (threshold {th.fail_threshold}), 5xx ratio {ratio} "
+        f"(threshold {th.fivexx_threshold:g}, min_samples {th.min_samples})"
+    )
+    return Verdict(Status.HEALTHY, reason, _evidence(tally, th))
+
+
+def decide_action(status: Status, *, self_hosting: bool, auto_rollback: bool) -> Decision:
+    """The seed's reaction rule.
+
+    HEALTHY (and any status that is not DEGRADED): NONE. DEGRADED on a self-hosting repo:
+    ALERT_ONLY, always, because rolling back the service that runs the deploy machinery could
+    take the machinery down with it. DEGRADED with auto_rollback: ROLLBACK. Else ALERT_ONLY.
+    """
+    if status is not Status.DEGRADED:
+        return Decision.NONE
+    if self_hosting:
+        return Decision.ALERT_ONLY
+    return Decision.ROLLBACK if auto_rollback else Decision.ALERT_ONLY
+
+
+def rollback_action(exit_code: int | None) -> Action:
+    """The rollback hook's exit-code contract: 0 is ROLLBACK_OK, anything else (a non-zero
+    exit, a failure to start, a timeout: None) is ROLLBACK_FAILED."""
+    return Action.ROLLBACK_OK if exit_code == 0 else Action.ROLLBACK_FAILED

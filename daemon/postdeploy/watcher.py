@@ -1,0 +1,104 @@
+"""Sentinel discovery: inotify (through watchfiles) for speed, a full rescan for safety.
+
+Both only produce *hints*: the work items that may have changed. The daemon then checks each
+one itself (names, symlinks, files), so a missed or spurious event costs nothing but time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import watchfiles
+
+from postdeploy.layout import NAME_RE, ItemKey, valid_name
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class Scan:
+    """What a full scan of the state directory found."""
+
+    items: list[ItemKey] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, what is wrong)
+
+
+def _entry_problem(entry: os.DirEntry[str]) -> str | None:
+    if entry.name.startswith("."):
+        return ""  # hidden entries (temporary files) are skipped silently
+    if not valid_name(entry.name):
+        return f"name does not match {NAME_RE.pattern}"
+    mode = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISLNK(mode):
+        return "is a symlink; symlinks are never followed"
+    if not stat.S_ISDIR(mode):
+        return "is not a directory"
+    return None
+
+
+def scan_state_dir(root: Path, only_repo: str | None = None) -> Scan:
+    """List every `<repo>/<work_item>` directory below `root` (blocking; run in a thread)."""
+    scan = Scan()
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for repo in os.scandir(root_fd):
+            if only_repo is not None and repo.name != only_repo:
+                continue
+            problem = _entry_problem(repo)
+            if problem is not None:
+                if problem:
+                    scan.problems.append((str(root / repo.name), problem))
+                continue
+            try:
+                repo_fd = os.open(repo.name, _DIR_FLAGS, dir_fd=root_fd)
+            except OSError as exc:
+                scan.problems.append((str(root / repo.name), f"cannot be opened: {exc}"))
+                continue
+            try:
+                for item in os.scandir(repo_fd):
+                    problem = _entry_problem(item)
+                    if problem is None:
+                        scan.items.append(ItemKey(repo.name, item.name))
+                    elif problem:
+                        scan.problems.append((str(root / repo.name / item.name), problem))
+            finally:
+                os.close(repo_fd)
+    finally:
+        os.close(root_fd)
+    return scan
+
+
+async def scan(root: Path, only_repo: str | None = None) -> Scan:
+    return await anyio.to_thread.run_sync(scan_state_dir, root, only_repo)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """One batch of inotify hints: changed work items, and repo directories to rescan."""
+
+    items: set[ItemKey]
+    repos: set[str]
+
+
+async def watch(root: Path, stop: anyio.Event) -> AsyncIterator[Changes]:
+    """Yield batches of hints from inotify until `stop` is set."""
+    async for batch in watchfiles.awatch(
+        root, watch_filter=None, debounce=400, step=10, stop_event=stop, recursive=True
+    ):
+        items: set[ItemKey] = set()
+        repos: set[str] = set()
+        for _change, raw in batch:
+            try:
+                parts = Path(raw).relative_to(root).parts
+            except ValueError:
+                continue
+            if len(parts) == 1:
+                repos.add(parts[0])
+            elif len(parts) >= 2:
+                items.add(ItemKey(parts[0], parts[1]))
+        yield Changes(items, repos)
