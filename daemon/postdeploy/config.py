@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from postdeploy.alerts.config import OutboxSettings, SinkConfig
 from postdeploy.layout import NAME_RE, valid_name
 
 DEFAULT_CONFIG_PATH = "/etc/postdeploy/config.toml"
@@ -151,6 +152,8 @@ class Config(_Table):
     defaults: WindowOverrides = Field(default_factory=WindowOverrides)
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    alerts: list[SinkConfig] = Field(default_factory=list)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     # Where the file was read from; a relative `state_dir` resolves against its folder.
     _source: Path | None = PrivateAttr(default=None)
 

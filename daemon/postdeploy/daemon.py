@@ -20,8 +20,10 @@ import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import layout, watcher
+from postdeploy import layout, metrics, watcher
+from postdeploy.alerts import Outbox
 from postdeploy.config import Config, ConfigError, load_config
+from postdeploy.events import Event
 from postdeploy.layout import ArmedError, ItemKey, UnsafePath, open_item_dir, parse_armed
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
@@ -49,6 +51,7 @@ class Daemon:
             max_inflight=config.daemon.max_inflight_requests,
             max_body_bytes=config.daemon.max_body_bytes,
         )
+        self.outbox = Outbox(self.root, config.alerts, config.outbox)
         self._settled: set[ItemKey] = set()  # finished or rejected: never looked at again
         self._intaking: set[ItemKey] = set()
         self._reported: set[tuple[str, str]] = set()
@@ -64,6 +67,7 @@ class Daemon:
         """Run until SIGTERM or SIGINT; returns the exit code."""
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._signals)
+            outer.start_soon(self.outbox.run)
             async with anyio.create_task_group() as windows:
                 self._windows = windows
                 await self.startup()
@@ -145,6 +149,7 @@ class Daemon:
             self.notifier.ready("reload failed; old config in force")
             return
         self.config = new
+        self.outbox.reconfigure(new.alerts, new.outbox)
         for runner in self.runners.values():
             if runner.key.repo in new.repos:
                 runner.reconfigure(new.repos[runner.key.repo], new.window_settings(runner.key.repo))
@@ -267,6 +272,17 @@ class Daemon:
                 return
             start = self._new_start(key.repo, armed_at, metadata)
             await store.write_json(layout.WINDOW, start.to_dict())
+            await self.outbox.emit(
+                Event(
+                    "window.armed",
+                    key,
+                    f"window armed: {start.schedule.max_ticks} ticks every "
+                    f"{start.schedule.interval_s:g}s",
+                    start.first_seen_at,
+                    evidence=start.schedule.to_dict(),
+                    metadata=metadata,
+                )
+            )
             log.info(
                 "window.armed",
                 armed_at=iso(armed_at),
@@ -287,6 +303,7 @@ class Daemon:
             repo,
             self.config.window_settings(key.repo),
             self.prober,
+            self.outbox.emit,
             first_seen=first_seen,
         )
         if broken:
@@ -298,6 +315,7 @@ class Daemon:
         if self._closing or self._windows is None:
             return
         self.runners[key] = runner
+        metrics.open_windows(len(self.runners))
         self._supersede(key.repo)
         self._windows.start_soon(self._run, runner)
 
@@ -362,5 +380,6 @@ class Daemon:
             await runner.run()
         finally:
             self.runners.pop(runner.key, None)
+            metrics.open_windows(len(self.runners))
             if runner.completed:
                 self._settled.add(runner.key)

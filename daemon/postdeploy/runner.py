@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -17,8 +18,9 @@ from typing import Any
 import anyio
 import structlog
 
-from postdeploy import layout
+from postdeploy import layout, metrics
 from postdeploy.config import RepoConfig, WindowSettings
+from postdeploy.events import Event
 from postdeploy.layout import ItemKey
 from postdeploy.probe import Prober
 from postdeploy.report import Outcome, done_record, render_report
@@ -30,6 +32,23 @@ from postdeploy.verdict import rollback_action as action_for_exit
 from postdeploy.window import Admission, Finish, Probe, Schedule, Wait, admit, missed, next_step
 
 log = structlog.get_logger("postdeploy.window")
+
+Emit = Callable[[Event], Awaitable[None]]
+
+# The event sent when a window ends with each status (DEGRADED is sent before the reaction).
+_FINISH_EVENT = {
+    Status.HEALTHY: "window.healthy",
+    Status.SUPERSEDED: "window.superseded",
+    Status.CANCELLED: "window.cancelled",
+    Status.DISABLED: "window.disabled",
+    Status.MISSED: "window.missed",
+    Status.ERROR: "window.error",
+}
+_ROLLBACK_EVENT = {
+    Action.ROLLBACK_OK: "rollback.ok",
+    Action.ROLLBACK_FAILED: "rollback.failed",
+    Action.ROLLBACK_UNKNOWN: "rollback.unknown",
+}
 
 WRITE_RETRY_MAX_S = 30.0
 
@@ -77,6 +96,7 @@ class WindowRunner:
         repo: RepoConfig,
         settings: WindowSettings,
         prober: Prober,
+        emit: Emit,
         *,
         first_seen: bool,
     ) -> None:
@@ -86,6 +106,7 @@ class WindowRunner:
         self.repo = repo
         self.settings = settings
         self.prober = prober
+        self.emit = emit
         self.first_seen = first_seen
         self.phase = Phase.OBSERVING
         self.completed = False  # `done` is written: the window is finished for good
@@ -166,12 +187,8 @@ class WindowRunner:
             if admission is Admission.MISSED:
                 return missed(schedule, self.now())
             catch_up = admission is Admission.CATCH_UP
-            if catch_up:
-                log.warning("window.catch_up", reason="its end passed while the daemon was down")
-            elif not self.first_seen:
-                log.info(
-                    "window.resumed", ticks=self.tally.checks_total, last_tick=self.tally.last_tick
-                )
+            if not self.first_seen:
+                await self._resumed(catch_up)
             while True:
                 step = next_step(
                     schedule,
@@ -188,6 +205,20 @@ class WindowRunner:
                 await self._tick(step)
         return self._stop
 
+    async def _resumed(self, catch_up: bool) -> None:
+        """Say that the daemon was down while this window was open."""
+        schedule, last = self.start.schedule, self.tally.last_tick
+        missed_ticks = max(0, schedule.due_tick(self.now()) - last - (0 if catch_up else 1))
+        if catch_up:
+            reason = (
+                "the window ended while the daemon was down: one catch-up probe, then the verdict"
+            )
+        else:
+            reason = f"the daemon was down while the window was open; {missed_ticks} ticks missed"
+        log.warning("window.resumed", reason=reason, ticks=self.tally.checks_total, last_tick=last)
+        if catch_up or missed_ticks:
+            await self._event("window.daemon_was_down", reason, seq=str(last))
+
     async def _tick(self, step: Probe) -> None:
         row = await self.prober.probe(
             self.repo, self.settings.probe_timeout_s, step.tick, step.scheduled_ts, step.catch_up
@@ -195,7 +226,15 @@ class WindowRunner:
         with anyio.CancelScope(shield=True):
             await self._append(row)
         self.tally = fold(self.tally, row)
+        metrics.probe_recorded(
+            self.key.repo, not row.failed, row.latency_ms / 1000, row.ts - row.scheduled_ts
+        )
         log.debug("probe", tick=row.tick, ok=not row.failed, detail=row.detail)
+        if row.health_code == 0 and all(code == 0 for code in row.codes.values()):
+            with anyio.CancelScope(shield=True):
+                await self._event(
+                    "probe.unavailable", f"no answer at all from {self.repo.base_url}: {row.detail}"
+                )
 
     async def _append(self, row: ProbeRow) -> None:
         self._unwritten.append(dump_line(row.to_dict()))
@@ -229,6 +268,11 @@ class WindowRunner:
                 reason=verdict.reason,
                 self_hosting=self.repo.self_hosting,
             )
+            kind = "window.shadow" if shadow else "window.degraded"
+            note = f"would have done {decision} (shadow mode): " if shadow else f"{decision}: "
+            await self._event(
+                kind, note + verdict.reason, verdict, decision=str(decision), status=verdict.status
+            )
         if decision is not Decision.NONE and shadow:
             action = Action.SHADOW
         elif decision is Decision.ALERT_ONLY:
@@ -236,6 +280,15 @@ class WindowRunner:
         elif decision is Decision.ROLLBACK:
             with anyio.CancelScope(shield=True):
                 action, rollback = await self._rollback(verdict)
+            detail = (rollback or {}).get("detail", "result unknown")
+            await self._event(
+                _ROLLBACK_EVENT[action],
+                f"rollback {action}: {detail}; degraded because {verdict.reason}",
+                verdict,
+                status=verdict.status,
+                action_taken=action,
+                rollback=rollback,
+            )
         await self._finish(verdict, action, rollback)
 
     async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:
@@ -250,6 +303,7 @@ class WindowRunner:
                 reason="a rollback was started before a restart and its result was never "
                 "recorded; it is not run again: check the service by hand",
             )
+            metrics.rollback_finished(self.key.repo, str(Action.ROLLBACK_UNKNOWN))
             return Action.ROLLBACK_UNKNOWN, None
         argv = list(self.repo.rollback_command or [])
         await self.store.write_json(
@@ -269,6 +323,7 @@ class WindowRunner:
         action = action_for_exit(result.exit_code)
         level = log.warning if action is Action.ROLLBACK_OK else log.critical
         level("rollback.finished", action=str(action), **result.to_dict())
+        metrics.rollback_finished(self.key.repo, str(action))
         return action, result.to_dict()
 
     async def _run_logged(self, argv: list[str], env: dict[str, str]) -> RollbackResult:
@@ -302,10 +357,19 @@ class WindowRunner:
             evidence=verdict.evidence,
             rollback=rollback,
         )
+        finish_event = _FINISH_EVENT.get(verdict.status)
         delay = 0.5
         while True:
             try:
                 with anyio.CancelScope(shield=True):
+                    if finish_event:
+                        await self._event(
+                            finish_event,
+                            verdict.reason,
+                            verdict,
+                            status=verdict.status,
+                            action_taken=action,
+                        )
                     await self._write_outcome(outcome)
                 break
             except OSError as exc:
@@ -313,6 +377,7 @@ class WindowRunner:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, WRITE_RETRY_MAX_S)
         self.completed = True
+        metrics.window_finished(self.key.repo, str(verdict.status), str(action))
         level = log.info if verdict.status is Status.HEALTHY else log.warning
         if (
             action in (Action.ROLLBACK_FAILED, Action.ROLLBACK_UNKNOWN)
@@ -328,6 +393,35 @@ class WindowRunner:
             checks_failed=outcome.checks_failed,
             window_s=outcome.window_s,
             metadata=self.start.metadata,
+        )
+
+    async def _event(
+        self,
+        kind: str,
+        reason: str,
+        verdict: Verdict | None = None,
+        *,
+        seq: str = "",
+        status: str = "",
+        action_taken: str = "",
+        **extra: Any,
+    ) -> None:
+        """Hand an event to the outbox (durable, idempotent by id)."""
+        evidence = {**(verdict.evidence if verdict else {}), **extra}
+        if "last_probes" not in evidence:
+            evidence["last_probes"] = [row.to_dict() for row in self.tally.recent]
+        await self.emit(
+            Event(
+                kind=kind,
+                key=self.key,
+                reason=reason,
+                at=time.time(),
+                status=str(status),
+                action_taken=str(action_taken),
+                evidence=evidence,
+                metadata=self.start.metadata,
+                seq=seq,
+            )
         )
 
     async def _write_outcome(self, outcome: Outcome) -> None:
