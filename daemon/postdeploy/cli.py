@@ -122,6 +122,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from postdeploy import view
+
+    key = _item(args)
+    return view.print_show(_load(args).state_path, key)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from postdeploy import demo
 
@@ -158,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     stat = sub.add_parser("status", parents=[common], help="open windows and recent outcomes")
     stat.add_argument("--json", action="store_true", help="machine-readable output")
     stat.set_defaults(func=cmd_status)
+
+    show = sub.add_parser("show", parents=[common], help="one window's timeline and report")
+    show.add_argument("repo")
+    show.add_argument("work_item")
+    show.set_defaults(func=cmd_show)
 
     check = sub.add_parser("check-config", parents=[common], help="validate a config file")
     check.add_argument("path", nargs="?", help="the file (default: --config)")

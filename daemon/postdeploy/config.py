@@ -138,6 +138,29 @@ class DaemonSettings(_Table):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MetricsSettings(_Table):
+    """`[metrics]`: an optional Prometheus endpoint, off unless `listen` is set."""
+
+    listen: str | None = None  # "127.0.0.1:9464"; bind to loopback unless you mean it
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 def _state_dir(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
@@ -154,6 +177,7 @@ class Config(_Table):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     alerts: list[SinkConfig] = Field(default_factory=list)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     # Where the file was read from; a relative `state_dir` resolves against its folder.
     _source: Path | None = PrivateAttr(default=None)
 

@@ -84,6 +84,8 @@ class Daemon:
     async def startup(self) -> None:
         """Take up every work item on disk, then report READY."""
         started = time.monotonic()
+        if self.config.metrics.address is not None:
+            metrics.serve(self.config.metrics.address)
         await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
         found = await self._rescan()
         self.ready.set()

@@ -17,3 +17,15 @@ def rollback_finished(repo: str, action: str) -> None:
 
 def open_windows(count: int) -> None:
     """How many windows are open now."""
+
+
+def serve(address: tuple[str, int]) -> None:
+    """Start the HTTP endpoint serving /metrics on `address` (host, port) in a thread."""
+
+
+def outbox_backlog(count: int) -> None:
+    """How many (event, sink) deliveries are pending."""
+
+
+def alert_delivered(sink: str, ok: bool) -> None:
+    """One delivery attempt to `sink` ended."""

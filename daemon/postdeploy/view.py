@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from postdeploy.layout import ItemKey
 
 _STYLE = {"HEALTHY": "green", "DEGRADED": "bold red", "ERROR": "bold red", "MISSED": "yellow"}
 
@@ -57,3 +60,13 @@ def render(snapshot: dict[str, Any], console: Console) -> None:
 
 def print_status(snapshot: dict[str, Any]) -> None:
     render(snapshot, Console())
+
+
+def print_show(root: Path, key: ItemKey) -> int:
+    """Print one window's timeline and report; returns the exit code."""
+    report = root / key.repo / key.work_item / "report.md"
+    if report.is_file() and not report.is_symlink():
+        Console().print(report.read_text(encoding="utf-8"), markup=False, highlight=False)
+        return 0
+    Console().print(f"{key}: no report yet", markup=False)
+    return 1
