@@ -1,5 +1,180 @@
-"""postdeploy demo"""
+"""`postdeploy demo`: the whole story on this machine, in well under a minute.
+
+Two bundled services start on 127.0.0.1 and the real daemon (`postdeploy run`, in its own
+process) watches a deploy of each. "catalog" stays green. "checkout" passes its health
+check, then starts failing under traffic while `/health` still says ok: the window goes
+DEGRADED and the (demo) rollback command restores it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from postdeploy import layout
+from postdeploy.demo_service import DemoService
+from postdeploy.layout import ItemKey
+from postdeploy.store import ItemStore
+
+CONFIG = """\
+state_dir = "state"
+
+[defaults]
+window_s = 5.0
+interval_s = 0.5
+initial_delay_s = 0.5
+probe_timeout_s = 0.4
+fail_threshold = 3
+fivexx_threshold = 0.2
+min_samples = 4
+
+[repos.catalog]
+base_url = "{catalog}"
+fivexx_paths = ["/status", "/queue"]
+
+[repos.checkout]
+base_url = "{checkout}"
+fivexx_paths = ["/status", "/queue"]
+auto_rollback = true
+rollback_command = {rollback}
+rollback_timeout_s = 10
+"""
+
+_NARRATE = {
+    "daemon.ready": "daemon ready, watching {state_dir}",
+    "window.armed": "{repo}/{work_item}: window armed, {max_ticks} ticks every {interval_s}s",
+    "window.degraded": "{repo}/{work_item}: DEGRADED -> {decision}: {reason}",
+    "rollback.started": "{repo}/{work_item}: running the rollback command",
+    "rollback.finished": "{repo}/{work_item}: rollback finished: {action} ({detail})",
+    "window.finished": "{repo}/{work_item}: finished {status} / {action_taken}",
+}
+
+
+def _narrate(console: Console, line: dict[str, Any], started: float) -> None:
+    template = _NARRATE.get(str(line.get("event")))
+    if template is None:
+        return
+    try:
+        text = template.format(**line)
+    except (KeyError, IndexError):
+        return
+    style = {"critical": "bold red", "error": "red", "warning": "yellow"}.get(
+        str(line.get("level")), "green"
+    )
+    console.print(f"[dim]{time.monotonic() - started:5.1f}s[/] [{style}]{escape(text)}[/]")
+
+
+def _arm(root: Path, key: ItemKey, meta: dict[str, str]) -> None:
+    store = ItemStore(root, key)
+    store.write_atomic_sync(layout.ARMED, json.dumps(meta).encode(), create_dirs=True)
 
 
 def run(keep: bool = False) -> int:
-    return 0
+    """Run the demo; returns the exit code (0 when both windows ended as expected)."""
+    console = Console()
+    workdir = Path(tempfile.mkdtemp(prefix="postdeploy-demo-"))
+    catalog, checkout = DemoService().start(), DemoService().start()
+    rollback = [
+        sys.executable,
+        "-m",
+        "postdeploy.demo_service",
+        "set",
+        checkout.url,
+        "status_code=200",
+    ]
+    config = workdir / "config.toml"
+    config.write_text(
+        CONFIG.format(catalog=catalog.url, checkout=checkout.url, rollback=json.dumps(rollback))
+    )
+    root = workdir / "state"
+    console.print(f"[bold]postdeploy demo[/] in {workdir}")
+    console.print(f"  catalog  service at {catalog.url} (will stay green)")
+    console.print(f"  checkout service at {checkout.url} (will go red under traffic)\n")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "postdeploy", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    finished: dict[str, dict[str, Any]] = {}
+    ready = threading.Event()
+    started = time.monotonic()
+
+    def read() -> None:
+        assert daemon.stdout is not None
+        for raw in daemon.stdout:
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                console.print(raw.rstrip(), markup=False)
+                continue
+            _narrate(console, line, started)
+            if line.get("event") == "daemon.ready":
+                ready.set()
+            if line.get("event") == "window.finished":
+                finished[str(line.get("repo"))] = line
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not ready.wait(30):
+            console.print("[red]the daemon did not start[/]")
+            return 1
+        _arm(root, ItemKey("catalog", "release-41"), {"commit": "4f1c2e0", "deployed_by": "demo"})
+        _arm(root, ItemKey("checkout", "release-42"), {"commit": "9ab03d1", "deployed_by": "demo"})
+        time.sleep(1.6)
+        console.print(
+            "[dim]  ... checkout's /status and /queue start answering 503; /health still 200[/]"
+        )
+        checkout.set(status_code=503)
+        deadline = time.monotonic() + 45
+        while len(finished) < 2 and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.1)
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+        reader.join(5)
+        catalog.stop()
+        checkout.stop()
+    ok = _summary(console, root, finished)
+    if keep:
+        console.print(f"\nstate kept in {root}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def _summary(console: Console, root: Path, finished: dict[str, dict[str, Any]]) -> bool:
+    table = Table(title="\nOutcomes", title_justify="left")
+    for column in ("window", "status", "action", "why"):
+        table.add_column(column, overflow="fold")
+    for repo, item in (("catalog", "release-41"), ("checkout", "release-42")):
+        done_file = root / repo / item / layout.DONE
+        done = json.loads(done_file.read_text()) if done_file.exists() else {}
+        table.add_row(
+            f"{repo}/{item}",
+            str(done.get("status", "(unfinished)")),
+            str(done.get("action_taken", "")),
+            escape(str(done.get("reason", ""))),
+        )
+    console.print(table)
+    console.print(
+        f"Each window's files are in {root}/<repo>/<work_item>/: armed, series.jsonl, "
+        "report.md, done."
+    )
+    expected = {"catalog": ("HEALTHY", "NONE"), "checkout": ("DEGRADED", "ROLLBACK_OK")}
+    return all(
+        (finished.get(repo, {}).get("status"), finished.get(repo, {}).get("action_taken")) == want
+        for repo, want in expected.items()
+    )

@@ -76,6 +76,9 @@ class _Server(ThreadingHTTPServer):
         self._state = dict(GOOD)
         self.hits: dict[str, int] = {}
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client hanging up mid-request (a probe timing out) is not news here
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._state)
