@@ -61,6 +61,7 @@ class WindowOverrides(_Table):
     auto_rollback: bool | None = None
     rollback_timeout_s: PositiveFloat | None = None
     mode: Literal["act", "shadow"] | None = None
+    verify_ticks: Annotated[int, Field(ge=0)] | None = None
 
 
 class WindowSettings(_Table):
@@ -76,6 +77,7 @@ class WindowSettings(_Table):
     auto_rollback: bool = False
     rollback_timeout_s: float = 300
     mode: Literal["act", "shadow"] = "act"
+    verify_ticks: int = 3  # probes after ROLLBACK_OK that confirm recovery (0: none)
 
     @property
     def effective_initial_delay_s(self) -> float:

@@ -326,7 +326,7 @@ class Daemon:
         schedule = Schedule(
             armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
         )
-        return WindowStart(schedule, time.time(), metadata)
+        return WindowStart(schedule, time.time(), metadata, settings.window_s)
 
     async def _read_armed(self, store: ItemStore) -> tuple[dict[str, str], float]:
         """Wait until `armed` is quiet for QUIET_S, then parse it; returns (metadata, armed_at)."""

@@ -57,6 +57,7 @@ _NARRATE = {
     "window.degraded": "{repo}/{work_item}: DEGRADED -> {decision}: {reason}",
     "rollback.started": "{repo}/{work_item}: running the rollback command",
     "rollback.finished": "{repo}/{work_item}: rollback finished: {action} ({detail})",
+    "rollback.verification": "{repo}/{work_item}: checked after the rollback: {reason}",
     "window.finished": "{repo}/{work_item}: finished {status} / {action_taken}",
 }
 

@@ -30,6 +30,7 @@ WINDOW = "window.json"  # the window's start, recorded the first time the daemon
 ROLLBACK_INTENT = "rollback.intent"  # written durably before the rollback command starts
 ROLLBACK_RESULT = "rollback.json"  # the rollback command's outcome
 ROLLBACK_LOG = "rollback.log"  # the rollback command's stdout and stderr
+VERIFY = "verify.jsonl"  # probe rows after a rollback, confirming recovery
 REPORT = "report.md"
 DONE = "done"  # written last: the window is finished for good
 REJECTED = "rejected"  # written instead of starting a window

@@ -52,6 +52,7 @@ def done_record(outcome: Outcome) -> dict[str, Any]:
         "finished_at": iso(outcome.finished_at),
         "repo": outcome.key.repo,
         "work_item": outcome.key.work_item,
+        **({"rollback": outcome.rollback} if outcome.rollback else {}),
     }
 
 
@@ -92,6 +93,9 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
         lines.append(
             f"- **Rollback:** exit code {rb.get('exit_code')}, {rb.get('detail', '')}".rstrip(", ")
         )
+        verification = rb.get("verification")
+        if isinstance(verification, dict):
+            lines.append(f"- **After the rollback:** {verification.get('reason', '')}")
     for key, value in sorted(outcome.metadata.items()):
         lines.append(f"- `{key}`: {value}")
     if rows:

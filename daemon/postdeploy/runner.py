@@ -27,7 +27,16 @@ from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.rollback import RollbackResult, rollback_env, run_command
 from postdeploy.series import ProbeRow, Tally, fold, replay
 from postdeploy.store import ItemStore, dump_line
-from postdeploy.verdict import Action, Decision, Status, Thresholds, Verdict, decide_action
+from postdeploy.verdict import (
+    Action,
+    Decision,
+    Status,
+    Thresholds,
+    Verdict,
+    classify,
+    decide_action,
+    recovery,
+)
 from postdeploy.verdict import rollback_action as action_for_exit
 from postdeploy.window import Admission, Finish, Probe, Schedule, Wait, admit, missed, next_step
 
@@ -66,10 +75,12 @@ class WindowStart:
     schedule: Schedule
     first_seen_at: float
     metadata: dict[str, str] = field(default_factory=dict)
+    window_s: float | None = None  # as configured (the schedule covers whole ticks of it)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.schedule.to_dict(),
+            "window_s": self.window_s,
             "first_seen_at": self.first_seen_at,
             "metadata": self.metadata,
         }
@@ -79,7 +90,13 @@ class WindowStart:
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError("metadata is not an object")
-        return cls(Schedule.from_dict(data), float(data["first_seen_at"]), metadata)
+        window_s = data.get("window_s")
+        return cls(
+            Schedule.from_dict(data),
+            float(data["first_seen_at"]),
+            metadata,
+            float(window_s) if isinstance(window_s, int | float) else None,
+        )
 
 
 def thresholds(settings: WindowSettings) -> Thresholds:
@@ -112,7 +129,8 @@ class WindowRunner:
         self.completed = False  # `done` is written: the window is finished for good
         self.tally = Tally()
         self._stop: Verdict | None = None
-        self._scope = anyio.CancelScope()
+        self._scope = anyio.CancelScope()  # the observing phase; cancelled by stop()
+        self._verify_scope = anyio.CancelScope()  # rollback verification; cancelled at shutdown
         self._unwritten: list[bytes] = []  # rows the disk refused; retried before the next
         # The schedule's wall-clock times become monotonic deadlines once, here.
         self._wall0 = time.time()
@@ -136,6 +154,8 @@ class WindowRunner:
 
         Returns False once the window has its verdict: a reaction is never interrupted.
         """
+        if verdict is None and self.phase is Phase.CONCLUDING:
+            self._verify_scope.cancel()  # verification resumes after the restart
         if self.phase is not Phase.OBSERVING:
             return False
         if self._stop is None or verdict is None:
@@ -289,7 +309,51 @@ class WindowRunner:
                 action_taken=action,
                 rollback=rollback,
             )
+            if action is Action.ROLLBACK_OK and self.settings.verify_ticks > 0:
+                checked = await self._verify(verdict)
+                if checked is None:
+                    return  # shutdown: the verification resumes after the restart
+                rollback = {**(rollback or {}), "verification": checked}
         await self._finish(verdict, action, rollback)
+
+    async def _verify(self, verdict: Verdict) -> dict[str, Any] | None:
+        """Probe after ROLLBACK_OK until recovery is confirmed or refuted; None at shutdown.
+
+        Never a second rollback: a service still broken gets a critical event, not another go.
+        """
+        wanted, th = self.settings.verify_ticks, thresholds(self.settings)
+        tally = replay((await self.store.read_lines(layout.VERIFY)).rows)
+        with self._verify_scope:
+            while tally.checks_total < wanted and classify(tally, th) is None:
+                await anyio.sleep(self.settings.interval_s)
+                row = await self.prober.probe(
+                    self.repo,
+                    self.settings.probe_timeout_s,
+                    tally.last_tick + 1,
+                    time.time(),
+                    False,
+                )
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self.store.append_lines(layout.VERIFY, [dump_line(row.to_dict())])
+                except OSError as exc:
+                    log.error("verify.append_failed", error=str(exc))
+                tally = fold(tally, row)
+            result = recovery(tally, th, wanted)
+            recovered = result.status is Status.HEALTHY
+            with anyio.CancelScope(shield=True):
+                await self._event(
+                    "rollback.verified" if recovered else "rollback.still_degraded",
+                    result.reason,
+                    result,
+                    status=verdict.status,
+                    action_taken=Action.ROLLBACK_OK,
+                )
+            (log.info if recovered else log.critical)(
+                "rollback.verification", recovered=recovered, reason=result.reason
+            )
+            return {"recovered": recovered, "checks": tally.checks_total, "reason": result.reason}
+        return None
 
     async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:
         """Run the rollback command at most once per work item, even across restarts."""
@@ -350,7 +414,7 @@ class WindowRunner:
             reason=verdict.reason,
             checks_total=self.tally.checks_total,
             checks_failed=self.tally.checks_failed,
-            window_s=self.start.schedule.window_s,
+            window_s=self.start.window_s or self.start.schedule.window_s,
             finished_at=time.time(),
             armed_at=self.start.schedule.armed_at,
             metadata=self.start.metadata,

@@ -127,3 +127,23 @@ def rollback_action(exit_code: int | None) -> Action:
     """The rollback hook's exit-code contract: 0 is ROLLBACK_OK, anything else (a non-zero
     exit, a failure to start, a timeout: None) is ROLLBACK_FAILED."""
     return Action.ROLLBACK_OK if exit_code == 0 else Action.ROLLBACK_FAILED
+
+
+def recovery(tally: Tally, th: Thresholds, wanted: int) -> Verdict:
+    """Judge the probes made after a successful rollback.
+
+    Recovered (HEALTHY) when no rule trips over them and the last one passed; otherwise
+    DEGRADED: the rollback "succeeded" into a service that is still broken.
+    """
+    tripped = classify(tally, th)
+    last_failed = bool(tally.recent) and tally.recent[-1].failed
+    if tripped is None and not last_failed and tally.checks_total >= min(wanted, 1):
+        reason = f"recovered: {tally.checks_total} probes after the rollback, last one passed"
+        return Verdict(Status.HEALTHY, reason, _evidence(tally, th))
+    why = tripped.reason if tripped else f"the last of {tally.checks_total} probes failed"
+    last = tally.recent[-1].detail if tally.recent else "no probe"
+    return Verdict(
+        Status.DEGRADED,
+        f"still degraded after the rollback: {why}; last: {last}",
+        _evidence(tally, th),
+    )
