@@ -16,13 +16,16 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     field_validator,
 )
 
 from postdeploy.alerts.config import OutboxSettings, SinkConfig
+from postdeploy.checks import Bound, Condition, ConditionError, parse_condition
 from postdeploy.layout import NAME_RE, valid_name
 
 DEFAULT_CONFIG_PATH = "/etc/postdeploy/config.toml"
@@ -90,6 +93,85 @@ class WindowSettings(_Table):
         return max(1, math.floor(self.window_s / self.interval_s + 1e-9))
 
 
+CHECK_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Check(_Table):
+    name: Annotated[str, Field(pattern=CHECK_NAME_RE)]
+    fail_threshold: Annotated[int, Field(ge=1)] | None = None  # default: the repo's
+    timeout_s: PositiveFloat | None = None  # default: the repo's probe_timeout_s
+
+
+class HttpCheck(_Check):
+    """`[[repos.NAME.checks]]` with `type = "http"` (the default): a request and conditions."""
+
+    type: Literal["http"] = "http"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    path: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_env: dict[str, Annotated[str, Field(pattern=ENV_NAME_RE)]] = Field(
+        default_factory=dict
+    )  # header name -> environment variable holding its (secret) value
+    body: str | None = None
+    expect: list[str] = Field(default_factory=lambda: ["status == 200"])
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @field_validator("expect")
+    @classmethod
+    def _conditions(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                parse_condition(text)
+            except ConditionError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return [parse_condition(text) for text in self.expect]
+
+
+class PrometheusCheck(_Check):
+    """`type = "prometheus"`: a PromQL query against the operator's Prometheus, bounded."""
+
+    type: Literal["prometheus"]
+    url: str
+    query: Annotated[str, Field(min_length=1)]
+    max: float | None = None
+    min: float | None = None
+    no_data: Literal["ok", "fail"] = "ok"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def bound(self) -> Bound:
+        return Bound(max=self.max, min=self.min)
+
+
+def _check_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "http"))
+    return str(getattr(value, "type", "http"))
+
+
+CheckConfig = Annotated[
+    Annotated[HttpCheck, Tag("http")] | Annotated[PrometheusCheck, Tag("prometheus")],
+    Discriminator(_check_type),
+]
+
+
 class RepoConfig(WindowOverrides):
     """One `[repos.NAME]` table: the service to watch and how to react."""
 
@@ -99,6 +181,26 @@ class RepoConfig(WindowOverrides):
     self_hosting: bool = False
     rollback_command: Argv | None = None
     rollback_env: dict[str, str] = Field(default_factory=dict)
+    checks: list[CheckConfig] = Field(default_factory=list)
+    # Something that should always answer (a gateway, a neighbour): when it fails in the same
+    # tick as the service, the tick is inconclusive (our own network), never held against it.
+    control_url: str | None = None
+
+    @field_validator("control_url")
+    @classmethod
+    def _control(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("checks")
+    @classmethod
+    def _unique(cls, value: list[Any]) -> list[Any]:
+        names = [check.name for check in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"check names must be unique: {', '.join(duplicates)}")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -218,12 +320,19 @@ class ConfigError(Exception):
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
+    previous: int | str | None = None
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        else:
+        elif not isinstance(previous, int) or item not in _UNION_TAGS:
             parts.append(("." if parts else "") + item)
+        # else: the tag pydantic adds after a list index for a tagged union; not a key
+        previous = item
     return "".join(parts) or "(top level)"
+
+
+# The `type` values of tagged unions (checks, alert sinks): pydantic puts them in error paths.
+_UNION_TAGS = {"http", "prometheus", "webhook", "telegram", "alertmanager", "command"}
 
 
 def _messages(path: str, error: ValidationError) -> list[str]:
@@ -233,6 +342,9 @@ def _messages(path: str, error: ValidationError) -> list[str]:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = item.get("ctx", {})
+            message = f"type {ctx.get('tag', '?')!r} is not one of {ctx.get('expected_tags', '?')}"
         lines.append(f"{path}: {_dotted(loc)}: {message}")
     return lines
 

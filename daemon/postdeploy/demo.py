@@ -2,8 +2,9 @@
 
 Two bundled services start on 127.0.0.1 and the real daemon (`postdeploy run`, in its own
 process) watches a deploy of each. "catalog" stays green. "checkout" passes its health
-check, then starts failing under traffic while `/health` still says ok: the window goes
-DEGRADED and the (demo) rollback command restores it.
+check, then its catalog starts coming back empty while `/health` still says ok: its feature
+check fails three ticks in a row, the window goes DEGRADED, and the (demo) rollback command
+restores it; probes after the rollback confirm the recovery.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ fivexx_paths = ["/status", "/queue"]
 auto_rollback = true
 rollback_command = {rollback}
 rollback_timeout_s = 10
+
+[[repos.checkout.checks]]            # what "working" means: the catalog lists products
+name = "catalog"
+path = "/feature"
+expect = ["status == 200", "$.items length > 0"]
 """
 
 _NARRATE = {
@@ -92,7 +98,7 @@ def run(keep: bool = False) -> int:
         "postdeploy.demo_service",
         "set",
         checkout.url,
-        "status_code=200",
+        "feature=ok",
     ]
     config = workdir / "config.toml"
     config.write_text(
@@ -136,9 +142,9 @@ def run(keep: bool = False) -> int:
         _arm(root, ItemKey("checkout", "release-42"), {"commit": "9ab03d1", "deployed_by": "demo"})
         time.sleep(1.6)
         console.print(
-            "[dim]  ... checkout's /status and /queue start answering 503; /health still 200[/]"
+            "[dim]  ... checkout's catalog starts coming back empty; /health still says 200 ok[/]"
         )
-        checkout.set(status_code=503)
+        checkout.set(feature="broken")
         deadline = time.monotonic() + 45
         while len(finished) < 2 and time.monotonic() < deadline and daemon.poll() is None:
             time.sleep(0.1)

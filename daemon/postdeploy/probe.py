@@ -10,14 +10,17 @@ target's; a global limiter bounds the requests in flight.
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 import httpx
 
-from postdeploy import __version__
-from postdeploy.config import RepoConfig
+from postdeploy import __version__, logs
+from postdeploy.checks import Response, evaluate_all, judge_sample
+from postdeploy.config import HttpCheck, PrometheusCheck, RepoConfig
 from postdeploy.series import ProbeRow
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
@@ -97,28 +100,40 @@ class Prober:
 
     async def get(self, url: str, timeout: float, *, read_body: bool) -> Answer:
         """GET `url` within `timeout` seconds overall; never raises for network trouble."""
+        return await self.request("GET", url, timeout, read_body=read_body)
+
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        timeout: float,
+        *,
+        read_body: bool = True,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> Answer:
+        """One request within `timeout` seconds overall (connect, headers and body)."""
         target = httpx.URL(url)
         client = self._client(target)
         async with self._limiter:
             start = time.perf_counter()
             with anyio.move_on_after(timeout):
                 try:
-                    return await self._request(client, target, timeout, read_body, start)
+                    request = client.build_request(
+                        method, target, headers=headers, content=content, timeout=timeout
+                    )
+                    return await self._send(client, request, read_body, start)
                 except httpx.TimeoutException:
                     pass  # reported below, like the overall deadline
                 except (httpx.HTTPError, OSError) as exc:
                     return Answer(0, _elapsed_ms(start), error=_error_text(exc))
             return Answer(0, _elapsed_ms(start), error=f"timed out after {timeout:g}s")
 
-    async def _request(
-        self,
-        client: httpx.AsyncClient,
-        url: httpx.URL,
-        timeout: float,
-        read_body: bool,
-        start: float,
+    async def _send(
+        self, client: httpx.AsyncClient, request: httpx.Request, read_body: bool, start: float
     ) -> Answer:
-        async with client.stream("GET", url, timeout=timeout) as response:
+        response = await client.send(request, stream=True)
+        try:
             if not read_body:
                 return Answer(response.status_code, _elapsed_ms(start))
             body = bytearray()
@@ -131,46 +146,152 @@ class Prober:
                         error=f"HTTP {response.status_code} body over {self._max_body} bytes",
                     )
             return Answer(response.status_code, _elapsed_ms(start), bytes(body))
+        finally:
+            await response.aclose()
 
     async def probe(
         self, repo: RepoConfig, timeout: float, tick: int, scheduled_ts: float, catch_up: bool
     ) -> ProbeRow:
-        """One tick: the health path and all 5xx paths at once."""
+        """One tick: the health path, the 5xx paths, the feature checks and the control
+        probe, all at once."""
         ts = time.time()
         answers: dict[str, Answer] = {}
+        checks: dict[str, dict[str, Any]] = {}
+        control: list[Answer] = []
 
         async def fetch(path: str, read_body: bool) -> None:
             answers[path] = await self.get(repo.base_url + path, timeout, read_body=read_body)
+
+        async def check(spec: HttpCheck | PrometheusCheck) -> None:
+            deadline = spec.timeout_s or timeout
+            if isinstance(spec, HttpCheck):
+                checks[spec.name] = await self._http_check(repo, spec, deadline)
+            else:
+                checks[spec.name] = await self._prometheus_check(spec, deadline)
+
+        async def fetch_control(url: str) -> None:
+            control.append(await self.get(url, timeout, read_body=False))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(fetch, repo.health_path, True)
             for path in repo.fivexx_paths:
                 if path != repo.health_path:
                     tg.start_soon(fetch, path, False)
-        health = answers[repo.health_path]
-        problem = health_problem(health)
-        parts = [f"health {'ok' if problem is None else problem}"]
-        codes: dict[str, int] = {}
-        fivexx = 0
-        for path in repo.fivexx_paths:
-            answer = answers[path]
-            codes[path] = answer.code
-            bad = not answer.answered or 500 <= answer.code <= 599
-            fivexx += bad
-            parts.append(f"{path} {answer.error if not answer.answered else answer.code}")
-        return ProbeRow(
-            tick=tick,
-            scheduled_ts=scheduled_ts,
-            ts=ts,
-            health_ok=problem is None,
-            health_code=health.code,
-            total=len(repo.fivexx_paths),
-            fivexx=fivexx,
-            latency_ms=health.latency_ms,
-            detail="; ".join(parts),
-            catch_up=catch_up,
-            codes=codes,
+            for spec in repo.checks:
+                tg.start_soon(check, spec)
+            if repo.control_url:
+                tg.start_soon(fetch_control, repo.control_url)
+        return _row(repo, answers, checks, control, tick, scheduled_ts, ts, catch_up)
+
+    async def _http_check(
+        self, repo: RepoConfig, spec: HttpCheck, timeout: float
+    ) -> dict[str, Any]:
+        headers = dict(spec.headers)
+        for header, variable in spec.headers_env.items():
+            value = os.environ.get(variable)
+            if value is None:
+                # Our configuration, not the service, is broken: never held against it.
+                return {"ok": None, "detail": f"environment variable {variable} is not set"}
+            logs.register_secret(value)
+            headers[header] = value
+        body = spec.body.encode() if spec.body is not None else None
+        answer = await self.request(
+            spec.method, repo.base_url + spec.path, timeout, headers=headers, content=body
         )
+        response = Response(answer.code, answer.latency_ms, answer.body or b"", answer.error)
+        result = evaluate_all(spec.conditions, response)
+        return {
+            "ok": result.ok,
+            "value": result.value,
+            "latency_ms": round(answer.latency_ms, 3),
+            "detail": result.detail,
+        }
+
+    async def _prometheus_check(self, spec: PrometheusCheck, timeout: float) -> dict[str, Any]:
+        url = httpx.URL(spec.url + "/api/v1/query", params={"query": spec.query})
+        answer = await self.request("GET", url, timeout)
+        latency = round(answer.latency_ms, 3)
+        try:
+            values = prometheus_values(answer)
+        except ValueError as exc:
+            # Prometheus itself is unwell: that says nothing about the service.
+            return {"ok": None, "latency_ms": latency, "detail": f"prometheus: {exc}"}
+        result = judge_sample(values, spec.bound, spec.no_data == "fail")
+        entry: dict[str, Any] = {
+            "ok": result.ok,
+            "value": result.value,
+            "latency_ms": latency,
+            "detail": f"{spec.query}: {result.detail}",
+        }
+        if result.no_data:
+            entry["no_data"] = True
+        return entry
+
+
+def prometheus_values(answer: Answer) -> list[float]:
+    """The sample values of an instant query's answer; ValueError when it is not one."""
+    if not answer.answered:
+        raise ValueError(str(answer.error))
+    if answer.code != 200:
+        raise ValueError(f"HTTP {answer.code}")
+    try:
+        document = json.loads(answer.body or b"")
+        data = document["data"]
+        kind, result = data["resultType"], data["result"]
+        if kind == "scalar":
+            return [float(result[1])]
+        if kind == "vector":
+            return [float(sample["value"][1]) for sample in result]
+        if kind == "matrix":
+            return [float(series["values"][-1][1]) for series in result if series["values"]]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"unexpected answer: {type(exc).__name__}: {exc}") from None
+    raise ValueError(f"unsupported result type {kind!r}")
+
+
+def _row(
+    repo: RepoConfig,
+    answers: dict[str, Answer],
+    checks: dict[str, dict[str, Any]],
+    control: list[Answer],
+    tick: int,
+    scheduled_ts: float,
+    ts: float,
+    catch_up: bool,
+) -> ProbeRow:
+    """Fold one tick's answers into its series row."""
+    health = answers[repo.health_path]
+    problem = health_problem(health)
+    parts = [f"health {'ok' if problem is None else problem}"]
+    codes: dict[str, int] = {}
+    fivexx = 0
+    for path in repo.fivexx_paths:
+        answer = answers[path]
+        codes[path] = answer.code
+        fivexx += not answer.answered or 500 <= answer.code <= 599
+        parts.append(f"{path} {answer.error if not answer.answered else answer.code}")
+    for name, result in sorted(checks.items()):
+        if result["ok"] is not True:
+            state = "FAIL" if result["ok"] is False else "n/a"
+            parts.append(f"check {name} {state}: {result['detail']}")
+    row = ProbeRow(
+        tick=tick,
+        scheduled_ts=scheduled_ts,
+        ts=ts,
+        health_ok=problem is None,
+        health_code=health.code,
+        total=len(repo.fivexx_paths),
+        fivexx=fivexx,
+        latency_ms=health.latency_ms,
+        detail="; ".join(parts),
+        catch_up=catch_up,
+        codes=codes,
+        checks=checks,
+    )
+    if control and not control[0].answered and row.service_failed:
+        detail = f"{row.detail}; control unreachable too ({control[0].error}): inconclusive"
+        row = replace(row, inconclusive=True, detail=detail)
+    return row
 
 
 def _elapsed_ms(start: float) -> float:

@@ -99,8 +99,12 @@ class WindowStart:
         )
 
 
-def thresholds(settings: WindowSettings) -> Thresholds:
-    return Thresholds(settings.fail_threshold, settings.fivexx_threshold, settings.min_samples)
+def thresholds(settings: WindowSettings, repo: RepoConfig) -> Thresholds:
+    """The rule thresholds of a repo's windows, with each feature check's own."""
+    checks = {c.name: c.fail_threshold for c in repo.checks if c.fail_threshold is not None}
+    return Thresholds(
+        settings.fail_threshold, settings.fivexx_threshold, settings.min_samples, checks
+    )
 
 
 class WindowRunner:
@@ -213,7 +217,7 @@ class WindowRunner:
                 step = next_step(
                     schedule,
                     self.tally,
-                    thresholds(self.settings),
+                    thresholds(self.settings, self.repo),
                     self.now(),
                     catch_up=catch_up and not self.tally.catch_up_done,
                 )
@@ -250,7 +254,16 @@ class WindowRunner:
             self.key.repo, not row.failed, row.latency_ms / 1000, row.ts - row.scheduled_ts
         )
         log.debug("probe", tick=row.tick, ok=not row.failed, detail=row.detail)
-        if row.health_code == 0 and all(code == 0 for code in row.codes.values()):
+        if row.inconclusive:
+            log.warning("probe.inconclusive", tick=row.tick, detail=row.detail)
+            with anyio.CancelScope(shield=True):
+                await self._event(
+                    "probe.unavailable",
+                    f"the control probe failed in the same tick as the service: tick {row.tick} "
+                    f"counts for nothing (our own network?): {row.detail}",
+                    seq="inconclusive",
+                )
+        elif row.health_code == 0 and all(code == 0 for code in row.codes.values()):
             with anyio.CancelScope(shield=True):
                 await self._event(
                     "probe.unavailable", f"no answer at all from {self.repo.base_url}: {row.detail}"
@@ -321,7 +334,7 @@ class WindowRunner:
 
         Never a second rollback: a service still broken gets a critical event, not another go.
         """
-        wanted, th = self.settings.verify_ticks, thresholds(self.settings)
+        wanted, th = self.settings.verify_ticks, thresholds(self.settings, self.repo)
         tally = replay((await self.store.read_lines(layout.VERIFY)).rows)
         with self._verify_scope:
             while tally.checks_total < wanted and classify(tally, th) is None:

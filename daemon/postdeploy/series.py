@@ -29,11 +29,23 @@ class ProbeRow:
     detail: str
     catch_up: bool = False
     codes: dict[str, int] = field(default_factory=dict)  # 5xx path -> status code (0: none)
+    # Feature checks by name: {"ok", "value", "latency_ms", "detail"}; ok is true, false, or
+    # null for "could not be judged" (no data, a missing secret), which is never a failure.
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The control probe failed in the same tick as the service: our own network, not the
+    # service's fault, so the tick counts for nothing.
+    inconclusive: bool = False
+
+    @property
+    def service_failed(self) -> bool:
+        """Health, a 5xx path or a feature check failed in this tick."""
+        checks_failed = any(c.get("ok") is False for c in self.checks.values())
+        return not self.health_ok or self.fivexx > 0 or checks_failed
 
     @property
     def failed(self) -> bool:
-        """Whether this tick counts in `checks_failed`: health or any 5xx path failed."""
-        return not self.health_ok or self.fivexx > 0
+        """Whether this tick counts in `checks_failed` (an inconclusive tick never does)."""
+        return self.service_failed and not self.inconclusive
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -49,8 +61,12 @@ class ProbeRow:
         }
         if self.codes:
             row["codes"] = self.codes
+        if self.checks:
+            row["checks"] = self.checks
         if self.catch_up:
             row["catch_up"] = True
+        if self.inconclusive:
+            row["inconclusive"] = True
         return row
 
     @classmethod
@@ -72,6 +88,11 @@ class ProbeRow:
         codes = row.get("codes", {})
         if not isinstance(codes, dict):
             codes = {}
+        checks = row.get("checks", {})
+        if not isinstance(checks, dict) or not all(
+            isinstance(c, dict) and c.get("ok") in (True, False, None) for c in checks.values()
+        ):
+            return None
         return cls(
             tick=tick,
             scheduled_ts=float(numbers[0]),
@@ -84,7 +105,18 @@ class ProbeRow:
             detail=str(row.get("detail", "")),
             catch_up=row.get("catch_up") is True,
             codes={str(k): v for k, v in codes.items() if type(v) is int},
+            checks={str(k): v for k, v in checks.items()},
+            inconclusive=row.get("inconclusive") is True,
         )
+
+
+@dataclass(frozen=True)
+class CheckTally:
+    """One feature check's run of consecutive failures, and the last thing it said."""
+
+    streak: int = 0
+    max_streak: int = 0
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +133,8 @@ class Tally:
     catch_up_done: bool = False
     recent: tuple[ProbeRow, ...] = ()
     ignored: int = 0  # rows skipped: malformed, or a tick number not after the last one
+    checks: dict[str, CheckTally] = field(default_factory=dict)
+    inconclusive: int = 0  # ticks that counted for nothing (the control probe failed too)
 
     @property
     def fivexx_ratio(self) -> float:
@@ -111,19 +145,42 @@ def fold(tally: Tally, row: ProbeRow) -> Tally:
     """The tally after one more row; a row that does not move the tick forward is ignored."""
     if row.tick <= tally.last_tick:
         return replace(tally, ignored=tally.ignored + 1)
-    streak = 0 if row.health_ok else tally.streak + 1
-    return Tally(
+    moved = replace(
+        tally,
         last_tick=row.tick,
         checks_total=tally.checks_total + 1,
+        catch_up_done=tally.catch_up_done or row.catch_up,
+        recent=(*tally.recent, row)[-RECENT_ROWS:],
+    )
+    if row.inconclusive:
+        # Neither for nor against the service: streaks and ratios stay as they were.
+        return replace(moved, inconclusive=tally.inconclusive + 1)
+    streak = 0 if row.health_ok else tally.streak + 1
+    return replace(
+        moved,
         checks_failed=tally.checks_failed + row.failed,
         streak=streak,
         max_streak=max(tally.max_streak, streak),
         sum_total=tally.sum_total + row.total,
         sum_fivexx=tally.sum_fivexx + row.fivexx,
-        catch_up_done=tally.catch_up_done or row.catch_up,
-        recent=(*tally.recent, row)[-RECENT_ROWS:],
-        ignored=tally.ignored,
+        checks=_fold_checks(tally.checks, row.checks),
     )
+
+
+def _fold_checks(
+    tallies: dict[str, CheckTally], results: dict[str, dict[str, Any]]
+) -> dict[str, CheckTally]:
+    folded = dict(tallies)
+    for name, result in results.items():
+        before = folded.get(name, CheckTally())
+        if result.get("ok") is False:
+            streak = before.streak + 1
+            folded[name] = CheckTally(
+                streak, max(before.max_streak, streak), str(result.get("detail", ""))
+            )
+        elif result.get("ok") is True:
+            folded[name] = CheckTally(0, before.max_streak, str(result.get("detail", "")))
+    return folded
 
 
 def replay(raw_rows: Iterable[Any]) -> Tally:

@@ -49,6 +49,10 @@ class Thresholds:
     fail_threshold: int
     fivexx_threshold: float
     min_samples: int
+    checks: dict[str, int] = field(default_factory=dict)  # a feature check's own fail_threshold
+
+    def for_check(self, name: str) -> int:
+        return self.checks.get(name, self.fail_threshold)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,21 @@ def _evidence(tally: Tally, th: Thresholds) -> dict[str, Any]:
         "checks_total": tally.checks_total,
         "checks_failed": tally.checks_failed,
         "last_probes": [row.to_dict() for row in tally.recent],
+        **({"inconclusive_ticks": tally.inconclusive} if tally.inconclusive else {}),
+        **(
+            {
+                "checks": {
+                    name: {
+                        "streak": c.max_streak,
+                        "fail_threshold": th.for_check(name),
+                        "last": c.detail,
+                    }
+                    for name, c in tally.checks.items()
+                }
+            }
+            if tally.checks
+            else {}
+        ),
     }
 
 
@@ -80,7 +99,8 @@ def classify(tally: Tally, th: Thresholds) -> Verdict | None:
 
     - `fail_threshold` consecutive failed health probes;
     - the window's 5xx ratio strictly above `fivexx_threshold`, once at least `min_samples`
-      5xx-path requests were made.
+      5xx-path requests were made;
+    - a feature check failing its own `fail_threshold` ticks in a row.
     """
     if tally.max_streak >= th.fail_threshold:
         last = tally.recent[-1].detail if tally.recent else ""
@@ -95,6 +115,10 @@ def classify(tally: Tally, th: Thresholds) -> Verdict | None:
             f"above threshold {th.fivexx_threshold:g} (min_samples {th.min_samples})"
         )
         return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
+    for name, check in sorted(tally.checks.items()):
+        if check.max_streak >= th.for_check(name):
+            reason = f'check "{name}": {check.detail} ({check.max_streak} ticks in a row)'
+            return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
     return None
 
 
