@@ -265,6 +265,7 @@ class Daemon:
             await self._reject(store, f"no [repos.{key.repo}] section in the config")
             return
         first_seen = kinds[layout.WINDOW] is None
+        seen_at = time.time()  # before the quiet wait: "first seen" is when we noticed it
         broken: str | None = None
         if first_seen:
             try:
@@ -272,7 +273,7 @@ class Daemon:
             except ArmedError as exc:
                 await self._reject(store, str(exc))
                 return
-            start = self._new_start(key.repo, armed_at, metadata)
+            start = self._new_start(key.repo, armed_at, metadata, seen_at)
             await store.write_json(layout.WINDOW, start.to_dict())
             await self.outbox.emit(
                 Event(
@@ -297,7 +298,7 @@ class Daemon:
                 start = WindowStart.from_dict(await store.read_json(layout.WINDOW) or {})
             except (ValueError, KeyError, TypeError) as exc:
                 broken = f"{layout.WINDOW} is unreadable ({exc}); the window cannot be resumed"
-                start = self._new_start(key.repo, time.time(), {})
+                start = self._new_start(key.repo, seen_at, {}, seen_at)
         repo = self.config.repos[key.repo]
         runner = WindowRunner(
             store,
@@ -321,12 +322,14 @@ class Daemon:
         self._supersede(key.repo)
         self._windows.start_soon(self._run, runner)
 
-    def _new_start(self, repo: str, armed_at: float, metadata: dict[str, str]) -> WindowStart:
+    def _new_start(
+        self, repo: str, armed_at: float, metadata: dict[str, str], seen_at: float
+    ) -> WindowStart:
         settings = self.config.window_settings(repo)
         schedule = Schedule(
             armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
         )
-        return WindowStart(schedule, time.time(), metadata, settings.window_s)
+        return WindowStart(schedule, seen_at, metadata, settings.window_s)
 
     async def _read_armed(self, store: ItemStore) -> tuple[dict[str, str], float]:
         """Wait until `armed` is quiet for QUIET_S, then parse it; returns (metadata, armed_at)."""

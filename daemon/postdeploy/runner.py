@@ -207,7 +207,9 @@ class WindowRunner:
                     ignored_rows=self.tally.ignored,
                 )
             schedule = self.start.schedule
-            admission = admit(schedule, self.tally, self.now(), first_seen=self.first_seen)
+            # A new window is judged missed by when the daemon first noticed it.
+            seen = self.start.first_seen_at if self.first_seen else self.now()
+            admission = admit(schedule, self.tally, seen, first_seen=self.first_seen)
             if admission is Admission.MISSED:
                 return missed(schedule, self.now())
             catch_up = admission is Admission.CATCH_UP
