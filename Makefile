@@ -25,5 +25,13 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/postdeploy demo
 
+# The crash-consistency suite's long mode (at least 100 SIGKILLs); `make test` runs its short mode.
+chaos: $(STAMP)
+	CHAOS_MODE=long $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/chaos
+
+# Benchmarks drive the real daemon; they print a table and write bench/results.md (not in make test).
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache daemon/*.egg-info
