@@ -198,7 +198,7 @@ def evaluate(condition: Condition, response: Response) -> Result:
         return _body(condition, text)
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an int over the digit limit, too deep
         return Result(False, None, f"{condition.subject}: the body is not JSON")
     value = json_path(document, condition.subject)
     if condition.op == "exists":

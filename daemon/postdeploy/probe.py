@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -49,13 +50,26 @@ def health_problem(answer: Answer) -> str | None:
         return f"HTTP {answer.code}"
     try:
         value = json.loads(answer.body or b"")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, an int over the digit limit, too deep
         return "HTTP 200 but the body is not JSON"
     if not isinstance(value, dict):
         return "HTTP 200 but the body is not a JSON object"
     if value.get("status") != "ok":
-        return f"HTTP 200 but status={value.get('status')!r}"
+        return f"HTTP 200 but status={_short(repr(value.get('status')))}"
     return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (httpx wraps the socket error several times)."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
 
 
 def _error_text(exc: Exception) -> str:
@@ -69,7 +83,10 @@ def _error_text(exc: Exception) -> str:
     }
     kind = kinds.get(type(exc), type(exc).__name__)
     text = str(exc).strip()
-    return f"{kind}: {text[:120]}" if text else kind
+    root = _root_cause(exc)
+    if isinstance(root, OSError) and not isinstance(root, ssl.SSLError) and root.errno:
+        text = os.strerror(root.errno)  # "Connection reset by peer", "Connection refused"
+    return f"{kind}: {_short(text)}" if text else kind
 
 
 class Prober:
