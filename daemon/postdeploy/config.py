@@ -48,7 +48,7 @@ Argv = Annotated[list[str], AfterValidator(_check_argv)]
 class _Table(BaseModel):
     """Base for every TOML table: unknown keys are errors, models are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class WindowOverrides(_Table):

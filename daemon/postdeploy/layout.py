@@ -135,7 +135,7 @@ def parse_armed(data: bytes) -> dict[str, str]:
         return {}
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ArmedError(f"armed is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ArmedError(f"armed must hold a JSON object, not {type(value).__name__}")
@@ -146,6 +146,10 @@ def parse_armed(data: bytes) -> dict[str, str]:
             raise ArmedError(
                 f"metadata value of {key!r} must be a string, not {type(item).__name__}"
             )
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ArmedError(f"metadata value of {key!r} is not valid Unicode text") from None
     mode = value.get("mode")
     if mode is not None and mode not in ("act", "shadow"):
         raise ArmedError(f"metadata mode {mode!r} must be 'act' or 'shadow'")

@@ -71,9 +71,13 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
     }
     if outcome.metadata:
         front["metadata"] = dict(outcome.metadata)
+    dumped = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
+    if yaml.safe_load(dumped) != front:
+        # PyYAML writes U+0085 raw inside quotes and reads it back as a line break.
+        dumped = yaml.safe_dump(front, sort_keys=False, allow_unicode=False, width=1000)
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000).rstrip(),
+        dumped.removesuffix("\n"),  # not rstrip(): it would eat a trailing U+00A0
         "---",
         "",
         f"# Post-deploy window {outcome.key}: {outcome.status}",

@@ -81,9 +81,12 @@ class ProbeRow:
         ints = (tick, total, fivexx, code)
         if not all(type(v) is int for v in ints) or type(health_ok) is not bool:
             return None
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in numbers
+        ):
             return None
-        if tick < 0 or total < 0 or not 0 <= fivexx <= total:
+        if tick < 0 or total < 0 or not 0 <= fivexx <= total or not 0 <= code <= 999:
             return None
         codes = row.get("codes", {})
         if not isinstance(codes, dict):

@@ -48,7 +48,7 @@ def parse_json_lines(data: bytes) -> JsonLines:
                 continue
             try:
                 value = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 bad.append(number)
                 continue
             if isinstance(value, dict):

@@ -44,8 +44,13 @@ class Schedule:
         """The latest tick whose time has come (-1 if none), capped at the last tick."""
         if now < self.tick_time(0):
             return -1
-        k = math.floor((now - self.tick_time(0)) / self.interval_s + 1e-9)
-        return min(k, self.max_ticks - 1)
+        k = min(math.floor((now - self.tick_time(0)) / self.interval_s), self.max_ticks - 1)
+        # The division is inexact at epoch scale: settle k against tick_time itself.
+        while k + 1 < self.max_ticks and self.tick_time(k + 1) <= now:
+            k += 1
+        while k > 0 and self.tick_time(k) > now:
+            k -= 1
+        return k
 
     def to_dict(self) -> dict[str, Any]:
         return {
