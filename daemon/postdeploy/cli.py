@@ -42,6 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load_config(path)
     logs.configure(config.daemon.log_level)
+    logs.register_config_secrets(config)
     return anyio.run(Daemon(config, path).serve)
 
 
@@ -82,6 +83,7 @@ def cmd_arm(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     store = ItemStore(_state_root(args), key)
     try:
+        store.root.mkdir(parents=True, exist_ok=True)  # like `mkdir -p` in a deploy script
         if store.path.is_dir() and store.exists_sync(layout.ARMED):
             print(f"postdeploy: {key} is already armed; left unchanged", file=sys.stderr)
         else:
@@ -126,7 +128,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from postdeploy import view
 
     key = _item(args)
-    return view.print_show(_load(args).state_path, key)
+    config = _load(args)
+    return view.print_show(config.state_path, key, config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

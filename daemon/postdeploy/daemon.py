@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import layout, metrics, watcher
+from postdeploy import layout, logs, metrics, watcher
 from postdeploy.alerts import Outbox
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
@@ -37,6 +37,7 @@ log = structlog.get_logger("postdeploy.daemon")
 
 QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long
 MAX_QUIET_WAIT_S = 5.0
+RECHECKS, RECHECK_DELAY_S = 8, 0.25  # a directory without `armed` is looked at again
 _CHECKED = (layout.ARMED, layout.DONE, layout.REJECTED, layout.WINDOW, layout.CANCEL)
 
 
@@ -53,6 +54,8 @@ class Daemon:
         )
         self.outbox = Outbox(self.root, config.alerts, config.outbox)
         self._settled: set[ItemKey] = set()  # finished or rejected: never looked at again
+        self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
+        self._rechecks: dict[ItemKey, int] = {}  # directories seen without `armed`: how often
         self._intaking: set[ItemKey] = set()
         self._reported: set[tuple[str, str]] = set()
         self._should_exit = anyio.Event()
@@ -70,10 +73,10 @@ class Daemon:
             outer.start_soon(self.outbox.run)
             async with anyio.create_task_group() as windows:
                 self._windows = windows
+                outer.start_soon(self._watchdog)  # pings during a long recovery too
                 await self.startup()
                 outer.start_soon(self._watch)
                 outer.start_soon(self._rescan_loop)
-                outer.start_soon(self._watchdog)
                 await self._should_exit.wait()
                 await self.shutdown()
             outer.cancel_scope.cancel()
@@ -150,6 +153,7 @@ class Daemon:
             )
             self.notifier.ready("reload failed; old config in force")
             return
+        logs.register_config_secrets(new)
         self.config = new
         self.outbox.reconfigure(new.alerts, new.outbox)
         for runner in self.runners.values():
@@ -202,6 +206,8 @@ class Daemon:
         """inotify saw a change in `key`'s directory."""
         if self._closing or self._windows is None or key in self._settled:
             return
+        if key.repo.startswith(".") or key.work_item.startswith("."):
+            return  # hidden entries (temporary files, the outbox) are skipped, as in the scan
         if not (layout.valid_name(key.repo) and layout.valid_name(key.work_item)):
             self._report_once(str(self.root / key.repo / key.work_item), "invalid name")
             return
@@ -209,6 +215,19 @@ class Daemon:
             self._windows.start_soon(self._check_cancel, key)
         elif key not in self._intaking:
             self._windows.start_soon(self._intake, key)
+
+    def _recheck_later(self, key: ItemKey) -> None:
+        """Look at a directory without `armed` again shortly, a few times (then the rescan)."""
+        attempts = self._rechecks.get(key, 0)
+        if attempts >= RECHECKS or self._windows is None or self._closing:
+            return
+        self._rechecks[key] = attempts + 1
+
+        async def recheck() -> None:
+            await anyio.sleep(RECHECK_DELAY_S)
+            self._hint(key)
+
+        self._windows.start_soon(recheck)
 
     def _report_once(self, path: str, problem: str) -> None:
         if (path, problem) not in self._reported:
@@ -245,19 +264,28 @@ class Daemon:
             self._intaking.discard(key)
             structlog.contextvars.unbind_contextvars("repo", "work_item")
 
-    def _kinds(self, key: ItemKey) -> dict[str, str | None]:
+    def _kinds(self, key: ItemKey) -> tuple[dict[str, str | None], float | None]:
+        """What each file of the item directory is, and `armed`'s mtime."""
         with open_item_dir(self.root, key) as dfd:
-            return {name: layout.lstat_kind(dfd, name) for name in _CHECKED}
+            kinds = {name: layout.lstat_kind(dfd, name) for name in _CHECKED}
+            mtime = None
+            if kinds[layout.ARMED] == "file":
+                mtime = os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False).st_mtime
+            return kinds, mtime
 
     async def _admit(self, key: ItemKey) -> None:
         store = ItemStore(self.root, key)
-        kinds = await anyio.to_thread.run_sync(self._kinds, key)
+        kinds, armed_mtime = await anyio.to_thread.run_sync(self._kinds, key)
         if kinds[layout.DONE] or kinds[layout.REJECTED]:
             self._settled.add(key)
+            if kinds[layout.DONE] and armed_mtime is not None:
+                # A finished window still counts when deciding which window is current.
+                self._note_armed(key, min(armed_mtime, time.time()))
             return
         armed = kinds[layout.ARMED]
         if armed is None:
-            return  # a directory without a sentinel (yet)
+            self._recheck_later(key)  # `mkdir -p && touch` can beat inotify to a new directory
+            return
         if armed != "file":
             await self._reject(store, f"armed is a {armed}, not a regular file; it is not followed")
             return
@@ -319,7 +347,7 @@ class Daemon:
             return
         self.runners[key] = runner
         metrics.open_windows(len(self.runners))
-        self._supersede(key.repo)
+        self._note_armed(key, start.schedule.armed_at)
         self._windows.start_soon(self._run, runner)
 
     def _new_start(
@@ -359,25 +387,30 @@ class Daemon:
 
     # -- windows --------------------------------------------------------------------------
 
+    def _note_armed(self, key: ItemKey, armed_at: float) -> None:
+        """Remember the latest window of each repo, open or finished, then supersede."""
+        latest = self._latest.get(key.repo)
+        if latest is None or (armed_at, key.work_item) > latest:
+            self._latest[key.repo] = (armed_at, key.work_item)
+        self._supersede(key.repo)
+
     def _supersede(self, repo: str) -> None:
-        """Every open window of `repo` but the latest armed one ends as SUPERSEDED."""
-        open_ = [
-            r for r in self.runners.values() if r.key.repo == repo and r.phase is not Phase.FINISHED
-        ]
-        if len(open_) < 2:
+        """Every open window of `repo` but the latest armed one ends as SUPERSEDED.
+
+        The latest is taken over every window seen, finished ones included, so an older
+        window that turns up after a newer one (even a finished one) never judges or reacts.
+        """
+        latest = self._latest.get(repo)
+        if latest is None:
             return
-        current = max(open_, key=lambda r: r.sort_key)
-        reason = (
-            f"superseded by {current.key.work_item}, armed at "
-            f"{iso(current.start.schedule.armed_at)}"
-        )
-        for runner in open_:
-            if runner is not current and runner.stop(Verdict(Status.SUPERSEDED, reason)):
+        armed_at, work_item = latest
+        reason = f"superseded by {work_item}, armed at {iso(armed_at)}"
+        for runner in list(self.runners.values()):
+            if runner.key.repo != repo or runner.sort_key >= latest:
+                continue
+            if runner.stop(Verdict(Status.SUPERSEDED, reason)):
                 log.info(
-                    "window.superseded",
-                    repo=repo,
-                    work_item=runner.key.work_item,
-                    by=current.key.work_item,
+                    "window.superseded", repo=repo, work_item=runner.key.work_item, by=work_item
                 )
 
     async def _run(self, runner: WindowRunner) -> None:

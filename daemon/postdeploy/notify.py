@@ -3,6 +3,10 @@
 A datagram to the unix socket named by `$NOTIFY_SOCKET` (a leading `@` is the abstract
 namespace). Without that variable every call is a no-op, so the daemon runs the same way in
 a terminal, in tests and under systemd.
+
+Read from the process environment, `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` are
+then removed from it (as `sd_notify(unset_environment=1)` does), so commands the daemon
+starts (rollback hooks, alert commands) do not inherit them and cannot speak for it.
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ import os
 import socket
 import time
 
+_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
 
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+        env = dict(os.environ) if environ is None else environ
+        if environ is None:
+            for name in _VARIABLES:
+                os.environ.pop(name, None)
         address = env.get("NOTIFY_SOCKET", "")
         self._address: str | bytes | None = None
         if address.startswith("@"):
@@ -24,6 +33,7 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         watchdog_ok = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        # Ping at half the period systemd allows, as sd_watchdog_enabled(3) advises.
         self.watchdog_interval_s: float | None = int(usec) / 2e6 if watchdog_ok else None
 
     @property
@@ -42,7 +52,7 @@ class Notifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.send("READY=1", f"STATUS={status}" if status else "STATUS=ready")
+        return self.send("READY=1", _status(status or "ready"))
 
     def reloading(self) -> bool:
         # systemd (v253+) wants the monotonic time with RELOADING=1.
@@ -55,5 +65,14 @@ class Notifier:
     def watchdog(self) -> bool:
         return self.send("WATCHDOG=1")
 
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask for `seconds` more before systemd's start/stop timeout (e.g. a long rollback)."""
+        return self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1e6))}")
+
     def status(self, text: str) -> bool:
-        return self.send(f"STATUS={text}")
+        return self.send(_status(text))
+
+
+def _status(text: str) -> str:
+    """A STATUS= field; the protocol is newline-separated, so the text must be one line."""
+    return "STATUS=" + " ".join(text.split())

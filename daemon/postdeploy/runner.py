@@ -507,7 +507,11 @@ class WindowRunner:
         if self._unwritten:
             await self.store.append_lines(layout.SERIES, self._unwritten)
             self._unwritten.clear()
-        lines = await self.store.read_lines(layout.SERIES)
-        rows = [r for r in map(ProbeRow.from_dict, lines.rows) if r is not None]
+        try:
+            lines = await self.store.read_lines(layout.SERIES)
+            rows = [r for r in map(ProbeRow.from_dict, lines.rows) if r is not None]
+        except OSError as exc:  # never let an unreadable series block the verdict
+            log.error("series.unreadable", error=str(exc), note="report written without probes")
+            rows = []
         await self.store.write_atomic(layout.REPORT, render_report(outcome, rows).encode())
         await self.store.write_json(layout.DONE, done_record(outcome))

@@ -1,62 +1,188 @@
 """`postdeploy status`: open windows and recent outcomes, read from the state directory.
 
-It reads files only, so it works whether or not the daemon is running.
+It reads files only, so it works whether or not the daemon is running, and it never writes.
+A window's state is the fold of its `series.jsonl` (the same `series.fold` the daemon uses);
+the file is streamed line by line, so memory stays bounded however long the window is, and
+only the last `SPARK_POINTS` rows are kept for the sparkline.
+
+The contract's keys (`enabled`, `active` [{repo, work_item, armed_at, ticks, max_ticks,
+checks_failed}], `active_count`, `recent` [{repo, work_item, status, action_taken,
+finished_at}]) are always there; the other keys are extras for the terminal view.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from postdeploy import layout
-from postdeploy.config import Config
+from postdeploy.config import Config, WindowSettings
 from postdeploy.layout import ItemKey, open_item_dir
-from postdeploy.series import replay
-from postdeploy.store import ItemStore, parse_json_lines
+from postdeploy.series import ProbeRow, Tally, fold
+from postdeploy.store import ItemStore
 from postdeploy.watcher import scan_state_dir
 
-RECENT = 20
+RECENT = 20  # finished windows listed, newest first
+SPARK_POINTS = 24  # probe rows kept per open window for the sparkline
 
 
-def _json(store: ItemStore, name: str) -> dict[str, Any] | None:
+def read_json(store: ItemStore, name: str) -> dict[str, Any] | None:
+    """The JSON object in `name`, or None if it is missing, unreadable or not an object."""
     try:
-        data = store.read_sync(name)
+        data = store.read_sync(name, limit=1024 * 1024)
         value = json.loads(data) if data is not None else None
     except (OSError, ValueError, layout.UnsafePath):
         return None
     return value if isinstance(value, dict) else None
 
 
-def _active(config: Config, store: ItemStore) -> dict[str, Any]:
-    key = store.key
-    start = _json(store, layout.WINDOW)
+def series_rows(store: ItemStore) -> Iterator[ProbeRow]:
+    """The valid rows of `series.jsonl`, streamed; a torn last line and bad lines are skipped."""
+    opener = store.opener(os.O_RDONLY)
+    try:
+        f = open(layout.SERIES, "rb", opener=opener)  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # a torn last line (the daemon is mid-append, or crashed mid-append)
+            try:
+                raw = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            row = ProbeRow.from_dict(raw) if isinstance(raw, dict) else None
+            if row is not None:
+                yield row
+
+
+@dataclass
+class SeriesView:
+    """A window's tally, and the last rows it accepted (at most `keep`, or all with None)."""
+
+    tally: Tally
+    rows: list[ProbeRow]
+    accepted: int  # how many rows the tally accepted (rows may hold only the last ones)
+
+
+def fold_series(store: ItemStore, keep: int | None) -> SeriesView:
+    """Fold the series into a tally with `series.fold`, keeping the last `keep` rows."""
+    tally = Tally()
+    kept: deque[ProbeRow] = deque(maxlen=keep)
+    accepted = 0
+    for row in series_rows(store):
+        before = tally.last_tick
+        tally = fold(tally, row)
+        if tally.last_tick != before:  # fold ignores a row that does not move the tick on
+            kept.append(row)
+            accepted += 1
+    return SeriesView(tally, list(kept), accepted)
+
+
+def _schedule(store: ItemStore, settings: WindowSettings | None) -> tuple[dict[str, Any], bool]:
+    """The window's schedule (armed_at, initial_delay_s, interval_s, max_ticks) and whether
+    the daemon has recorded it; before that it is predicted from the sentinel and config."""
+    start = read_json(store, layout.WINDOW)
     if start is not None:
-        armed_at, max_ticks = start.get("armed_at"), start.get("max_ticks")
-    else:  # armed, but not taken in by the daemon yet
-        with open_item_dir(store.root, key) as dfd:
-            armed_at = os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False).st_mtime
-        known = key.repo in config.repos
-        max_ticks = config.window_settings(key.repo).max_ticks if known else None
-    data = store.read_sync(layout.SERIES) or b""
-    tally = replay(parse_json_lines(data).rows)
-    failing = [r.detail for r in tally.recent if r.failed][-1:]
-    return {
+        return start, True
+    with open_item_dir(store.root, store.key) as dfd:
+        armed_at = os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False).st_mtime
+    predicted: dict[str, Any] = {"armed_at": armed_at}
+    if settings is not None:
+        predicted.update(
+            initial_delay_s=settings.effective_initial_delay_s,
+            interval_s=settings.interval_s,
+            max_ticks=settings.max_ticks,
+        )
+    return predicted, False
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def window_state(
+    store: ItemStore, settings: WindowSettings | None, *, keep: int | None = SPARK_POINTS
+) -> dict[str, Any]:
+    """One open window as the status view shows it."""
+    key = store.key
+    start, seen = _schedule(store, settings)
+    series = fold_series(store, keep)
+    tally = series.tally
+    failing = [r.detail for r in series.rows if r.failed][-1:]
+    armed_at = _number(start.get("armed_at"))
+    delay, interval = _number(start.get("initial_delay_s")), _number(start.get("interval_s"))
+    max_ticks = start.get("max_ticks") if isinstance(start.get("max_ticks"), int) else None
+    ends_at = None
+    if armed_at is not None and delay is not None and interval is not None and max_ticks:
+        ends_at = armed_at + delay + (max_ticks - 1) * interval
+    state: dict[str, Any] = {
         "repo": key.repo,
         "work_item": key.work_item,
         "armed_at": armed_at,
         "ticks": tally.checks_total,
         "max_ticks": max_ticks,
         "checks_failed": tally.checks_failed,
+        "last_tick": tally.last_tick,
+        "interval_s": interval,
+        "ends_at": ends_at,
         "health_streak": tally.streak,
+        "fivexx": tally.sum_fivexx,
+        "fivexx_total": tally.sum_total,
         "fivexx_ratio": round(tally.fivexx_ratio, 4),
         "last_failure": failing[0] if failing else None,
-        "seen_by_daemon": start is not None,
+        "seen_by_daemon": seen,
+        "cancel_requested": store.exists_sync(layout.CANCEL),
+        "probes": [
+            {
+                "tick": r.tick,
+                "latency_ms": round(r.latency_ms, 1),
+                "ok": not r.failed,
+                "catch_up": r.catch_up,
+            }
+            for r in series.rows
+        ],
+    }
+    if settings is not None:
+        state.update(
+            fail_threshold=settings.fail_threshold,
+            fivexx_threshold=settings.fivexx_threshold,
+            min_samples=settings.min_samples,
+        )
+    return state
+
+
+def _recent(key: ItemKey, done: dict[str, Any] | None) -> dict[str, Any]:
+    done = done or {"status": "?", "action_taken": "?"}
+    return {
+        "repo": key.repo,
+        "work_item": key.work_item,
+        "status": done.get("status"),
+        "action_taken": done.get("action_taken"),
+        "finished_at": done.get("finished_at"),
+        "reason": done.get("reason"),
+        "checks_total": done.get("checks_total"),
+        "checks_failed": done.get("checks_failed"),
     }
 
 
-def collect(config: Config) -> dict[str, Any]:
+def _rejected(store: ItemStore) -> dict[str, Any]:
+    reason = (store.read_sync(layout.REJECTED, limit=4096) or b"").decode(errors="replace")
+    return {"repo": store.key.repo, "work_item": store.key.work_item, "reason": reason.strip()}
+
+
+def settings_for(config: Config, repo: str) -> WindowSettings | None:
+    """The repo's effective window settings, or None if the config does not know it."""
+    return config.window_settings(repo) if repo in config.repos else None
+
+
+def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     """The `status --json` object."""
     root: Path = config.state_path
     active: list[dict[str, Any]] = []
@@ -72,33 +198,19 @@ def collect(config: Config) -> dict[str, Any]:
                     for n in (layout.ARMED, layout.DONE, layout.REJECTED)
                 }
             if kinds[layout.DONE]:
-                done = _json(store, layout.DONE) or {"status": "?", "action_taken": "?"}
-                recent.append(
-                    {
-                        "repo": key.repo,
-                        "work_item": key.work_item,
-                        "status": done.get("status"),
-                        "action_taken": done.get("action_taken"),
-                        "finished_at": done.get("finished_at"),
-                        "reason": done.get("reason"),
-                    }
-                )
+                recent.append(_recent(key, read_json(store, layout.DONE)))
             elif kinds[layout.REJECTED]:
-                reason = (store.read_sync(layout.REJECTED, limit=4096) or b"").decode(
-                    errors="replace"
-                )
-                rejected.append(
-                    {"repo": key.repo, "work_item": key.work_item, "reason": reason.strip()}
-                )
+                rejected.append(_rejected(store))
             elif kinds[layout.ARMED] == "file":
-                active.append(_active(config, store))
+                active.append(window_state(store, settings_for(config, key.repo)))
         except (OSError, layout.UnsafePath):
-            continue
+            continue  # removed or replaced while we looked: the next run will see it
     recent.sort(key=lambda r: str(r.get("finished_at") or ""), reverse=True)
-    active.sort(key=lambda a: float(a.get("armed_at") or 0.0))
+    active.sort(key=lambda a: (a.get("armed_at") or 0.0, a["repo"], a["work_item"]))
     return {
         "enabled": config.enabled,
         "state_dir": str(root),
+        "now": time.time() if now is None else now,
         "active": active,
         "active_count": len(active),
         "recent": recent[:RECENT],
