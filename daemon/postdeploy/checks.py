@@ -24,6 +24,7 @@ from typing import Any
 
 _OPS = ("==", "!=", "<=", ">=", "<", ">")
 _PATH_RE = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*)$")
+_PATH_PREFIX_RE = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*")
 _STEP_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]")
 _MISSING = object()
 
@@ -56,13 +57,17 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _literal(text: str, condition: str) -> Any:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] == "'":
         return text[1:-1]
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError:
         raise ConditionError(
             f'{condition!r}: {text!r} is not a value (use a number, "text", true, false, null)'
         ) from None
@@ -85,6 +90,12 @@ def parse_condition(text: str) -> Condition:
     if not stripped:
         raise ConditionError("empty condition")
     subject, _, rest = stripped.partition(" ")
+    if subject.startswith("$"):
+        # A quoted key may hold spaces ($["in stock"]): take the whole path when a space or
+        # the end follows it.
+        match = _PATH_PREFIX_RE.match(stripped)
+        if match and stripped[match.end() : match.end() + 1] in ("", " "):
+            subject, rest = match.group(0), stripped[match.end() :]
     rest = rest.strip()
     if subject not in ("status", "latency_ms", "body") and not subject.startswith("$"):
         raise ConditionError(
@@ -191,8 +202,8 @@ def evaluate(condition: Condition, response: Response) -> Result:
     if condition.subject == "status":
         return _judge(condition, response.code, f"status {response.code}")
     if condition.subject == "latency_ms":
-        value = round(response.latency_ms, 1)
-        return _judge(condition, value, f"latency_ms {value}")
+        result = _judge(condition, response.latency_ms, f"latency_ms {response.latency_ms:.1f}")
+        return Result(result.ok, round(response.latency_ms, 1), result.detail)
     text = response.body.decode("utf-8", "replace")
     if condition.subject == "body":
         return _body(condition, text)
@@ -209,8 +220,10 @@ def evaluate(condition: Condition, response: Response) -> Result:
         return Result(False, None, f"{condition.subject} missing")
     if condition.op == "length":
         if not isinstance(value, list | dict | str):
-            kind = type(value).__name__
-            return Result(False, None, f"{condition.subject} is a {kind}, it has no length")
+            kind = (
+                "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
+            )
+            return Result(False, None, f"{condition.subject} is {kind}, it has no length")
         size = len(value)
         ok = _compare(condition.length_op, size, condition.value)
         return Result(ok, size, f"{condition.subject} length {size}")
@@ -259,7 +272,7 @@ class Bound:
 
 def judge_sample(values: list[float], bound: Bound, no_data_fails: bool) -> Result:
     """Judge a PromQL query's values against its bound; the worst value is reported."""
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for v in values if not math.isnan(v)]  # +Inf and -Inf are data
     if not finite:
         return Result(not no_data_fails, None, "no data", no_data=True)
     if bound.max is not None:

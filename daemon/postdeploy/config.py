@@ -22,6 +22,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from postdeploy.alerts.config import OutboxSettings, SinkConfig
@@ -123,14 +124,25 @@ class HttpCheck(_Check):
             raise ValueError("must start with /")
         return value
 
+    @field_validator("headers")
+    @classmethod
+    def _ascii_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not (name.isascii() and text.isascii()):
+                raise ValueError(f"{name!r}: header names and values must be ASCII")
+        return value
+
     @field_validator("expect")
     @classmethod
     def _conditions(cls, value: list[str]) -> list[str]:
+        problems = []
         for text in value:
             try:
                 parse_condition(text)
             except ConditionError as exc:
-                raise ValueError(str(exc)) from None
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @property
@@ -154,6 +166,14 @@ class PrometheusCheck(_Check):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PrometheusCheck:
+        if self.max is None and self.min is None:
+            raise ValueError("needs a bound: max, min or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
 
     @property
     def bound(self) -> Bound:

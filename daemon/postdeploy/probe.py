@@ -205,10 +205,12 @@ class Prober:
     ) -> dict[str, Any]:
         headers = dict(spec.headers)
         for header, variable in spec.headers_env.items():
-            value = os.environ.get(variable)
+            value = logs.secret_value(variable)
             if value is None:
                 # Our configuration, not the service, is broken: never held against it.
                 return {"ok": None, "detail": f"environment variable {variable} is not set"}
+            if not value.isascii():
+                return {"ok": None, "detail": f"{variable} is not ASCII: it cannot be a header"}
             logs.register_secret(value)
             headers[header] = value
         body = spec.body.encode() if spec.body is not None else None

@@ -93,7 +93,8 @@ class ProbeRow:
             codes = {}
         checks = row.get("checks", {})
         if not isinstance(checks, dict) or not all(
-            isinstance(c, dict) and c.get("ok") in (True, False, None) for c in checks.values()
+            isinstance(c, dict) and (c.get("ok") is None or type(c.get("ok")) is bool)
+            for c in checks.values()
         ):
             return None
         return cls(

@@ -117,7 +117,8 @@ def classify(tally: Tally, th: Thresholds) -> Verdict | None:
         return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
     for name, check in sorted(tally.checks.items()):
         if check.max_streak >= th.for_check(name):
-            reason = f'check "{name}": {check.detail} ({check.max_streak} ticks in a row)'
+            ticks = "1 tick" if check.max_streak == 1 else f"{check.max_streak} ticks in a row"
+            reason = f'check "{name}": {check.detail} ({ticks})'
             return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
     return None
 
@@ -130,6 +131,12 @@ def healthy(tally: Tally, th: Thresholds) -> Verdict:
         f"{tally.max_streak} (threshold {th.fail_threshold}), 5xx ratio {ratio} "
         f"(threshold {th.fivexx_threshold:g}, min_samples {th.min_samples})"
     )
+    if tally.inconclusive:
+        judged = tally.checks_total - tally.inconclusive
+        reason += (
+            f"; {tally.inconclusive} of {tally.checks_total} ticks were inconclusive (the control "
+            f"probe failed too), so only {judged} were judged"
+        )
     return Verdict(Status.HEALTHY, reason, _evidence(tally, th))
 
 
