@@ -285,6 +285,33 @@ class MetricsSettings(_Table):
         return host.strip("[]"), int(port)
 
 
+class GitReportSettings(_Table):
+    """`[git_report]`: also write each report into a git worktree, commit, maybe push."""
+
+    worktree: str  # a template: {repo} and {work_item}, e.g. "/srv/checkouts/{repo}"
+    path: str = "docs/work-items/{work_item}/post-deploy-log.md"  # inside the worktree
+    push: bool = False
+    remote: str = "origin"
+    timeout_s: PositiveFloat = 60.0
+
+    @field_validator("worktree", "path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(repo="r", work_item="w")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{repo}} and {{work_item}} may be used: {exc}") from None
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = Path(value).parts
+        if Path(value).is_absolute() or ".." in parts:
+            raise ValueError("must be a relative path inside the worktree, without ..")
+        return value
+
+
 def _state_dir(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
@@ -302,6 +329,7 @@ class Config(_Table):
     alerts: list[SinkConfig] = Field(default_factory=list)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    git_report: GitReportSettings | None = None
     # Where the file was read from; a relative `state_dir` resolves against its folder.
     _source: Path | None = PrivateAttr(default=None)
 

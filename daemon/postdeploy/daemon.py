@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import layout, logs, metrics, watcher
+from postdeploy import gitreport, layout, logs, metrics, watcher
 from postdeploy.alerts import Outbox
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
@@ -416,6 +416,13 @@ class Daemon:
     async def _run(self, runner: WindowRunner) -> None:
         try:
             await runner.run()
+            git = self.config.git_report
+            if runner.finished is not None and git is not None:
+                # After `done`: best-effort, it can never delay or change the verdict.
+                outcome, report = runner.finished
+                await gitreport.publish(
+                    git, outcome, report, runner.start.metadata.get("branch", "")
+                )
         finally:
             self.runners.pop(runner.key, None)
             metrics.open_windows(len(self.runners))

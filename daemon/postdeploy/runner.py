@@ -131,6 +131,7 @@ class WindowRunner:
         self.first_seen = first_seen
         self.phase = Phase.OBSERVING
         self.completed = False  # `done` is written: the window is finished for good
+        self.finished: tuple[Outcome, str] | None = None  # the outcome and report.md, at the end
         self.tally = Tally()
         self._stop: Verdict | None = None
         self._scope = anyio.CancelScope()  # the observing phase; cancelled by stop()
@@ -513,5 +514,7 @@ class WindowRunner:
         except OSError as exc:  # never let an unreadable series block the verdict
             log.error("series.unreadable", error=str(exc), note="report written without probes")
             rows = []
-        await self.store.write_atomic(layout.REPORT, render_report(outcome, rows).encode())
+        report = render_report(outcome, rows)
+        await self.store.write_atomic(layout.REPORT, report.encode())
         await self.store.write_json(layout.DONE, done_record(outcome))
+        self.finished = (outcome, report)
