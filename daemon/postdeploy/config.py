@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from postdeploy.alerts.config import OutboxSettings, SinkConfig
+from postdeploy.alerts.config import OutboxSettings, Sinks
 from postdeploy.checks import Bound, Condition, ConditionError, parse_condition
 from postdeploy.layout import NAME_RE, valid_name
 
@@ -326,7 +326,7 @@ class Config(_Table):
     defaults: WindowOverrides = Field(default_factory=WindowOverrides)
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-    alerts: list[SinkConfig] = Field(default_factory=list)
+    alerts: Sinks = Field(default_factory=list)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     git_report: GitReportSettings | None = None

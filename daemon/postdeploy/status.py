@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postdeploy import layout
+from postdeploy import alerts, layout
 from postdeploy.config import Config, WindowSettings
 from postdeploy.layout import ItemKey, open_item_dir
 from postdeploy.series import ProbeRow, Tally, fold
@@ -215,4 +215,15 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "active_count": len(active),
         "recent": recent[:RECENT],
         "rejected": rejected[:RECENT],
+        "deliveries": _deliveries(root),
     }
+
+
+def _deliveries(root: Path) -> dict[str, Any]:
+    """Alert deliveries still pending in the outbox (expired ones included: never dropped)."""
+    try:
+        items = alerts.pending(root)
+    except OSError as exc:
+        return {"pending": None, "expired": None, "error": str(exc), "items": []}
+    expired = sum(1 for item in items if item.get("expired"))
+    return {"pending": len(items) - expired, "expired": expired, "items": items[:RECENT]}

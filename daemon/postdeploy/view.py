@@ -235,6 +235,31 @@ def render(snapshot: dict[str, Any], console: Console) -> None:
     console.print(_recent(snapshot, now))
     if snapshot.get("rejected"):
         console.print(_rejected(snapshot))
+    deliveries = snapshot.get("deliveries") or {}
+    if deliveries.get("items") or deliveries.get("error"):
+        console.print(_deliveries(deliveries, now))
+
+
+def _deliveries(deliveries: dict[str, Any], now: float) -> Table:
+    title = (
+        f"Alert deliveries pending: {deliveries.get('pending')}, "
+        f"expired (kept on disk): {deliveries.get('expired')}"
+    )
+    if deliveries.get("error"):
+        title += f" (outbox unreadable: {deliveries['error']})"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=True)
+    for column in ("event", "sink", "attempts", "age", "last error"):
+        table.add_column(column, overflow="fold")
+    for item in deliveries.get("items", []):
+        style = "red" if item.get("expired") else "yellow"
+        table.add_row(
+            f"{item.get('kind')} {item.get('repo')}/{item.get('work_item')}",
+            str(item.get("sink")),
+            str(item.get("attempts")),
+            f"{float(item.get('age_s') or 0):.0f}s",
+            Text(str(item.get("last_error") or ""), style=style),
+        )
+    return table
 
 
 def print_status(snapshot: dict[str, Any]) -> None:

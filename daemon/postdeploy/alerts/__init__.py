@@ -1,5 +1,6 @@
 """Alert delivery: a durable outbox on disk and the sinks it delivers to."""
 
-from postdeploy.alerts.outbox import Outbox
+from postdeploy.alerts.format import format_telegram
+from postdeploy.alerts.outbox import Outbox, pending
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "format_telegram", "pending"]

@@ -1,0 +1,222 @@
+"""What people read: the texts and payloads made from an event's JSON object (pure: no I/O).
+
+Every function takes the event as the dict that `Event.to_dict()` made (and the outbox stored),
+and tolerates missing or oddly typed fields: an event read back from disk is data, not code.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# What happened, in a few words, by event kind.
+HEADLINES = {
+    "window.armed": "watching",
+    "window.healthy": "healthy",
+    "window.degraded": "DEGRADED",
+    "window.shadow": "degraded (shadow mode: nothing done)",
+    "window.cancelled": "cancelled",
+    "window.superseded": "superseded",
+    "window.disabled": "disabled",
+    "window.missed": "MISSED: armed while the daemon was down",
+    "window.error": "ERROR",
+    "window.daemon_was_down": "the daemon was down during the window",
+    "probe.unavailable": "no answer from the service",
+    "rollback.ok": "rolled back",
+    "rollback.failed": "ROLLBACK FAILED",
+    "rollback.unknown": "rollback result UNKNOWN",
+    "rollback.verified": "rollback verified",
+    "rollback.still_degraded": "still DEGRADED after the rollback",
+}
+MARKERS = {"critical": "\U0001f534", "warning": "\U0001f7e0", "info": "\u2139\ufe0f"}
+GOOD_MARKER = "\u2705"
+GOOD_KINDS = ("window.healthy", "rollback.verified")
+META_SHOWN = ("commit", "image", "branch", "deployed_by")
+MAX_REASON = 600
+MAX_DETAIL = 200
+MAX_FACTS = 4
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def headline(event: Mapping[str, Any]) -> str:
+    kind = _str(event.get("kind"))
+    return HEADLINES.get(kind, kind or "event")
+
+
+def title(event: Mapping[str, Any]) -> str:
+    """One line: `shop/release-42: DEGRADED (ALERT_ONLY)`."""
+    where = f"{_str(event.get('repo'))}/{_str(event.get('work_item'))}"
+    action = _str(event.get("action_taken"))
+    suffix = f" ({action})" if action and action != "NONE" else ""
+    return f"{where}: {headline(event)}{suffix}"
+
+
+def _last_failure(evidence: Mapping[str, Any]) -> str | None:
+    probes = evidence.get("last_probes")
+    if not isinstance(probes, list):
+        return None
+    for row in reversed(probes):
+        if not isinstance(row, dict):
+            continue
+        failed = row.get("health_ok") is False or (_num(row.get("fivexx")) or 0) > 0
+        if failed:
+            tick = row.get("tick")
+            detail = _cut(_str(row.get("detail")), MAX_DETAIL)
+            return f"last failure (tick {tick}): {detail}" if detail else None
+    return None
+
+
+def evidence_facts(evidence: Any) -> list[str]:
+    """The few measured values worth reading on a phone, as short sentences."""
+    ev = _dict(evidence)
+    facts: list[str] = []
+    streak, fail_threshold = _num(ev.get("health_streak")), _num(ev.get("fail_threshold"))
+    if streak and fail_threshold is not None:
+        facts.append(f"health failed {_g(streak)} probes in a row (threshold {_g(fail_threshold)})")
+    ratio, total = _num(ev.get("fivexx_ratio")), _num(ev.get("fivexx_total"))
+    fivexx, threshold = _num(ev.get("fivexx")), _num(ev.get("fivexx_threshold"))
+    if ratio is not None and total and fivexx:
+        limit = f", threshold {_g(threshold)}" if threshold is not None else ""
+        facts.append(f"5xx ratio {ratio:.3f} ({_g(fivexx or 0)}/{_g(total)}){limit}")
+    failure = _last_failure(ev)
+    if failure:
+        facts.append(failure)
+    rollback = ev.get("rollback")
+    if isinstance(rollback, dict) and rollback.get("detail"):
+        facts.append(f"rollback command: {_cut(_str(rollback['detail']), MAX_DETAIL)}")
+    return facts[:MAX_FACTS]
+
+
+def _metadata(event: Mapping[str, Any]) -> dict[str, str]:
+    return {k: _str(v) for k, v in _dict(event.get("metadata")).items() if _str(v)}
+
+
+def _web_url(value: str) -> str | None:
+    ok = value.startswith(("http://", "https://")) and not any(c.isspace() for c in value)
+    return value if ok else None
+
+
+def format_telegram(event: Mapping[str, Any]) -> str:
+    """A short message for Telegram's HTML parse mode; everything from data is escaped."""
+    e = html.escape
+    severity, kind = _str(event.get("severity")), _str(event.get("kind"))
+    marker = GOOD_MARKER if kind in GOOD_KINDS else MARKERS.get(severity, "\u2022")
+    where = f"{_str(event.get('repo'))}/{_str(event.get('work_item'))}"
+    lines = [f"{marker} <b>{e(where)}</b>: {e(headline(event))}"]
+    status, action = _str(event.get("status")), _str(event.get("action_taken"))
+    decision = _str(_dict(event.get("evidence")).get("decision"))
+    parts = [f"status <b>{e(status)}</b>" if status else ""]
+    if action:
+        parts.append(f"action <b>{e(action)}</b>")
+    elif decision:  # DEGRADED is announced before the reaction runs
+        parts.append(f"decision <b>{e(decision)}</b>")
+    if any(parts):
+        lines.append(" \u00b7 ".join(p for p in parts if p))
+    reason = _str(event.get("reason"))
+    if reason:
+        lines.append(e(_cut(reason, MAX_REASON)))
+    lines.extend(f"\u2022 {e(fact)}" for fact in evidence_facts(event.get("evidence")))
+    meta = _metadata(event)
+    shown = [f"{k} <code>{e(_cut(meta[k], 80))}</code>" for k in META_SHOWN if k in meta]
+    if shown:
+        lines.append(" \u00b7 ".join(shown))
+    url = _web_url(meta.get("url", ""))
+    if url:
+        lines.append(f'<a href="{e(url, quote=True)}">{e(_cut(url, 120))}</a>')
+    lines.append(f"<i>{e(kind)} \u00b7 {e(_str(event.get('at')))} \u00b7 {e(severity)}</i>")
+    return "\n".join(lines)
+
+
+def details(event: Mapping[str, Any]) -> str:
+    """Plain text, several lines: the reason, the measured values, the metadata."""
+    lines = [_str(event.get("reason"))]
+    lines.extend(f"- {fact}" for fact in evidence_facts(event.get("evidence")))
+    meta = _metadata(event)
+    if meta:
+        lines.append(", ".join(f"{k}: {v}" for k, v in sorted(meta.items())))
+    return "\n".join(line for line in lines if line)
+
+
+def details_html(event: Mapping[str, Any]) -> str:
+    """`details` as HTML (paragraphs and a list), every value escaped."""
+    e = html.escape
+    parts = [f"<p>{e(_str(event.get('reason')))}</p>"]
+    facts = evidence_facts(event.get("evidence"))
+    if facts:
+        parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in facts) + "</ul>")
+    meta = _metadata(event)
+    if meta:
+        items = "".join(f"<li>{e(k)}: <code>{e(v)}</code></li>" for k, v in sorted(meta.items()))
+        parts.append(f"<ul>{items}</ul>")
+    parts.append(f"<p><em>{e(_str(event.get('kind')))} {e(_str(event.get('id')))}</em></p>")
+    return "".join(parts)
+
+
+def template_values(event: Mapping[str, Any]) -> dict[str, str]:
+    """The strings a webhook body template may use (see template.py), with `_html` variants."""
+    values = {
+        name: _str(event.get(name))
+        for name in ("id", "kind", "severity", "repo", "work_item", "status", "action_taken")
+    }
+    values.update(
+        reason=_str(event.get("reason")),
+        at=_str(event.get("at")),
+        title=title(event),
+        details=details(event),
+        evidence_json=json.dumps(event.get("evidence", {}), ensure_ascii=False, sort_keys=True),
+    )
+    values.update({f"meta_{k}": v for k, v in _metadata(event).items()})
+    escaped = {f"{k}_html": html.escape(v) for k, v in values.items()}
+    escaped["details_html"] = details_html(event)
+    return {**values, **escaped}
+
+
+def alertmanager_alert(event: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    """One alert for Alertmanager's `POST /api/v2/alerts`."""
+    meta = _metadata(event)
+    alert: dict[str, Any] = {
+        "labels": {
+            **labels,
+            "alertname": "postdeploy",
+            "repo": _str(event.get("repo")),
+            "work_item": _str(event.get("work_item")),
+            "kind": _str(event.get("kind")),
+            "severity": _str(event.get("severity")),
+        },
+        "annotations": {
+            "summary": title(event),
+            "description": details(event),
+            "event_id": _str(event.get("id")),
+            **{k: meta[k] for k in META_SHOWN if k in meta},
+        },
+    }
+    if _str(event.get("at")):
+        alert["startsAt"] = _str(event.get("at"))
+    url = _web_url(meta.get("url", ""))
+    if url:
+        alert["generatorURL"] = url
+    return alert

@@ -1,0 +1,310 @@
+"""The outbox on disk: `<state_dir>/.outbox/` (blocking calls; the outbox runs them in threads).
+
+```
+.outbox/
+    pending/<event id>/event.json          {"event": {...}, "targets": [sink...], "emitted_at": ts}
+    pending/<event id>/sink.<name>.json    one sink's delivery state: attempts, next attempt,
+                                           last error, delivered_at, expired_at
+    delivered/<event id>/...               the same directory, moved here once every sink has it
+```
+- An event directory is built under a temporary name, fsynced, and renamed into `pending/`
+  (then `pending/` is fsynced): it appears whole or not at all. That rename is the moment the
+  event exists; no sink sees it before.
+- A sink state file is replaced atomically (temporary file, fsync, rename, fsync directory).
+- Moving a directory to `delivered/` is one rename, fsynced on both sides: the record that
+  every sink has the event. An event is known (emit is a no-op) while its directory exists in
+  either place; delivered directories are removed after `keep_delivered_s`.
+
+The state directory is writable by the deploy side, so nothing here follows a symlink: every
+directory and file is opened with O_NOFOLLOW relative to its parent's descriptor. The scanner
+skips dot-directories, so `.outbox` is never taken for a repo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUTBOX = ".outbox"
+PENDING = "pending"
+DELIVERED = "delivered"
+EVENT_FILE = "event.json"
+STATE_PREFIX = "sink."
+EVENT_ID_RE = re.compile(r"^[0-9a-f]{16,64}$")
+DIR_MODE = 0o2750  # the daemon writes; its group (operators running `status`) reads
+FILE_MODE = 0o640
+STALE_TMP_S = 300.0  # a temporary entry this old is a leftover of a crash
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class SinkState:
+    """One (event, sink) delivery, as stored in `sink.<name>.json`."""
+
+    attempts: int = 0
+    next_attempt_at: float | None = None  # epoch seconds; None: as soon as possible
+    last_attempt_at: float | None = None
+    last_error: str | None = None
+    delivered_at: float | None = None
+    expired_at: float | None = None  # given up on (max_age_s): logged once, kept on disk
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SinkState:
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return float(value)
+
+        attempts = data.get("attempts")
+        error = data.get("last_error")
+        return cls(
+            attempts=attempts if isinstance(attempts, int) and attempts >= 0 else 0,
+            next_attempt_at=number("next_attempt_at"),
+            last_attempt_at=number("last_attempt_at"),
+            last_error=error if isinstance(error, str) else None,
+            delivered_at=number("delivered_at"),
+            expired_at=number("expired_at"),
+        )
+
+
+@dataclass
+class Stored:
+    """One event directory read back from `pending/`."""
+
+    event_id: str
+    event: dict[str, Any]
+    targets: list[str]
+    emitted_at: float
+    states: dict[str, SinkState] = field(default_factory=dict)
+
+
+def dumps(obj: Any) -> bytes:
+    # default=str: an odd value in evidence must never cost the event.
+    return json.dumps(obj, ensure_ascii=False, indent=1, default=str).encode() + b"\n"
+
+
+def _fsync_dir(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _write_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace `name` in `dir_fd` with `data`: temporary file, fsync, rename, fsync directory."""
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    _fsync_dir(dir_fd)
+
+
+def _read_json(dir_fd: int, name: str) -> Any:
+    fd = os.open(name, os.O_RDONLY | _FILE_FLAGS, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        return json.loads(f.read(4 * 1024 * 1024))
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _open_subdir(parent: int, name: str, *, create: bool) -> int:
+    if create:
+        try:
+            os.mkdir(name, DIR_MODE, dir_fd=parent)
+        except FileExistsError:
+            pass
+        else:
+            _fsync_dir(parent)  # the new directory's entry is durable too
+    return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+
+def state_file(sink: str) -> str:
+    return f"{STATE_PREFIX}{sink}.json"
+
+
+class Spool:
+    """The `.outbox` directory below one state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / OUTBOX
+
+    @contextlib.contextmanager
+    def _dirs(self, *, create: bool) -> Iterator[tuple[int, int]]:
+        """Descriptors of `pending/` and `delivered/` (made when `create`)."""
+        fds: list[int] = []
+        try:
+            fds.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            fds.append(_open_subdir(fds[0], OUTBOX, create=create))
+            fds.append(_open_subdir(fds[1], PENDING, create=create))
+            fds.append(_open_subdir(fds[1], DELIVERED, create=create))
+            yield fds[2], fds[3]
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _event_dir(self, event_id: str) -> Iterator[int]:
+        with self._dirs(create=False) as (pending, _):
+            fd = os.open(event_id, _DIR_FLAGS, dir_fd=pending)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write_event(self, event_id: str, record: dict[str, Any]) -> bool:
+        """Create `pending/<id>/` holding `record`, durably; False if the id is already known."""
+        if not EVENT_ID_RE.fullmatch(event_id):
+            raise ValueError(f"invalid event id {event_id!r}")
+        data = dumps(record)
+        with self._dirs(create=True) as (pending, delivered):
+            if _exists(pending, event_id) or _exists(delivered, event_id):
+                return False
+            tmp = f".{event_id}.{secrets.token_hex(4)}.tmp"
+            os.mkdir(tmp, DIR_MODE, dir_fd=pending)
+            try:
+                fd = os.open(tmp, _DIR_FLAGS, dir_fd=pending)
+                try:
+                    _write_file(fd, EVENT_FILE, data)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, event_id, src_dir_fd=pending, dst_dir_fd=pending)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(tmp, dir_fd=pending)
+                raise
+            _fsync_dir(pending)
+        return True
+
+    def write_state(self, event_id: str, sink: str, state: SinkState) -> None:
+        """Replace the delivery state of (`event_id`, `sink`), durably."""
+        with self._event_dir(event_id) as fd:
+            _write_file(fd, state_file(sink), dumps(state.to_dict()))
+
+    def finish(self, event_id: str) -> None:
+        """Move `pending/<id>/` to `delivered/<id>/`, durably."""
+        with self._dirs(create=True) as (pending, delivered):
+            if _exists(delivered, event_id) and not _exists(pending, event_id):
+                return  # already done before a crash
+            os.rename(event_id, event_id, src_dir_fd=pending, dst_dir_fd=delivered)
+            _fsync_dir(delivered)
+            _fsync_dir(pending)
+
+    def prune_delivered(self, before: float) -> int:
+        """Remove delivered events emitted before `before` (epoch seconds); returns how many."""
+        removed = 0
+        with self._dirs(create=True) as (_, delivered):
+            for entry in os.scandir(delivered):
+                if not EVENT_ID_RE.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    fd = os.open(entry.name, _DIR_FLAGS, dir_fd=delivered)
+                    try:
+                        emitted = float(_read_json(fd, EVENT_FILE).get("emitted_at", 0))
+                    finally:
+                        os.close(fd)
+                except (OSError, ValueError, TypeError, AttributeError):
+                    emitted = entry.stat(follow_symlinks=False).st_mtime
+                if emitted < before:
+                    shutil.rmtree(entry.name, dir_fd=delivered)
+                    removed += 1
+        return removed
+
+    def remove_stale_tmp(self) -> None:
+        """Remove temporary entries left in `pending/` by a crash mid-write."""
+        now = time.time()
+        with self._dirs(create=True) as (pending, _):
+            for entry in os.scandir(pending):
+                if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if now - st.st_mtime < STALE_TMP_S:
+                    continue
+                with contextlib.suppress(OSError):
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(entry.name, dir_fd=pending)
+                    else:
+                        os.unlink(entry.name, dir_fd=pending)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def load(self) -> tuple[list[Stored], list[str]]:
+        """Every pending event, and a problem line for each entry that could not be read."""
+        try:
+            with self._dirs(create=False) as (pending, _):
+                return self._load_all(pending)
+        except FileNotFoundError:
+            return [], []  # no outbox yet
+
+    def _load_all(self, pending: int) -> tuple[list[Stored], list[str]]:
+        stored: list[Stored] = []
+        problems: list[str] = []
+        for entry in sorted(os.scandir(pending), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue  # a temporary entry
+            if not EVENT_ID_RE.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+                problems.append(f"{self.path / PENDING / entry.name}: not an event directory")
+                continue
+            try:
+                stored.append(self._load_one(pending, entry.name))
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                problems.append(f"{self.path / PENDING / entry.name}: unreadable: {exc}")
+        return stored, problems
+
+    def _load_one(self, pending: int, event_id: str) -> Stored:
+        fd = os.open(event_id, _DIR_FLAGS, dir_fd=pending)
+        try:
+            record = _read_json(fd, EVENT_FILE)
+            event, targets = record["event"], record["targets"]
+            if not isinstance(event, dict) or not isinstance(targets, list):
+                raise ValueError("event.json must hold an event object and a targets list")
+            stored = Stored(event_id, event, [str(t) for t in targets], float(record["emitted_at"]))
+            for sink in stored.targets:
+                try:
+                    data = _read_json(fd, state_file(sink))
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError):
+                    continue  # unreadable state: the delivery starts over (at-least-once)
+                if isinstance(data, dict):
+                    stored.states[sink] = SinkState.from_dict(data)
+            return stored
+        finally:
+            os.close(fd)
+
+    def known(self, event_id: str) -> bool:
+        """Whether `event_id` is pending or delivered."""
+        try:
+            with self._dirs(create=False) as (pending, delivered):
+                return _exists(pending, event_id) or _exists(delivered, event_id)
+        except FileNotFoundError:
+            return False
