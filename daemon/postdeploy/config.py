@@ -423,6 +423,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: (toml): {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: (toml): nested too deeply"]) from None
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

@@ -39,6 +39,17 @@ QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long
 MAX_QUIET_WAIT_S = 5.0
 RECHECKS, RECHECK_DELAY_S = 8, 0.25  # a directory without `armed` is looked at again
 _CHECKED = (layout.ARMED, layout.DONE, layout.REJECTED, layout.WINDOW, layout.CANCEL)
+# The daemon's own files: each must be a regular file or absent. A symlink, a FIFO or a
+# directory in their place was put there by someone else; the window is never started.
+_OWN = (
+    layout.WINDOW,
+    layout.SERIES,
+    layout.VERIFY,
+    layout.ROLLBACK_INTENT,
+    layout.ROLLBACK_RESULT,
+    layout.ROLLBACK_LOG,
+    layout.REPORT,
+)
 
 
 class Daemon:
@@ -267,7 +278,7 @@ class Daemon:
     def _kinds(self, key: ItemKey) -> tuple[dict[str, str | None], float | None]:
         """What each file of the item directory is, and `armed`'s mtime."""
         with open_item_dir(self.root, key) as dfd:
-            kinds = {name: layout.lstat_kind(dfd, name) for name in _CHECKED}
+            kinds = {name: layout.lstat_kind(dfd, name) for name in {*_CHECKED, *_OWN}}
             mtime = None
             if kinds[layout.ARMED] == "file":
                 mtime = os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False).st_mtime
@@ -292,7 +303,12 @@ class Daemon:
         if key.repo not in self.config.repos:
             await self._reject(store, f"no [repos.{key.repo}] section in the config")
             return
+        foreign = [name for name in _OWN if kinds[name] not in (None, "file")]
+        what = ", ".join(f"{name} is a {kinds[name]}" for name in foreign)
         first_seen = kinds[layout.WINDOW] is None
+        if foreign and (first_seen or layout.WINDOW in foreign):
+            await self._reject(store, f"{what}, not a regular file; it is never followed")
+            return
         seen_at = time.time()  # before the quiet wait: "first seen" is when we noticed it
         broken: str | None = None
         if first_seen:
@@ -302,7 +318,8 @@ class Daemon:
                 await self._reject(store, str(exc))
                 return
             start = self._new_start(key.repo, armed_at, metadata, seen_at)
-            await store.write_json(layout.WINDOW, start.to_dict())
+            # The event first: a crash between the two re-emits it (same id, a no-op) rather
+            # than losing it, because without window.json the window is "first seen" again.
             await self.outbox.emit(
                 Event(
                     "window.armed",
@@ -314,6 +331,7 @@ class Daemon:
                     metadata=metadata,
                 )
             )
+            await store.write_json(layout.WINDOW, start.to_dict())
             log.info(
                 "window.armed",
                 armed_at=iso(armed_at),
@@ -336,7 +354,10 @@ class Daemon:
             self.prober,
             self.outbox.emit,
             first_seen=first_seen,
+            reacting=kinds[layout.ROLLBACK_INTENT] is not None,
         )
+        if foreign:  # a window already under way: it ends, loudly, as ERROR
+            broken = f"{what}, not a regular file; the window cannot go on"
         if broken:
             runner.stop(Verdict(Status.ERROR, broken))
         elif kinds[layout.CANCEL]:

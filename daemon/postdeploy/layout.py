@@ -146,6 +146,8 @@ def parse_armed(data: bytes) -> dict[str, str]:
             raise ArmedError(
                 f"metadata value of {key!r} must be a string, not {type(item).__name__}"
             )
+        if "\0" in item:
+            raise ArmedError(f"metadata value of {key!r} contains a NUL character")
         try:
             item.encode("utf-8")
         except UnicodeEncodeError:

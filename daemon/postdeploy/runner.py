@@ -120,6 +120,7 @@ class WindowRunner:
         emit: Emit,
         *,
         first_seen: bool,
+        reacting: bool = False,
     ) -> None:
         self.key: ItemKey = store.key
         self.store = store
@@ -129,7 +130,9 @@ class WindowRunner:
         self.prober = prober
         self.emit = emit
         self.first_seen = first_seen
-        self.phase = Phase.OBSERVING
+        # A rollback was started before a restart: the window had its verdict and its reaction
+        # must be concluded (ROLLBACK_UNKNOWN or its recorded result), never superseded.
+        self.phase = Phase.CONCLUDING if reacting else Phase.OBSERVING
         self.completed = False  # `done` is written: the window is finished for good
         self.finished: tuple[Outcome, str] | None = None  # the outcome and report.md, at the end
         self.tally = Tally()
@@ -195,18 +198,25 @@ class WindowRunner:
 
     async def _observe(self) -> Verdict | None:
         """Probe until a verdict; None if stopped for shutdown."""
+        # Read the series first, outside the cancel scope: even a window stopped at once
+        # (superseded, cancelled) reports the ticks it had probed.
+        lines = await self.store.read_lines(layout.SERIES)
+        self.tally = replay(lines.rows)
+        if lines.bad_lines or lines.torn_bytes or self.tally.ignored:
+            log.warning(
+                "series.repaired",
+                bad_lines=lines.bad_lines[:20],
+                torn_bytes=lines.torn_bytes,
+                ignored_rows=self.tally.ignored,
+            )
+        if self.phase is Phase.CONCLUDING:
+            verdict = classify(self.tally, thresholds(self.settings, self.repo))
+            return verdict or Verdict(
+                Status.DEGRADED, "a rollback was under way when the daemon stopped"
+            )
         with self._scope:
             if self._stop is not None:
                 return self._stop
-            lines = await self.store.read_lines(layout.SERIES)
-            self.tally = replay(lines.rows)
-            if lines.bad_lines or lines.torn_bytes or self.tally.ignored:
-                log.warning(
-                    "series.repaired",
-                    bad_lines=lines.bad_lines[:20],
-                    torn_bytes=lines.torn_bytes,
-                    ignored_rows=self.tally.ignored,
-                )
             schedule = self.start.schedule
             # A new window is judged missed by when the daemon first noticed it.
             seen = self.start.first_seen_at if self.first_seen else self.now()

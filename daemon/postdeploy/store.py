@@ -159,12 +159,26 @@ class ItemStore:
         return parsed
 
     async def append_lines(self, name: str, lines: list[bytes]) -> None:
-        """Append complete lines to `name` and fsync before returning."""
+        """Append complete lines to `name` and fsync before returning.
+
+        All or nothing: when the disk refuses part of the write (ENOSPC, EIO), the file is cut
+        back to its previous length, so a half-written line can never glue itself to the
+        next append. The file is unbuffered, so nothing is left to flush at close.
+        """
+        data = memoryview(b"".join(lines))
         opener = self.opener(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        async with aiofiles.open(name, "ab", opener=opener) as f:
-            await f.write(b"".join(lines))
-            await f.flush()
-            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        async with aiofiles.open(name, "ab", buffering=0, opener=opener) as f:
+            fd = f.fileno()
+            size = (await anyio.to_thread.run_sync(os.fstat, fd)).st_size
+            try:
+                while data:
+                    written = await f.write(data)
+                    data = data[written or 0 :]
+                await anyio.to_thread.run_sync(os.fsync, fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(os.ftruncate, fd, size)
+                raise
 
     def opener(self, flags: int) -> Callable[[str, int], int]:
         def opener(name: str, _flags: int) -> int:

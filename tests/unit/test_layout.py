@@ -196,7 +196,12 @@ def test_arbitrary_json_values(value: Any) -> None:
 
 
 @FAST
-@given(st.dictionaries(meta_keys, st.text(max_size=20), max_size=6), st.booleans())
+@given(
+    st.dictionaries(
+        meta_keys, st.text(st.characters(exclude_characters="\0"), max_size=20), max_size=6
+    ),
+    st.booleans(),
+)
 def test_valid_metadata_round_trips(metadata: dict[str, str], pretty: bool) -> None:
     metadata.pop("mode", None)
     data = json.dumps(metadata, indent=2 if pretty else None, ensure_ascii=pretty).encode()
