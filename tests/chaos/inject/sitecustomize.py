@@ -1,0 +1,113 @@
+"""Fault injection for the chaos suite, loaded into the daemon process through PYTHONPATH.
+
+Python imports `sitecustomize` at start-up; the chaos harness puts this directory on the
+daemon's PYTHONPATH only for runs that want a fault. Nothing happens unless one of these is set:
+
+- `CHAOS_CRASH=after-write:NAME:N`: SIGKILL the daemon right after its N-th atomic write of a
+  file called NAME (`window.json`, `report.md`, `done`, `rollback.intent`, ...) is durable.
+- `CHAOS_CRASH=before-write:NAME:N`: SIGKILL it just before the N-th atomic write of NAME.
+- `CHAOS_CRASH=torn:N`: on the N-th append to a JSON Lines file, write only the first half of
+  the bytes, fsync them, then SIGKILL: a torn last line, exactly as a power cut would leave it.
+- `CHAOS_DISK_FAULT=PATH`: while the file PATH exists, every write below the state directory
+  fails (the fallback when the test cannot mount a small tmpfs): with EROFS if PATH holds
+  "ro"; else with ENOSPC, an append first writing half of its bytes, as a full disk does.
+
+These are real crashes (SIGKILL of the real process) at precise points, which a timer-based
+kill from outside would only hit by luck.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from typing import Any
+
+
+def _install() -> None:
+    crash = os.environ.get("CHAOS_CRASH", "")
+    fault = os.environ.get("CHAOS_DISK_FAULT", "")
+    if not crash and not fault:
+        return
+    from postdeploy import store
+
+    lock = threading.Lock()
+    counts: dict[str, int] = {}
+
+    def hit(name: str) -> int:
+        with lock:
+            counts[name] = counts.get(name, 0) + 1
+            return counts[name]
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def disk_fault() -> str | None:
+        """None while the disk is fine, else "ro" or "full"."""
+        try:
+            with open(fault) as f:
+                return "ro" if f.read().strip() == "ro" else "full"
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def disk_refuses() -> None:
+        kind = disk_fault() if fault else None
+        if kind == "ro":
+            raise OSError(errno.EROFS, "Read-only file system (injected)")
+        if kind == "full":
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    mode, _, rest = crash.partition(":")
+    target, _, number = rest.rpartition(":")
+    n = int(number) if number.isdigit() else 0
+    if mode == "torn":
+        n = int(rest) if rest.isdigit() else 0
+
+    original_write = store.ItemStore.write_atomic_sync
+    original_append = store.ItemStore.append_lines
+    original_opener = store.ItemStore.opener
+
+    def write_atomic_sync(self: Any, name: str, data: bytes, **kwargs: Any) -> None:
+        disk_refuses()
+        if mode == "before-write" and name == target and hit(name) == n:
+            die()
+        original_write(self, name, data, **kwargs)
+        if mode == "after-write" and name == target and hit(name) == n:
+            die()
+
+    async def append_lines(self: Any, name: str, lines: list[bytes]) -> None:
+        if fault and disk_fault() == "full":
+            # A full disk takes what fits in the file's last block, then says ENOSPC.
+            data = b"".join(lines)
+            fd = original_opener(self, os.O_WRONLY | os.O_APPEND | os.O_CREAT)(name, 0)
+            try:
+                os.write(fd, data[: max(1, len(data) // 2)])
+            finally:
+                os.close(fd)
+        disk_refuses()
+        if mode == "torn" and hit("append") == n:
+            data = b"".join(lines)
+            cut = max(1, len(data) // 2)
+            fd = self.opener(os.O_WRONLY | os.O_APPEND | os.O_CREAT)(name, 0)
+            os.write(fd, data[:cut])
+            os.fsync(fd)
+            die()
+        await original_append(self, name, lines)
+
+    def opener(self: Any, flags: int) -> Any:
+        inner = original_opener(self, flags)
+
+        def checked(name: str, mode: int) -> int:
+            disk_refuses()
+            return int(inner(name, mode))
+
+        return checked
+
+    store.ItemStore.write_atomic_sync = write_atomic_sync  # type: ignore[method-assign]
+    store.ItemStore.append_lines = append_lines  # type: ignore[method-assign]
+    if fault:
+        store.ItemStore.opener = opener  # type: ignore[method-assign]
+
+
+_install()
