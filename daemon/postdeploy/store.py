@@ -63,6 +63,24 @@ def dump_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> None:
+    """Replace `name` in directory `dir_fd` with `data`: a temporary file is written and
+    fsynced, renamed over `name`, and the directory is fsynced. Never follows a symlink."""
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), mode, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
+
+
 class ItemStore:
     """File access for one work item directory below the state directory."""
 
@@ -95,21 +113,7 @@ class ItemStore:
     def write_atomic_sync(self, name: str, data: bytes, *, create_dirs: bool = False) -> None:
         """Replace `name` with `data` atomically and durably."""
         with open_item_dir(self.root, self.key, create=create_dirs) as dfd:
-            tmp = f".{name}.{secrets.token_hex(4)}.tmp"
-            fd = os.open(
-                tmp, open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), 0o664, dir_fd=dfd
-            )
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dfd)
-                raise
-            os.fsync(dfd)
+            write_atomic_at(dfd, name, data)
 
     def repair_tail_sync(self, name: str, keep: int) -> None:
         """Cut `name` to its first `keep` bytes (drops a torn last line), durably."""

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postdeploy.store import write_atomic_at
+
 OUTBOX = ".outbox"
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -104,20 +106,8 @@ def _fsync_dir(fd: int) -> None:
 
 
 def _write_file(dir_fd: int, name: str, data: bytes) -> None:
-    """Replace `name` in `dir_fd` with `data`: temporary file, fsync, rename, fsync directory."""
-    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    _fsync_dir(dir_fd)
+    """Replace `name` in `dir_fd` with `data`, atomically and durably."""
+    write_atomic_at(dir_fd, name, data, FILE_MODE)
 
 
 def _read_json(dir_fd: int, name: str) -> Any:
