@@ -137,6 +137,12 @@ def window_state(
         "fivexx_total": tally.sum_total,
         "fivexx_ratio": round(tally.fivexx_ratio, 4),
         "last_failure": failing[0] if failing else None,
+        # Feature checks failing right now: name -> consecutive failures and what they said.
+        "failing_checks": {
+            name: {"streak": check.streak, "detail": check.detail}
+            for name, check in sorted(tally.checks.items())
+            if check.streak > 0
+        },
         "seen_by_daemon": seen,
         "cancel_requested": store.exists_sync(layout.CANCEL),
         "probes": [

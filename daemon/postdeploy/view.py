@@ -160,6 +160,8 @@ def _verdict_so_far(w: dict[str, Any]) -> Text:
         text.append(f"5xx {fivexx}/{total} = {ratio:.2f}{limit_text}", style=style)
         if not judged:
             text.append(f"\njudged from {min_samples} requests", style="dim")
+    for name, check in (w.get("failing_checks") or {}).items():
+        text.append(f'\ncheck "{name}" failing {check["streak"]}x: {check["detail"]}', style="red")
     if w.get("last_failure"):
         text.append(f"\nlast failure: {w['last_failure']}", style="red")
     return text
