@@ -12,6 +12,7 @@ directory, rejects what is invalid, records the window's start, and starts its r
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -98,6 +99,7 @@ class Daemon:
     async def startup(self) -> None:
         """Take up every work item on disk, then report READY."""
         started = time.monotonic()
+        _raise_open_files_limit()
         if self.config.metrics.address is not None:
             metrics.serve(self.config.metrics.address)
         await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
@@ -449,3 +451,14 @@ class Daemon:
             metrics.open_windows(len(self.runners))
             if runner.completed:
                 self._settled.add(runner.key)
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each open window may hold a few
+    keep-alive connections, and the usual soft limit of 1024 is far below the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("daemon.nofile_limit", soft=soft, hard=hard, error=str(exc))

@@ -89,39 +89,54 @@ def _error_text(exc: Exception) -> str:
     return f"{kind}: {_short(text)}" if text else kind
 
 
+# Requests in flight through one client. httpcore's pool does O(connections^2 + connections x
+# queued requests) bookkeeping on every request, with a syscall per open connection, so each
+# service gets a small client of its own, requests wait in our limiter (O(1)) rather than in
+# the pool, and every connection the pool may open is kept alive (no churn after a burst).
+PER_CLIENT = 8
+
+
 class Prober:
     """Makes the requests of every window; one instance per daemon."""
 
     def __init__(self, *, max_inflight: int = 256, max_body_bytes: int = 65536) -> None:
         self._limiter = anyio.CapacityLimiter(max_inflight)
         self._max_body = max_body_bytes
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, tuple[httpx.AsyncClient, anyio.CapacityLimiter]] = {}
         # One TLS context for every client: building one costs 100+ ms of CPU (it loads the
         # CA bundle), which would stall the event loop each time a new target is first seen.
         self._tls = ssl.create_default_context()
 
-    def _client(self, url: httpx.URL) -> httpx.AsyncClient:
-        origin = f"{url.scheme}://{url.netloc.decode()}"
-        client = self._clients.get(origin)
-        if client is None:
+    def _client(
+        self, url: httpx.URL, service: str | None
+    ) -> tuple[httpx.AsyncClient, anyio.CapacityLimiter]:
+        """The client of `service` (a repo's base_url: one per configured service, so their
+        number is bounded by the config), else of the URL's origin."""
+        key = service or f"{url.scheme}://{url.netloc.decode()}"
+        entry = self._clients.get(key)
+        if entry is None:
             client = httpx.AsyncClient(
                 follow_redirects=False,
                 trust_env=False,
                 verify=self._tls,
                 headers=HEADERS,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                limits=httpx.Limits(
+                    max_connections=PER_CLIENT, max_keepalive_connections=PER_CLIENT
+                ),
             )
-            self._clients[origin] = client
-        return client
+            entry = self._clients[key] = (client, anyio.CapacityLimiter(PER_CLIENT))
+        return entry
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        for client, _ in self._clients.values():
             await client.aclose()
         self._clients.clear()
 
-    async def get(self, url: str, timeout: float, *, read_body: bool) -> Answer:
+    async def get(
+        self, url: str, timeout: float, *, read_body: bool, service: str | None = None
+    ) -> Answer:
         """GET `url` within `timeout` seconds overall; never raises for network trouble."""
-        return await self.request("GET", url, timeout, read_body=read_body)
+        return await self.request("GET", url, timeout, read_body=read_body, service=service)
 
     async def request(
         self,
@@ -132,31 +147,51 @@ class Prober:
         read_body: bool = True,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
+        service: str | None = None,
     ) -> Answer:
         """One request within `timeout` seconds overall (connect, headers and body)."""
         target = httpx.URL(url)
-        client = self._client(target)
-        async with self._limiter:
+        client, per_client = self._client(target, service)
+        # The client's slot first: a request waiting on a busy service holds no global slot.
+        async with per_client, self._limiter:
             start = time.perf_counter()
+            got: list[Answer] = []  # the answer once it is in, even if draining the body fails
             with anyio.move_on_after(timeout):
                 try:
                     request = client.build_request(
                         method, target, headers=headers, content=content, timeout=timeout
                     )
-                    return await self._send(client, request, read_body, start)
+                    return await self._send(client, request, read_body, start, got)
                 except httpx.TimeoutException:
                     pass  # reported below, like the overall deadline
                 except (httpx.HTTPError, OSError) as exc:
+                    if got:
+                        return got[0]
                     return Answer(0, _elapsed_ms(start), error=_error_text(exc))
+            if got:
+                return got[0]
             return Answer(0, _elapsed_ms(start), error=f"timed out after {timeout:g}s")
 
     async def _send(
-        self, client: httpx.AsyncClient, request: httpx.Request, read_body: bool, start: float
+        self,
+        client: httpx.AsyncClient,
+        request: httpx.Request,
+        read_body: bool,
+        start: float,
+        got: list[Answer],
     ) -> Answer:
         response = await client.send(request, stream=True)
         try:
             if not read_body:
-                return Answer(response.status_code, _elapsed_ms(start))
+                got.append(Answer(response.status_code, _elapsed_ms(start)))
+                # Read the (bounded) body all the same: a response closed unread closes its
+                # connection, so every such request would open a new one.
+                received = 0
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if received > self._max_body:
+                        break
+                return got[0]
             body = bytearray()
             async for chunk in response.aiter_raw():
                 body += chunk
@@ -181,7 +216,9 @@ class Prober:
         control: list[Answer] = []
 
         async def fetch(path: str, read_body: bool) -> None:
-            answers[path] = await self.get(repo.base_url + path, timeout, read_body=read_body)
+            answers[path] = await self.get(
+                repo.base_url + path, timeout, read_body=read_body, service=repo.base_url
+            )
 
         async def check(spec: HttpCheck | PrometheusCheck) -> None:
             deadline = spec.timeout_s or timeout
@@ -219,7 +256,12 @@ class Prober:
             headers[header] = value
         body = spec.body.encode() if spec.body is not None else None
         answer = await self.request(
-            spec.method, repo.base_url + spec.path, timeout, headers=headers, content=body
+            spec.method,
+            repo.base_url + spec.path,
+            timeout,
+            headers=headers,
+            content=body,
+            service=repo.base_url,
         )
         response = Response(answer.code, answer.latency_ms, answer.body or b"", answer.error)
         result = evaluate_all(spec.conditions, response)

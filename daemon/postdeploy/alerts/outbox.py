@@ -185,6 +185,11 @@ class Outbox:
             for name, config in self._configs.items()
             if event.severity >= Severity.parse(config.min_severity)
         ]
+        if not targets:
+            # No sink wants it: there is nothing to deliver, so nothing to keep on disk (this
+            # keeps the fsyncs off the arming and reaction paths of a daemon without alerts).
+            log.debug("alert.unrouted", event_id=event_id, kind=event.kind)
+            return
         emitted_at = time.time()
         record = _Record(event_id, data, targets, emitted_at, next(self._seq), written=False)
         try:
