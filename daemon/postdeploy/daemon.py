@@ -128,9 +128,6 @@ class Daemon:
         for runner in list(self.runners.values()):
             runner.stop(None)
 
-    def request_exit(self) -> None:
-        self._should_exit.set()
-
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:

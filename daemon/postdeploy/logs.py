@@ -289,8 +289,3 @@ def configure(
 def get(name: str = "postdeploy") -> Any:
     """A structlog logger."""
     return structlog.get_logger(name)
-
-
-def context(**values: Any) -> None:
-    """Bind values to every log line of the current task (and tasks it starts)."""
-    structlog.contextvars.bind_contextvars(**values)
