@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from postdeploy.events import Event
 from postdeploy.layout import ItemKey
 from postdeploy.series import ProbeRow, replay
 from postdeploy.verdict import Status, Thresholds, Verdict, classify, healthy
+from support.toml import render_toml
 
 MODE = os.environ.get("CHAOS_MODE", "short")  # "long" in `make chaos`
 LONG = MODE == "long"
@@ -53,48 +53,6 @@ INJECT_DIR = Path(__file__).parent / "inject"  # holds the sitecustomize.py faul
 
 # Log events that mean an exception escaped where it should not have.
 UNHANDLED_EVENTS = ("intake.failed", "window.error", "window.error_unrecorded")
-
-
-# -- TOML ------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _is_table_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def render_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer: scalars first, then sub-tables, then arrays of tables."""
-    out = "".join(
-        f"{_toml_key(k)} = {_toml_value(v)}\n"
-        for k, v in data.items()
-        if not isinstance(v, dict) and not _is_table_list(v)
-    )
-    for key, value in data.items():
-        name = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
-        if isinstance(value, dict):
-            out += f"\n[{name}]\n" + render_toml(value, name)
-        elif _is_table_list(value):
-            for table in value:
-                out += f"\n[[{name}]]\n" + render_toml(table, name)
-    return out
 
 
 # -- the daemon process ----------------------------------------------------------------------

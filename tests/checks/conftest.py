@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from support.toml import render_toml
 
 DEADLINE_S = 30.0  # generous: only reached when something is wrong
 
@@ -195,48 +196,6 @@ def closed_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-# -- TOML -----------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string without \u escapes of non-ASCII is a valid TOML basic string.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _is_table_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def render_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer: scalars and lists, then sub-tables, then arrays of tables."""
-    lines = [
-        f"{_toml_key(k)} = {_toml_value(v)}"
-        for k, v in data.items()
-        if not isinstance(v, dict) and not _is_table_list(v)
-    ]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value in data.items():
-        name = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
-        if isinstance(value, dict):
-            out += f"\n[{name}]\n" + render_toml(value, name)
-        elif _is_table_list(value):
-            for entry in value:
-                out += f"\n[[{name}]]\n" + render_toml(entry, name)
-    return out
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -29,6 +28,7 @@ import pytest
 import yaml
 
 from postdeploy.demo_service import DemoService
+from support.toml import render_toml
 
 DEADLINE_S = 30.0  # generous: only reached when something is wrong
 
@@ -46,38 +46,6 @@ FAST: dict[str, Any] = {
 # Log events that are about one window; each must carry `repo` and `work_item`.
 WINDOW_EVENT_PREFIXES = ("window.", "rollback.", "probe", "series.", "intake.")
 WINDOW_EVENTS = {"sentinel.rejected", "event"}
-
-
-# -- TOML -----------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def render_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer for the config: scalars and lists first, then sub-tables."""
-    lines = [
-        f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)
-    ]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value in data.items():
-        if isinstance(value, dict):
-            name = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
-            out += f"\n[{name}]\n" + render_toml(value, name)
-    return out
 
 
 # -- the daemon process ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from postdeploy.demo_service import DemoService
+from support.toml import render_toml
 
 DEADLINE_S = 30.0  # only reached when something is wrong
 POLL_S = 0.02
@@ -44,34 +45,6 @@ FAST: dict[str, Any] = {
 
 # Log events that are about one window: each line must carry `repo` and `work_item`.
 WINDOW_EVENT_PREFIXES = ("window.", "rollback.", "probe", "series.", "intake.", "sentinel.rej")
-
-
-# -- TOML -----------------------------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def render_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer: scalars first, then sub-tables; `alerts` is an array of tables."""
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and k != "alerts"}
-    out = "".join(f"{k} = {toml_value(v)}\n" for k, v in scalars.items())
-    for key, value in data.items():
-        if isinstance(value, dict):
-            name = f"{prefix}.{key}" if prefix else key
-            out += f"\n[{name}]\n" + render_toml(value, name)
-    for sink in data.get("alerts", []):
-        out += "\n[[alerts]]\n" + render_toml(sink)
-    return out
 
 
 # -- the notify socket ----------------------------------------------------------------------

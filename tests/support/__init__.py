@@ -1,0 +1,1 @@
+"""Helpers shared by the test directories (on pytest's `pythonpath`, so `import support`)."""
