@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 failure, 2 invalid config or usage.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -43,6 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(path)
     logs.configure(config.daemon.log_level)
     logs.register_config_secrets(config)
+    # Everything loaded so far (modules, config, logging) lives as long as the process: keep
+    # it out of the cyclic collector's sight. Otherwise each full collection walks those
+    # ~50,000 objects again, and under load one comes every few seconds and stalls every
+    # window's timer for 20-90 ms.
+    gc.freeze()
     return anyio.run(Daemon(config, path).serve)
 
 

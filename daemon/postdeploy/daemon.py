@@ -201,14 +201,19 @@ class Daemon:
 
     async def _rescan(self, only_repo: str | None = None) -> int:
         """Scan the state directory and take in every work item found; returns how many."""
-        found = await watcher.scan(self.root, only_repo)
+        observing = frozenset(k for k, r in self.runners.items() if r.phase is Phase.OBSERVING)
+        found = await watcher.scan(self.root, only_repo, observing)
         for path, problem in found.problems:
             self._report_once(path, problem)
+        for key in found.cancelled:
+            self._cancel(key)
         async with anyio.create_task_group() as tg:
             for key in found.items:
-                if key in self.runners:
-                    tg.start_soon(self._check_cancel, key)
-                elif key not in self._settled and key not in self._intaking:
+                if (
+                    key not in self.runners
+                    and key not in self._settled
+                    and key not in self._intaking
+                ):
                     tg.start_soon(self._intake, key)
         return len(found.items)
 
@@ -252,7 +257,15 @@ class Daemon:
             cancelled = await runner.store.exists(layout.CANCEL)
         except (OSError, UnsafePath):
             return
-        if cancelled and runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
+        if cancelled:
+            self._cancel(key)
+
+    def _cancel(self, key: ItemKey) -> None:
+        """An operator wrote `cancel`: stop the window if it is still observing."""
+        runner = self.runners.get(key)
+        if runner is None or runner.phase is not Phase.OBSERVING:
+            return
+        if runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
             log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
 
     # -- intake ---------------------------------------------------------------------------

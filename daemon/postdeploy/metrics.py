@@ -12,7 +12,10 @@ labels (one per deploy: they would grow without limit).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -26,7 +29,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from postdeploy import __version__
 
@@ -52,23 +58,63 @@ INFO.info({"version": __version__})
 OPEN_WINDOWS = Gauge(
     "postdeploy_open_windows", "Windows being watched right now.", registry=REGISTRY
 )
-PROBES = Counter(
-    "postdeploy_probes",
-    "Probes (one per tick) by repo and result (ok, failed).",
-    ["repo", "result"],
-    registry=REGISTRY,
-)
-PROBE_LATENCY = Histogram(
-    "postdeploy_probe_latency_seconds",
-    "Latency of the health request of each probe.",
-    ["repo"],
-    buckets=LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
+
+
+class _ProbeFamilies(Collector):
+    """`postdeploy_probes_total{repo,result}` and `postdeploy_probe_latency_seconds{repo}`.
+
+    Recorded on every tick of every window, so kept lean: one flat list of numbers per repo
+    ([ok, failed, latency sum, one count per bucket]), rendered into the two families only
+    when scraped. prometheus-client's own labelled children keep a lock and a value object
+    per bucket: ~40 objects per repo that every full collection of the cyclic GC walks, and
+    a locked `labels()` lookup per call.
+    """
+
+    def __init__(self) -> None:
+        self._repos: dict[str, list[float]] = {}
+
+    def record(self, repo: str, ok: bool, latency_s: float) -> None:
+        counts = self._repos.get(repo)
+        if counts is None:
+            counts = self._repos[repo] = [0.0] * (3 + len(LATENCY_BUCKETS) + 1)
+        counts[0 if ok else 1] += 1
+        counts[2] += latency_s
+        # Bucket i counts values <= LATENCY_BUCKETS[i]; the last one is +Inf only.
+        counts[3 + bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        probes = CounterMetricFamily(
+            "postdeploy_probes",
+            "Probes (one per tick) by repo and result (ok, failed).",
+            labels=["repo", "result"],
+        )
+        latency = HistogramMetricFamily(
+            "postdeploy_probe_latency_seconds",
+            "Latency of the health request of each probe.",
+            labels=["repo"],
+        )
+        for repo, counts in sorted(self._repos.items()):
+            ok, failed, total_s, *buckets = list(counts)  # a snapshot: the loop keeps counting
+            probes.add_metric([repo, "ok"], ok)
+            probes.add_metric([repo, "failed"], failed)
+            bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+            latency.add_metric(
+                [repo],
+                buckets=list(zip(bounds, itertools.accumulate(buckets), strict=True)),
+                sum_value=total_s,
+            )
+        yield probes
+        yield latency
+
+
+_PROBES = _ProbeFamilies()
+REGISTRY.register(_PROBES)
+# One histogram for the daemon, not one per repo: lateness measures the daemon's scheduler,
+# and a labelled histogram costs ~60 tracked objects per repo that every full collection of
+# the cyclic GC walks.
 TICK_LATENESS = Histogram(
     "postdeploy_tick_lateness_seconds",
     "How long after its scheduled time each probe started.",
-    ["repo"],
     buckets=LATENESS_BUCKETS,
     registry=REGISTRY,
 )
@@ -106,10 +152,9 @@ def _result(ok: bool) -> str:
 
 def probe_recorded(repo: str, ok: bool, latency_s: float, lateness_s: float) -> None:
     """A tick's probe was made: its result, its health latency, its lateness vs schedule."""
-    PROBES.labels(repo=repo, result=_result(ok)).inc()
-    PROBE_LATENCY.labels(repo=repo).observe(max(0.0, latency_s))
+    _PROBES.record(repo, ok, max(0.0, latency_s))
     # A probe can start a hair before its scheduled wall time (clock rounding): that is 0 late.
-    TICK_LATENESS.labels(repo=repo).observe(max(0.0, lateness_s))
+    TICK_LATENESS.observe(max(0.0, lateness_s))
 
 
 def window_finished(repo: str, status: str, action: str) -> None:

@@ -3,8 +3,7 @@
 Each request has a hard deadline (`probe_timeout_s`) covering connect, headers and body, so
 a target that hangs or trickles bytes costs one failed probe, never more. Bodies are read up
 to a bound and never decompressed (`Accept-Encoding: identity`). Redirects are not followed.
-Clients are kept per target origin so a hung target's connection pool cannot starve another
-target's; a global limiter bounds the requests in flight.
+A hung service can hold only a few of the global slots that bound the requests in flight.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from postdeploy import __version__, logs
 from postdeploy.checks import Response, evaluate_all, judge_sample
 from postdeploy.config import HttpCheck, PrometheusCheck, RepoConfig
 from postdeploy.series import ProbeRow
+from postdeploy.transport import LeanTransport
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
 
@@ -89,48 +89,56 @@ def _error_text(exc: Exception) -> str:
     return f"{kind}: {_short(text)}" if text else kind
 
 
-# Requests in flight through one client. httpcore's pool does O(connections^2 + connections x
-# queued requests) bookkeeping on every request, with a syscall per open connection, so each
-# service gets a small client of its own, requests wait in our limiter (O(1)) rather than in
-# the pool, and every connection the pool may open is kept alive (no churn after a burst).
-PER_CLIENT = 8
+# Requests in flight to one service. A service that hangs can then hold at most this many of
+# the global slots, and a burst of ticks on one service queues in our O(1) limiter.
+PER_SERVICE = 8
 
 
 class Prober:
-    """Makes the requests of every window; one instance per daemon."""
+    """Makes the requests of every window; one instance per daemon.
+
+    Requests go straight to a `LeanTransport` (httpx's client layer, with its cookie jar,
+    auth and redirect machinery, costs more CPU than the request itself and none of it is
+    wanted here): `httpx.Request` in, `httpx.Response` out.
+    """
 
     def __init__(self, *, max_inflight: int = 256, max_body_bytes: int = 65536) -> None:
         self._limiter = anyio.CapacityLimiter(max_inflight)
         self._max_body = max_body_bytes
-        self._clients: dict[str, tuple[httpx.AsyncClient, anyio.CapacityLimiter]] = {}
-        # One TLS context for every client: building one costs 100+ ms of CPU (it loads the
-        # CA bundle), which would stall the event loop each time a new target is first seen.
+        self._services: dict[str, anyio.CapacityLimiter] = {}
+        # One TLS context for every connection: building one costs 100+ ms of CPU (it loads
+        # the CA bundle), which would stall the event loop.
         self._tls = ssl.create_default_context()
+        self._transport = LeanTransport(ssl_context=self._tls)
+        self._urls: dict[str, httpx.URL] = {}
 
-    def _client(
-        self, url: httpx.URL, service: str | None
-    ) -> tuple[httpx.AsyncClient, anyio.CapacityLimiter]:
-        """The client of `service` (a repo's base_url: one per configured service, so their
+    @property
+    def connections(self) -> int:
+        """HTTP connections open now."""
+        return self._transport.connections
+
+    def _service_limiter(self, url: httpx.URL, service: str | None) -> anyio.CapacityLimiter:
+        """The limiter of `service` (a repo's base_url: one per configured service, so their
         number is bounded by the config), else of the URL's origin."""
         key = service or f"{url.scheme}://{url.netloc.decode()}"
-        entry = self._clients.get(key)
-        if entry is None:
-            client = httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,
-                verify=self._tls,
-                headers=HEADERS,
-                limits=httpx.Limits(
-                    max_connections=PER_CLIENT, max_keepalive_connections=PER_CLIENT
-                ),
-            )
-            entry = self._clients[key] = (client, anyio.CapacityLimiter(PER_CLIENT))
-        return entry
+        limiter = self._services.get(key)
+        if limiter is None:
+            limiter = self._services[key] = anyio.CapacityLimiter(PER_SERVICE)
+        return limiter
+
+    def _url(self, url: str | httpx.URL) -> httpx.URL:
+        """Parsed URL; the few a window probes every tick are parsed once."""
+        if isinstance(url, httpx.URL):
+            return url
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)
+            if len(self._urls) < 100_000:  # bounded by the config in practice; a safety cap
+                self._urls[url] = parsed
+        return parsed
 
     async def aclose(self) -> None:
-        for client, _ in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self._transport.aclose()
 
     async def get(
         self, url: str, timeout: float, *, read_body: bool, service: str | None = None
@@ -150,20 +158,20 @@ class Prober:
         service: str | None = None,
     ) -> Answer:
         """One request within `timeout` seconds overall (connect, headers and body)."""
-        target = httpx.URL(url)
-        client, per_client = self._client(target, service)
-        # The client's slot first: a request waiting on a busy service holds no global slot.
-        async with per_client, self._limiter:
+        target = self._url(url)
+        # The service's slot first: a request waiting on a busy service holds no global slot.
+        async with self._service_limiter(target, service), self._limiter:
             start = time.perf_counter()
             got: list[Answer] = []  # the answer once it is in, even if draining the body fails
             with anyio.move_on_after(timeout):
                 try:
-                    request = client.build_request(
-                        method, target, headers=headers, content=content, timeout=timeout
+                    request = httpx.Request(
+                        method,
+                        target,
+                        headers={**HEADERS, **headers} if headers else HEADERS,
+                        content=content,
                     )
-                    return await self._send(client, request, read_body, start, got)
-                except httpx.TimeoutException:
-                    pass  # reported below, like the overall deadline
+                    return await self._send(request, read_body, start, got)
                 except (httpx.HTTPError, OSError) as exc:
                     if got:
                         return got[0]
@@ -173,37 +181,35 @@ class Prober:
             return Answer(0, _elapsed_ms(start), error=f"timed out after {timeout:g}s")
 
     async def _send(
-        self,
-        client: httpx.AsyncClient,
-        request: httpx.Request,
-        read_body: bool,
-        start: float,
-        got: list[Answer],
+        self, request: httpx.Request, read_body: bool, start: float, got: list[Answer]
     ) -> Answer:
-        response = await client.send(request, stream=True)
+        response = await self._transport.handle_async_request(request)
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        code = response.status_code
         try:
             if not read_body:
-                got.append(Answer(response.status_code, _elapsed_ms(start)))
+                got.append(Answer(code, _elapsed_ms(start)))
                 # Read the (bounded) body all the same: a response closed unread closes its
                 # connection, so every such request would open a new one.
                 received = 0
-                async for chunk in response.aiter_raw():
+                async for chunk in stream:
                     received += len(chunk)
                     if received > self._max_body:
                         break
                 return got[0]
             body = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in stream:
                 body += chunk
                 if len(body) > self._max_body:
                     return Answer(
-                        response.status_code,
+                        code,
                         _elapsed_ms(start),
-                        error=f"HTTP {response.status_code} body over {self._max_body} bytes",
+                        error=f"HTTP {code} body over {self._max_body} bytes",
                     )
-            return Answer(response.status_code, _elapsed_ms(start), bytes(body))
+            return Answer(code, _elapsed_ms(start), bytes(body))
         finally:
-            await response.aclose()
+            await stream.aclose()
 
     async def probe(
         self, repo: RepoConfig, timeout: float, tick: int, scheduled_ts: float, catch_up: bool

@@ -26,7 +26,7 @@ from postdeploy.probe import Prober
 from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.rollback import RollbackResult, rollback_env, run_command
 from postdeploy.series import ProbeRow, Tally, fold, replay
-from postdeploy.store import ItemStore, dump_line
+from postdeploy.store import ItemStore, dump_line, parse_json_lines
 from postdeploy.verdict import (
     Action,
     Decision,
@@ -140,6 +140,10 @@ class WindowRunner:
         self._scope = anyio.CancelScope()  # the observing phase; cancelled by stop()
         self._verify_scope = anyio.CancelScope()  # rollback verification; cancelled at shutdown
         self._unwritten: list[bytes] = []  # rows the disk refused; retried before the next
+        # The series as this runner knows it, for the report: the rows read at load and the
+        # lines appended since (bytes: not tracked by the cyclic GC). None until loaded.
+        self._loaded_rows: list[dict[str, Any]] | None = None
+        self._appended: list[bytes] = []
         # The schedule's wall-clock times become monotonic deadlines once, here.
         self._wall0 = time.time()
         self._mono0 = time.monotonic()
@@ -201,6 +205,7 @@ class WindowRunner:
         # Read the series first, outside the cancel scope: even a window stopped at once
         # (superseded, cancelled) reports the ticks it had probed.
         lines = await self.store.read_lines(layout.SERIES)
+        self._loaded_rows = lines.rows
         self.tally = replay(lines.rows)
         if lines.bad_lines or lines.torn_bytes or self.tally.ignored:
             log.warning(
@@ -283,7 +288,9 @@ class WindowRunner:
                 )
 
     async def _append(self, row: ProbeRow) -> None:
-        self._unwritten.append(dump_line(row.to_dict()))
+        line = dump_line(row.to_dict())
+        self._appended.append(line)
+        self._unwritten.append(line)
         try:
             await self.store.append_lines(layout.SERIES, self._unwritten)
         except OSError as exc:
@@ -518,13 +525,21 @@ class WindowRunner:
         if self._unwritten:
             await self.store.append_lines(layout.SERIES, self._unwritten)
             self._unwritten.clear()
-        try:
-            lines = await self.store.read_lines(layout.SERIES)
-            rows = [r for r in map(ProbeRow.from_dict, lines.rows) if r is not None]
-        except OSError as exc:  # never let an unreadable series block the verdict
-            log.error("series.unreadable", error=str(exc), note="report written without probes")
-            rows = []
+        rows = await self._series_rows()
         report = render_report(outcome, rows)
         await self.store.write_atomic(layout.REPORT, report.encode())
         await self.store.write_json(layout.DONE, done_record(outcome))
         self.finished = (outcome, report)
+
+    async def _series_rows(self) -> list[ProbeRow]:
+        """Every row of the series, for the report: from memory when this runner loaded the
+        series (it wrote every row since), else read from disk."""
+        if self._loaded_rows is None:
+            try:
+                loaded = (await self.store.read_lines(layout.SERIES)).rows
+            except OSError as exc:  # never let an unreadable series block the verdict
+                log.error("series.unreadable", error=str(exc), note="report without probes")
+                return []
+        else:
+            loaded = self._loaded_rows + parse_json_lines(b"".join(self._appended)).rows
+        return [r for r in map(ProbeRow.from_dict, loaded) if r is not None]

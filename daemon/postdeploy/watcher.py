@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import watchfiles
 
-from postdeploy.layout import NAME_RE, ItemKey, valid_name
+from postdeploy.layout import CANCEL, NAME_RE, ItemKey, valid_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Files the daemon itself appends to while a window runs: a change to one is never news, and
@@ -29,6 +29,7 @@ class Scan:
 
     items: list[ItemKey] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, what is wrong)
+    cancelled: list[ItemKey] = field(default_factory=list)  # of those asked about: with `cancel`
 
 
 def _entry_problem(entry: os.DirEntry[str]) -> str | None:
@@ -44,8 +45,14 @@ def _entry_problem(entry: os.DirEntry[str]) -> str | None:
     return None
 
 
-def scan_state_dir(root: Path, only_repo: str | None = None) -> Scan:
-    """List every `<repo>/<work_item>` directory below `root` (blocking; run in a thread)."""
+def scan_state_dir(
+    root: Path, only_repo: str | None = None, watched: frozenset[ItemKey] = frozenset()
+) -> Scan:
+    """List every `<repo>/<work_item>` directory below `root`, and which of the `watched`
+    ones hold a `cancel` file (blocking; run in a thread).
+
+    Looking for `cancel` here, in the same pass, costs one `lstat` per open window; checking
+    each window on its own cost a worker-thread hop each, every rescan."""
     scan = Scan()
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -66,7 +73,10 @@ def scan_state_dir(root: Path, only_repo: str | None = None) -> Scan:
                 for item in os.scandir(repo_fd):
                     problem = _entry_problem(item)
                     if problem is None:
-                        scan.items.append(ItemKey(repo.name, item.name))
+                        key = ItemKey(repo.name, item.name)
+                        scan.items.append(key)
+                        if key in watched and _has_cancel(repo_fd, item.name):
+                            scan.cancelled.append(key)
                     elif problem:
                         scan.problems.append((str(root / repo.name / item.name), problem))
             finally:
@@ -76,8 +86,19 @@ def scan_state_dir(root: Path, only_repo: str | None = None) -> Scan:
     return scan
 
 
-async def scan(root: Path, only_repo: str | None = None) -> Scan:
-    return await anyio.to_thread.run_sync(scan_state_dir, root, only_repo)
+def _has_cancel(repo_fd: int, item: str) -> bool:
+    """Whether `<item>/cancel` exists (any kind of entry; nothing is followed or read)."""
+    try:
+        os.lstat(f"{item}/{CANCEL}", dir_fd=repo_fd)
+    except OSError:
+        return False
+    return True
+
+
+async def scan(
+    root: Path, only_repo: str | None = None, watched: frozenset[ItemKey] = frozenset()
+) -> Scan:
+    return await anyio.to_thread.run_sync(scan_state_dir, root, only_repo, watched)
 
 
 @dataclass(frozen=True)
