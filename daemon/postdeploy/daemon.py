@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -53,12 +55,48 @@ _OWN = (
 )
 
 
+@dataclass(frozen=True)
+class _Look:
+    """One look at an item directory (see `Daemon._look`)."""
+
+    kinds: dict[str, str | None]
+    armed: os.stat_result | None = None  # `armed`, if it is a regular file
+    data: bytes | None = None  # its content, if it was quiet (else it is read later)
+    seen_at: float = 0.0  # wall time of the look
+
+
+def _read_if_quiet(
+    dfd: int, previous: tuple[int, int, int] | None, *, force: bool = False
+) -> tuple[os.stat_result | None, bytes | None, float]:
+    """`armed`'s stat, its content if nothing has written to it for QUIET_S (or it is
+    unchanged since `previous`, or `force`), and the time of the look. Never follows a
+    symlink, never blocks on a FIFO put in its place."""
+    flags = layout.open_file_flags(os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fd = os.open(layout.ARMED, flags, dir_fd=dfd)
+    except FileNotFoundError:
+        raise
+    except OSError:  # ELOOP: a symlink now
+        return None, None, time.time()
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        now = time.time()
+        if not stat.S_ISREG(st.st_mode):
+            return None, None, now
+        age = now - st.st_mtime
+        quiet = (st.st_ino, st.st_size, st.st_mtime_ns) == previous or age >= QUIET_S
+        if not (quiet or force):
+            return st, None, now
+        return st, f.read(layout.MAX_ARMED_BYTES + 1), now
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.root: Path = config.state_path
         self.runners: dict[ItemKey, WindowRunner] = {}
+        self._repo_runners: dict[str, dict[ItemKey, WindowRunner]] = {}  # runners by repo
         self.notifier = Notifier()
         self.prober = Prober(
             max_inflight=config.daemon.max_inflight_requests,
@@ -287,18 +325,20 @@ class Daemon:
             self._intaking.discard(key)
             structlog.contextvars.unbind_contextvars("repo", "work_item")
 
-    def _kinds(self, key: ItemKey) -> tuple[dict[str, str | None], float | None]:
-        """What each file of the item directory is, and `armed`'s mtime."""
+    def _look(self, key: ItemKey, previous: tuple[int, int, int] | None = None) -> _Look:
+        """What each file of the item directory is, and `armed` itself: its identity and, if
+        it is quiet, its content. One worker-thread hop for everything intake needs."""
         with open_item_dir(self.root, key) as dfd:
             kinds = {name: layout.lstat_kind(dfd, name) for name in {*_CHECKED, *_OWN}}
-            mtime = None
-            if kinds[layout.ARMED] == "file":
-                mtime = os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False).st_mtime
-            return kinds, mtime
+            if kinds[layout.ARMED] != "file":
+                return _Look(kinds)
+            return _Look(kinds, *_read_if_quiet(dfd, previous))
 
     async def _admit(self, key: ItemKey) -> None:
         store = ItemStore(self.root, key)
-        kinds, armed_mtime = await anyio.to_thread.run_sync(self._kinds, key)
+        look = await anyio.to_thread.run_sync(self._look, key)
+        kinds = look.kinds
+        armed_mtime = look.armed.st_mtime if look.armed is not None else None
         if kinds[layout.DONE] or kinds[layout.REJECTED]:
             self._settled.add(key)
             if kinds[layout.DONE] and armed_mtime is not None:
@@ -325,7 +365,7 @@ class Daemon:
         broken: str | None = None
         if first_seen:
             try:
-                metadata, armed_at = await self._read_armed(store)
+                metadata, armed_at = await self._read_armed(key, look)
             except ArmedError as exc:
                 await self._reject(store, str(exc))
                 return
@@ -367,6 +407,7 @@ class Daemon:
             self.outbox.emit,
             first_seen=first_seen,
             reacting=kinds[layout.ROLLBACK_INTENT] is not None,
+            has_series=kinds[layout.SERIES] is not None,
         )
         if foreign:  # a window already under way: it ends, loudly, as ERROR
             broken = f"{what}, not a regular file; the window cannot go on"
@@ -379,6 +420,7 @@ class Daemon:
         if self._closing or self._windows is None:
             return
         self.runners[key] = runner
+        self._repo_runners.setdefault(key.repo, {})[key] = runner
         metrics.open_windows(len(self.runners))
         self._note_armed(key, start.schedule.armed_at)
         self._windows.start_soon(self._run, runner)
@@ -392,26 +434,27 @@ class Daemon:
         )
         return WindowStart(schedule, seen_at, metadata, settings.window_s)
 
-    async def _read_armed(self, store: ItemStore) -> tuple[dict[str, str], float]:
-        """Wait until `armed` is quiet for QUIET_S, then parse it; returns (metadata, armed_at)."""
-        deadline = time.monotonic() + MAX_QUIET_WAIT_S
-        previous = None
-        while True:
-            st = await anyio.to_thread.run_sync(self._stat_armed, store.key)
-            now = time.time()
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-            age = now - st.st_mtime
-            quiet = identity == previous or (age >= 0 and age >= QUIET_S)
-            if quiet or time.monotonic() > deadline:
-                break
-            previous = identity
-            await anyio.sleep(QUIET_S - age if 0 <= age < QUIET_S else QUIET_S)
-        data = await store.read(layout.ARMED, limit=layout.MAX_ARMED_BYTES + 1)
-        return parse_armed(data or b""), min(st.st_mtime, now)
+    async def _read_armed(self, key: ItemKey, look: _Look) -> tuple[dict[str, str], float]:
+        """Wait until `armed` is quiet for QUIET_S, then parse it; returns (metadata, armed_at).
 
-    def _stat_armed(self, key: ItemKey) -> os.stat_result:
+        `look` is the intake's first look, which read `armed` already if it was quiet."""
+        deadline = time.monotonic() + MAX_QUIET_WAIT_S
+        while look.data is None:
+            st = look.armed
+            if st is None:  # replaced meanwhile by something else than a regular file
+                raise ArmedError("armed is not a regular file; it is not followed")
+            age = time.time() - st.st_mtime
+            await anyio.sleep(QUIET_S - age if 0 <= age < QUIET_S else QUIET_S)
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+            # Past the deadline (a writer that never stops), read what is there.
+            force = time.monotonic() > deadline
+            look = await anyio.to_thread.run_sync(self._look_armed, key, identity, force)
+        assert look.armed is not None
+        return parse_armed(look.data), min(look.armed.st_mtime, look.seen_at)
+
+    def _look_armed(self, key: ItemKey, previous: tuple[int, int, int], force: bool) -> _Look:
         with open_item_dir(self.root, key) as dfd:
-            return os.stat(layout.ARMED, dir_fd=dfd, follow_symlinks=False)
+            return _Look({}, *_read_if_quiet(dfd, previous, force=force))
 
     async def _reject(self, store: ItemStore, reason: str) -> None:
         log.warning("sentinel.rejected", reason=reason)
@@ -438,8 +481,8 @@ class Daemon:
             return
         armed_at, work_item = latest
         reason = f"superseded by {work_item}, armed at {iso(armed_at)}"
-        for runner in list(self.runners.values()):
-            if runner.key.repo != repo or runner.sort_key >= latest:
+        for runner in list(self._repo_runners.get(repo, {}).values()):
+            if runner.sort_key >= latest:
                 continue
             if runner.stop(Verdict(Status.SUPERSEDED, reason)):
                 log.info(
@@ -458,6 +501,10 @@ class Daemon:
                 )
         finally:
             self.runners.pop(runner.key, None)
+            same_repo = self._repo_runners.get(runner.key.repo, {})
+            same_repo.pop(runner.key, None)
+            if not same_repo:
+                self._repo_runners.pop(runner.key.repo, None)
             metrics.open_windows(len(self.runners))
             if runner.completed:
                 self._settled.add(runner.key)

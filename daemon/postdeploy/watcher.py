@@ -15,12 +15,13 @@ from pathlib import Path
 import anyio
 import watchfiles
 
-from postdeploy.layout import CANCEL, NAME_RE, ItemKey, valid_name
+from postdeploy.layout import ARMED, CANCEL, NAME_RE, ItemKey, valid_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Files the daemon itself appends to while a window runs: a change to one is never news, and
-# series.jsonl changes on every tick of every window (each hint costs a cancel check).
-_OWN_APPENDS = frozenset({"series.jsonl", "verify.jsonl", "rollback.log"})
+# The only files in an item directory whose changes are news: the deploy side's sentinel and
+# the operator's. Everything else there is the daemon's own writing (series.jsonl on every
+# tick, window.json at every arming, ...): hinting on it would cost a look per write.
+_NEWS = frozenset({ARMED, CANCEL})
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Changes:
 async def watch(root: Path, stop: anyio.Event) -> AsyncIterator[Changes]:
     """Yield batches of hints from inotify until `stop` is set."""
     async for batch in watchfiles.awatch(
-        root, watch_filter=None, debounce=400, step=50, stop_event=stop, recursive=True
+        root, watch_filter=None, debounce=100, step=50, stop_event=stop, recursive=True
     ):
         items: set[ItemKey] = set()
         repos: set[str] = set()
@@ -123,6 +124,6 @@ async def watch(root: Path, stop: anyio.Event) -> AsyncIterator[Changes]:
                 continue
             if len(parts) == 1:
                 repos.add(parts[0])
-            elif len(parts) == 2 or (parts[2] not in _OWN_APPENDS and not parts[2].startswith(".")):
+            elif len(parts) == 2 or parts[2] in _NEWS:
                 items.add(ItemKey(parts[0], parts[1]))
         yield Changes(items, repos)

@@ -179,7 +179,6 @@ class Outbox:
             )
 
     async def _emit(self, event_id: str, event: Event) -> None:
-        data = plain(event.to_dict())
         targets = [
             name
             for name, config in self._configs.items()
@@ -190,6 +189,7 @@ class Outbox:
             # keeps the fsyncs off the arming and reaction paths of a daemon without alerts).
             log.debug("alert.unrouted", event_id=event_id, kind=event.kind)
             return
+        data = plain(event.to_dict())
         emitted_at = time.time()
         record = _Record(event_id, data, targets, emitted_at, next(self._seq), written=False)
         try:
