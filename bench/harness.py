@@ -247,7 +247,7 @@ def write_config(
     config: dict[str, Any] = {
         "state_dir": str(state),
         "defaults": dict(defaults),
-        "daemon": {"rescan_interval_s": 2, "log_level": "info", **(daemon or {})},
+        "daemon": {"log_level": "info", **(daemon or {})},
         "repos": {w.repo: w.repo_table() for w in wins},
     }
     path.write_text(render_toml(config))

@@ -256,7 +256,7 @@ class RepoConfig(WindowOverrides):
 class DaemonSettings(_Table):
     """`[daemon]`: how the daemon itself runs (an extension of the contract)."""
 
-    rescan_interval_s: PositiveFloat = 2.0
+    rescan_interval_s: PositiveFloat = 5.0
     max_inflight_requests: Annotated[int, Field(ge=1)] = 256
     max_body_bytes: Annotated[int, Field(ge=1024)] = 65536
     log_level: Literal["debug", "info", "warning", "error"] = "info"

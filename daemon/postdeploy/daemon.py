@@ -11,6 +11,7 @@ directory, rejects what is invalid, records the window's start, and starts its r
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -63,6 +64,8 @@ class _Look:
     armed: os.stat_result | None = None  # `armed`, if it is a regular file
     data: bytes | None = None  # its content, if it was quiet (else it is read later)
     seen_at: float = 0.0  # wall time of the look
+    window: bytes | None = None  # window.json, if it is a regular file (a window to resume)
+    series: bytes | None = None  # series.jsonl (b"" if absent); None if not read
 
 
 def _read_if_quiet(
@@ -78,7 +81,7 @@ def _read_if_quiet(
         raise
     except OSError:  # ELOOP: a symlink now
         return None, None, time.time()
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         now = time.time()
         if not stat.S_ISREG(st.st_mode):
@@ -87,7 +90,28 @@ def _read_if_quiet(
         quiet = (st.st_ino, st.st_size, st.st_mtime_ns) == previous or age >= QUIET_S
         if not (quiet or force):
             return st, None, now
-        return st, f.read(layout.MAX_ARMED_BYTES + 1), now
+        return st, _read_fd(fd, layout.MAX_ARMED_BYTES + 1), now
+    finally:
+        os.close(fd)
+
+
+def _read_regular(dfd: int, name: str) -> bytes | None:
+    """The content of `name` if it is a regular file, else None; never follows a symlink,
+    never blocks on a FIFO."""
+    try:
+        fd = os.open(name, layout.open_file_flags(os.O_RDONLY | os.O_NONBLOCK), dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        return _read_fd(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, limit: int = -1) -> bytes:
+    """Read from `fd` to its end (or `limit` bytes), leaving it open."""
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        return f.read(limit)
 
 
 class Daemon:
@@ -332,7 +356,14 @@ class Daemon:
             kinds = {name: layout.lstat_kind(dfd, name) for name in {*_CHECKED, *_OWN}}
             if kinds[layout.ARMED] != "file":
                 return _Look(kinds)
-            return _Look(kinds, *_read_if_quiet(dfd, previous))
+            armed, data, seen_at = _read_if_quiet(dfd, previous)
+            window = series = None
+            if not (kinds[layout.DONE] or kinds[layout.REJECTED]):
+                # A window to resume needs both; reading them here saves two hops each.
+                if kinds[layout.WINDOW] == "file":
+                    window = _read_regular(dfd, layout.WINDOW)
+                series = _read_regular(dfd, layout.SERIES) if kinds[layout.SERIES] else b""
+            return _Look(kinds, armed, data, seen_at, window, series)
 
     async def _admit(self, key: ItemKey) -> None:
         store = ItemStore(self.root, key)
@@ -393,8 +424,11 @@ class Daemon:
             )
         else:
             try:
-                start = WindowStart.from_dict(await store.read_json(layout.WINDOW) or {})
-            except (ValueError, KeyError, TypeError) as exc:
+                value = json.loads(look.window) if look.window is not None else {}
+                if not isinstance(value, dict):
+                    raise ValueError(f"{layout.WINDOW} does not hold a JSON object")
+                start = WindowStart.from_dict(value)
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 broken = f"{layout.WINDOW} is unreadable ({exc}); the window cannot be resumed"
                 start = self._new_start(key.repo, seen_at, {}, seen_at)
         repo = self.config.repos[key.repo]
@@ -407,7 +441,7 @@ class Daemon:
             self.outbox.emit,
             first_seen=first_seen,
             reacting=kinds[layout.ROLLBACK_INTENT] is not None,
-            has_series=kinds[layout.SERIES] is not None,
+            series=look.series,
         )
         if foreign:  # a window already under way: it ends, loudly, as ERROR
             broken = f"{what}, not a regular file; the window cannot go on"

@@ -26,7 +26,7 @@ from postdeploy.probe import Prober
 from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.rollback import RollbackResult, rollback_env, run_command
 from postdeploy.series import ProbeRow, Tally, fold, replay
-from postdeploy.store import ItemStore, JsonLines, dump_line, parse_json_lines
+from postdeploy.store import ItemStore, dump_line, parse_json_lines
 from postdeploy.verdict import (
     Action,
     Decision,
@@ -121,7 +121,7 @@ class WindowRunner:
         *,
         first_seen: bool,
         reacting: bool = False,
-        has_series: bool = True,
+        series: bytes | None = None,
     ) -> None:
         self.key: ItemKey = store.key
         self.store = store
@@ -131,7 +131,7 @@ class WindowRunner:
         self.prober = prober
         self.emit = emit
         self.first_seen = first_seen
-        self._has_series = has_series  # False: intake saw no series.jsonl, nothing to read
+        self._series = series  # series.jsonl as intake read it (b"": none); None: read it
         # A rollback was started before a restart: the window had its verdict and its reaction
         # must be concluded (ROLLBACK_UNKNOWN or its recorded result), never superseded.
         self.phase = Phase.CONCLUDING if reacting else Phase.OBSERVING
@@ -206,9 +206,11 @@ class WindowRunner:
         """Probe until a verdict; None if stopped for shutdown."""
         # Read the series first, outside the cancel scope: even a window stopped at once
         # (superseded, cancelled) reports the ticks it had probed.
-        lines = JsonLines([], [], 0)
-        if self._has_series:
+        if self._series is None:
             lines = await self.store.read_lines(layout.SERIES)
+        else:
+            lines = await self.store.parse_lines(layout.SERIES, self._series)
+            self._series = None
         self._loaded_rows = lines.rows
         self.tally = replay(lines.rows)
         if lines.bad_lines or lines.torn_bytes or self.tally.ignored:

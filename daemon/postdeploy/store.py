@@ -155,6 +155,11 @@ class ItemStore:
         data = await self.read(name)
         if data is None:
             return JsonLines([], [], 0)
+        return await self.parse_lines(name, data)
+
+    async def parse_lines(self, name: str, data: bytes) -> JsonLines:
+        """Parse `data`, the content of JSON Lines file `name`; a torn last line is cut off
+        the file durably before returning."""
         parsed = parse_json_lines(data)
         if parsed.torn_bytes:
             await anyio.to_thread.run_sync(
