@@ -166,6 +166,9 @@ class Daemon:
             metrics.serve(self.config.metrics.address)
         await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
         found = await self._rescan()
+        # READY means every window found is taken up and scheduled (its next step known).
+        for runner in list(self.runners.values()):
+            await runner.scheduled.wait()
         self.ready.set()
         self.notifier.ready(f"watching {len(self.runners)} open windows")
         log.info(
@@ -442,6 +445,7 @@ class Daemon:
             first_seen=first_seen,
             reacting=kinds[layout.ROLLBACK_INTENT] is not None,
             series=look.series,
+            go=self.ready,
         )
         if foreign:  # a window already under way: it ends, loudly, as ERROR
             broken = f"{what}, not a regular file; the window cannot go on"

@@ -122,6 +122,7 @@ class WindowRunner:
         first_seen: bool,
         reacting: bool = False,
         series: bytes | None = None,
+        go: anyio.Event | None = None,
     ) -> None:
         self.key: ItemKey = store.key
         self.store = store
@@ -132,6 +133,10 @@ class WindowRunner:
         self.emit = emit
         self.first_seen = first_seen
         self._series = series  # series.jsonl as intake read it (b"": none); None: read it
+        # Probing waits for `go` (the daemon's READY): at startup, every window is taken up
+        # and scheduled first, and only then do the ticks that fell due meanwhile run.
+        self._go = go
+        self.scheduled = anyio.Event()  # set once the window knows its next step (or ended)
         # A rollback was started before a restart: the window had its verdict and its reaction
         # must be concluded (ROLLBACK_UNKNOWN or its recorded result), never superseded.
         self.phase = Phase.CONCLUDING if reacting else Phase.OBSERVING
@@ -199,6 +204,7 @@ class WindowRunner:
                     log.exception("window.error_unrecorded")
         finally:
             self.phase = Phase.FINISHED
+            self.scheduled.set()
 
     # -- observing ----------------------------------------------------------------------
 
@@ -220,6 +226,7 @@ class WindowRunner:
                 torn_bytes=lines.torn_bytes,
                 ignored_rows=self.tally.ignored,
             )
+        self.scheduled.set()  # what comes next is known now: the daemon may report READY
         if self.phase is Phase.CONCLUDING:
             verdict = classify(self.tally, thresholds(self.settings, self.repo))
             return verdict or Verdict(
@@ -250,6 +257,9 @@ class WindowRunner:
                 if isinstance(step, Wait):
                     await anyio.sleep(max(0.0, step.until - self.now()))
                     continue
+                if self._go is not None and not self._go.is_set():
+                    await self._go.wait()
+                    continue  # the due tick may have changed while waiting
                 await self._tick(step)
         return self._stop
 
