@@ -646,7 +646,11 @@ class NginxTarget:
         self.meter = Proc(self.proc.pid)
         self._offset = 0  # bytes of the access log already handed out by new_records()
         for port in self.ports:
-            wait_until(partial(_accepts, port), 10, f"nginx on port {port}")
+            try:
+                wait_until(partial(_accepts, port), 10, f"nginx on port {port}")
+            except TimeoutError as exc:
+                self.stop()  # e.g. a port taken between _free_port() and nginx's bind()
+                raise NginxStartError(str(exc)) from None
 
     @staticmethod
     def _parse(text: str) -> list[Request]:
@@ -697,10 +701,23 @@ def nginx_path() -> str | None:
     )
 
 
+class NginxStartError(TimeoutError):
+    """nginx did not listen on one of its ports."""
+
+
 def load_target(kind: str, ports: int = 1) -> PyTarget | NginxTarget:
-    """The target for pure-load scenarios: nginx when asked for or found, else Python."""
+    """The target for pure-load scenarios: nginx when asked for or found, else Python.
+
+    With many ports, one of them can be taken between picking it and nginx binding it (the
+    previous scenario leaves thousands of client sockets behind on loopback): nginx then
+    does not start at all, and is tried again with fresh ports."""
     if kind == "nginx" or (kind == "auto" and nginx_path()):
-        return NginxTarget(ports)
+        for attempt in range(3):
+            try:
+                return NginxTarget(ports)
+            except NginxStartError:
+                if attempt == 2:
+                    raise
     return PyTarget(ports)
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -57,6 +58,7 @@ class Sizes:
 
     precision_n: int = 1000
     precision_window_s: float = 60
+    precision_rounds: int = 3
     burst_n: int = 200
     burst_window_s: float = 60
     isolation_n: int = 100
@@ -86,6 +88,7 @@ QUICK = replace(
     FULL,
     precision_n=200,
     precision_window_s=20,
+    precision_rounds=1,
     burst_n=50,
     burst_window_s=20,
     isolation_n=50,
@@ -221,8 +224,8 @@ def _sleep_until(at: float) -> None:
 # -- precision ------------------------------------------------------------------------------
 
 
-def precision(ctx: Ctx) -> Result:
-    """1,000 windows armed evenly over one 5 s interval, watched for 60 s."""
+def _precision_round(ctx: Ctx) -> dict[str, Any]:
+    """One precision run: a fresh daemon and target, every window armed, watched to its end."""
     z = ctx.sizes
     n, interval, window, timeout = z.precision_n, 5.0, z.precision_window_s, 2.0
     with ctx.scratch("precision") as d:
@@ -253,34 +256,62 @@ def precision(ctx: Ctx) -> Result:
         finally:
             records = target.stop()
         joined = join(state, wins, Arrivals(records), horizon=math.inf, within_s=timeout)
-    late = joined.lateness()
+    return {
+        "target": target.kind,
+        "late": joined.lateness(),
+        "last_request": [t.last_lateness_ms for t in joined.ticks],
+        "daemon_side": [t.daemon_lateness_ms for t in joined.ticks],
+        "lost": joined.lost,
+        "expected": joined.expected,
+        "daemon_cpu_percent": round(dcpu.percent, 1),
+        "daemon_cpu_system_share": round(dcpu.system_share, 2),
+        "target_cpu_percent": round(tcpu.percent, 1),
+        "daemon_memory": memory,
+        "problems": problems,
+    }
+
+
+def precision(ctx: Ctx) -> Result:
+    """1,000 windows armed evenly over one 5 s interval, watched for 60 s; several rounds,
+    each with a fresh daemon, because one run's tail moves with the shared host's noise."""
+    z = ctx.sizes
+    rounds = [_precision_round(ctx) for _ in range(z.precision_rounds)]
+    p99s = [summary(r["late"]).get("p99", math.inf) for r in rounds]
+    p99 = statistics.median(p99s)
+    late = [x for r in rounds for x in r["late"]]
     s = summary(late)
-    passed = s.get("p99", math.inf) <= 20 and not joined.lost
+    lost = sum(len(r["lost"]) for r in rounds)
+    expected = sum(r["expected"] for r in rounds)
+    false_degraded = sum(r["problems"]["false_degraded"] for r in rounds)
     return Result(
         "precision",
-        f"p99 {_ms(s.get('p99', math.nan))} ms (p50 {_ms(s.get('p50', math.nan))}, max "
-        f"{_ms(s.get('max', math.nan))}); lost {len(joined.lost)}/{joined.expected}"
-        + _alarms(problems),
+        f"p99 {_ms(p99)} ms (median of {len(rounds)} rounds: "
+        f"{', '.join(_ms(x) for x in p99s)}; pooled p50 {_ms(s.get('p50', math.nan))}, "
+        f"max {_ms(s.get('max', math.nan))}); lost {lost}/{expected}"
+        + _alarms({"false_degraded": false_degraded}),
         "p99 <= 20 ms, no tick lost",
-        passed and not problems["false_degraded"],
+        bool(p99 <= 20 and not lost and not false_degraded),
         {
-            "windows": n,
-            "interval_s": interval,
-            "window_s": window,
+            "windows": z.precision_n,
+            "interval_s": 5.0,
+            "window_s": z.precision_window_s,
+            "rounds": len(rounds),
+            "p99_per_round_ms": [round(x, 2) for x in p99s],
             "requests_per_tick": len(ctx.paths),
-            "offered_rps": round(n * len(ctx.paths) / interval, 1),
-            "target": target.kind,
+            "offered_rps": round(z.precision_n * len(ctx.paths) / 5.0, 1),
+            "target": rounds[0]["target"],
             "lateness_ms": s,
-            "lateness_last_request_ms": summary([t.last_lateness_ms for t in joined.ticks]),
-            "lateness_daemon_side_ms": summary([t.daemon_lateness_ms for t in joined.ticks]),
-            "lost": len(joined.lost),
-            "lost_examples": joined.lost[:10],
-            "expected_ticks": joined.expected,
-            "daemon_cpu_percent": round(dcpu.percent, 1),
-            "daemon_cpu_system_share": round(dcpu.system_share, 2),
-            "target_cpu_percent": round(tcpu.percent, 1),
-            "daemon_memory": memory,
-            **problems,
+            "lateness_last_request_ms": summary([x for r in rounds for x in r["last_request"]]),
+            "lateness_daemon_side_ms": summary([x for r in rounds for x in r["daemon_side"]]),
+            "lost": lost,
+            "lost_examples": [x for r in rounds for x in r["lost"]][:10],
+            "expected_ticks": expected,
+            "daemon_cpu_percent": [r["daemon_cpu_percent"] for r in rounds],
+            "daemon_cpu_system_share": [r["daemon_cpu_system_share"] for r in rounds],
+            "target_cpu_percent": [r["target_cpu_percent"] for r in rounds],
+            "daemon_memory": rounds[-1]["daemon_memory"],
+            "false_degraded": false_degraded,
+            "error_lines": sum(r["problems"].get("error_lines", 0) for r in rounds),
         },
         {"precision": late},
     )
