@@ -352,14 +352,14 @@ class Daemon:
             self._intaking.discard(key)
             structlog.contextvars.unbind_contextvars("repo", "work_item")
 
-    def _look(self, key: ItemKey, previous: tuple[int, int, int] | None = None) -> _Look:
+    def _look(self, key: ItemKey) -> _Look:
         """What each file of the item directory is, and `armed` itself: its identity and, if
         it is quiet, its content. One worker-thread hop for everything intake needs."""
         with open_item_dir(self.root, key) as dfd:
             kinds = {name: layout.lstat_kind(dfd, name) for name in {*_CHECKED, *_OWN}}
             if kinds[layout.ARMED] != "file":
                 return _Look(kinds)
-            armed, data, seen_at = _read_if_quiet(dfd, previous)
+            armed, data, seen_at = _read_if_quiet(dfd, None)
             window = series = None
             if not (kinds[layout.DONE] or kinds[layout.REJECTED]):
                 # A window to resume needs both; reading them here saves two hops each.

@@ -115,11 +115,6 @@ class Prober:
         self._transport = LeanTransport(ssl_context=self._tls)
         self._urls: dict[str, httpx.URL] = {}
 
-    @property
-    def connections(self) -> int:
-        """HTTP connections open now."""
-        return self._transport.connections
-
     def _service_limiter(self, url: httpx.URL, service: str | None) -> asyncio.Semaphore:
         """The limiter of `service` (a repo's base_url: one per configured service, so their
         number is bounded by the config), else of the URL's origin."""
