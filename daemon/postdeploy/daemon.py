@@ -33,7 +33,7 @@ from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.report import iso
 from postdeploy.runner import Phase, WindowRunner, WindowStart
-from postdeploy.store import ItemStore
+from postdeploy.store import ItemStore, read_at, read_fd
 from postdeploy.verdict import Status, Verdict
 from postdeploy.window import Schedule
 
@@ -90,28 +90,17 @@ def _read_if_quiet(
         quiet = (st.st_ino, st.st_size, st.st_mtime_ns) == previous or age >= QUIET_S
         if not (quiet or force):
             return st, None, now
-        return st, _read_fd(fd, layout.MAX_ARMED_BYTES + 1), now
+        return st, read_fd(fd, layout.MAX_ARMED_BYTES + 1), now
     finally:
         os.close(fd)
 
 
 def _read_regular(dfd: int, name: str) -> bytes | None:
-    """The content of `name` if it is a regular file, else None; never follows a symlink,
-    never blocks on a FIFO."""
+    """The content of `name` if it is a regular file, else None (see `store.read_at`)."""
     try:
-        fd = os.open(name, layout.open_file_flags(os.O_RDONLY | os.O_NONBLOCK), dir_fd=dfd)
+        return read_at(dfd, name)
     except OSError:
         return None
-    try:
-        return _read_fd(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    finally:
-        os.close(fd)
-
-
-def _read_fd(fd: int, limit: int = -1) -> bytes:
-    """Read from `fd` to its end (or `limit` bytes), leaving it open."""
-    with os.fdopen(fd, "rb", closefd=False) as f:
-        return f.read(limit)
 
 
 class Daemon:

@@ -14,9 +14,11 @@ The blocking calls run in worker threads so the event loop never waits on the di
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,29 @@ def dump_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+def read_fd(fd: int, limit: int = -1) -> bytes:
+    """Read from `fd` to its end (or `limit` bytes), leaving it open."""
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        return f.read(limit)
+
+
+def read_at(dir_fd: int, name: str, limit: int = -1) -> bytes | None:
+    """The content of `name` in directory `dir_fd` (at most `limit` bytes), None if missing.
+
+    Never follows a symlink and never blocks on a FIFO put in a file's place: anything but a
+    regular file raises OSError."""
+    try:
+        fd = os.open(name, open_file_flags(os.O_RDONLY | os.O_NONBLOCK), dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        return read_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> None:
     """Replace `name` in directory `dir_fd` with `data`: a temporary file is written and
     fsynced, renamed over `name`, and the directory is fsynced. Never follows a symlink."""
@@ -94,12 +119,7 @@ class ItemStore:
     def read_sync(self, name: str, limit: int = -1) -> bytes | None:
         """The content of `name` (at most `limit` bytes if given), or None if missing."""
         with open_item_dir(self.root, self.key) as dfd:
-            try:
-                fd = os.open(name, open_file_flags(os.O_RDONLY), dir_fd=dfd)
-            except FileNotFoundError:
-                return None
-            with os.fdopen(fd, "rb") as f:
-                return f.read(limit)
+            return read_at(dfd, name, limit)
 
     def exists_sync(self, name: str) -> bool:
         """Whether `name` exists in the item directory (a symlink counts as existing)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postdeploy.layout import ItemKey, UnsafePath
-from postdeploy.store import ItemStore, JsonLines, dump_line, parse_json_lines
+from postdeploy.store import ItemStore, JsonLines, dump_line, parse_json_lines, read_at
 
 FAST = settings(max_examples=100, deadline=None)
 KEY = ItemKey("shop", "w1")
@@ -206,3 +207,37 @@ async def test_append_lines_refuses_a_dangling_symlinked_series(
     with pytest.raises(OSError):
         await store.append_lines("series.jsonl", [dump_line({"tick": 0})])
     assert not (outside / "new.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        ("file", b"data"),
+        ("missing", None),
+        ("symlink", OSError),  # never followed, even to a regular file
+        ("fifo", OSError),  # opening it would block a worker thread for ever without O_NONBLOCK
+        ("dir", OSError),
+    ],
+)
+def test_read_at_reads_regular_files_only(tmp_path: Path, make: str, expected: Any) -> None:
+    target = tmp_path / "real"
+    target.write_bytes(b"data")
+    name = tmp_path / "f"
+    if make == "file":
+        name.write_bytes(b"data")
+    elif make == "symlink":
+        name.symlink_to(target)
+    elif make == "fifo":
+        os.mkfifo(name)
+    elif make == "dir":
+        name.mkdir()
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if isinstance(expected, type):
+            with pytest.raises(expected):
+                read_at(dfd, "f")
+        else:
+            assert read_at(dfd, "f") == expected
+            assert read_at(dfd, "f", 2) in (None, b"da")
+    finally:
+        os.close(dfd)
