@@ -11,96 +11,47 @@ directory, rejects what is invalid, records the window's start, and starts its r
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import os
 import resource
 import signal
-import stat
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import gitreport, layout, logs, metrics, watcher
+from postdeploy import gitreport, intake, layout, logs, metrics, watcher
 from postdeploy.alerts import Outbox
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
-from postdeploy.layout import ArmedError, ItemKey, UnsafePath, open_item_dir, parse_armed
+from postdeploy.intake import Arm, Look, Quiet, Reject, Resume, Settled
+from postdeploy.layout import ItemKey, UnsafePath
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.report import iso
 from postdeploy.runner import Phase, WindowRunner, WindowStart
-from postdeploy.store import ItemStore, read_at, read_fd
+from postdeploy.store import ItemStore
 from postdeploy.verdict import Status, Verdict
 from postdeploy.window import Schedule
 
 log = structlog.get_logger("postdeploy.daemon")
 
-QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long
-MAX_QUIET_WAIT_S = 5.0
-RECHECKS, RECHECK_DELAY_S = 8, 0.25  # a directory without `armed` is looked at again
-_CHECKED = (layout.ARMED, layout.DONE, layout.REJECTED, layout.WINDOW, layout.CANCEL)
-# The daemon's own files: each must be a regular file or absent. A symlink, a FIFO or a
-# directory in their place was put there by someone else; the window is never started.
-_OWN = (
-    layout.WINDOW,
-    layout.SERIES,
-    layout.VERIFY,
-    layout.ROLLBACK_INTENT,
-    layout.ROLLBACK_RESULT,
-    layout.ROLLBACK_LOG,
-    layout.REPORT,
-)
 
+@dataclass
+class _Waiting:
+    """A new `armed` written to less than QUIET_S ago: looked at again when `due`."""
 
-@dataclass(frozen=True)
-class _Look:
-    """One look at an item directory (see `Daemon._look`)."""
-
-    kinds: dict[str, str | None]
-    armed: os.stat_result | None = None  # `armed`, if it is a regular file
-    data: bytes | None = None  # its content, if it was quiet (else it is read later)
-    seen_at: float = 0.0  # wall time of the look
-    window: bytes | None = None  # window.json, if it is a regular file (a window to resume)
-    series: bytes | None = None  # series.jsonl (b"" if absent); None if not read
-
-
-def _read_if_quiet(
-    dfd: int, previous: tuple[int, int, int] | None, *, force: bool = False
-) -> tuple[os.stat_result | None, bytes | None, float]:
-    """`armed`'s stat, its content if nothing has written to it for QUIET_S (or it is
-    unchanged since `previous`, or `force`), and the time of the look. Never follows a
-    symlink, never blocks on a FIFO put in its place."""
-    flags = layout.open_file_flags(os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        fd = os.open(layout.ARMED, flags, dir_fd=dfd)
-    except FileNotFoundError:
-        raise
-    except OSError:  # ELOOP: a symlink now
-        return None, None, time.time()
-    try:
-        st = os.fstat(fd)
-        now = time.time()
-        if not stat.S_ISREG(st.st_mode):
-            return None, None, now
-        age = now - st.st_mtime
-        quiet = (st.st_ino, st.st_size, st.st_mtime_ns) == previous or age >= QUIET_S
-        if not (quiet or force):
-            return st, None, now
-        return st, read_fd(fd, layout.MAX_ARMED_BYTES + 1), now
-    finally:
-        os.close(fd)
-
-
-def _read_regular(dfd: int, name: str) -> bytes | None:
-    """The content of `name` if it is a regular file, else None (see `store.read_at`)."""
-    try:
-        return read_at(dfd, name)
-    except OSError:
-        return None
+    first_seen_at: float  # wall time: when the daemon first noticed it (the window's "seen")
+    deadline: float  # monotonic: past it, `armed` is read as it is (a writer that never stops)
+    due: float  # monotonic: the next look
+    identity: intake.Identity | None = None  # `armed` at the last look; None: not looked at
 
 
 class Daemon:
@@ -118,11 +69,15 @@ class Daemon:
         self.outbox = Outbox(self.root, config.alerts, config.outbox)
         self._settled: set[ItemKey] = set()  # finished or rejected: never looked at again
         self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
-        self._rechecks: dict[ItemKey, int] = {}  # directories seen without `armed`: how often
         self._intaking: set[ItemKey] = set()
+        self._waiting: dict[ItemKey, _Waiting] = {}  # new `armed` files not quiet yet
+        self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
+        self._due_changed = anyio.Event()
+        self._quiet_pass = anyio.Event()  # set after each intake of due keys
         self._reported: set[tuple[str, str]] = set()
+        self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
-        self._stop_watching = anyio.Event()
+        self._watch_scope: anyio.CancelScope | None = None
         self._closing = False
         self._windows: anyio.abc.TaskGroup | None = None
         self.ready = anyio.Event()
@@ -137,12 +92,15 @@ class Daemon:
             async with anyio.create_task_group() as windows:
                 self._windows = windows
                 outer.start_soon(self._watchdog)  # pings during a long recovery too
+                outer.start_soon(self._quiet_loop)
                 await self.startup()
                 outer.start_soon(self._watch)
                 outer.start_soon(self._rescan_loop)
                 await self._should_exit.wait()
                 await self.shutdown()
             outer.cancel_scope.cancel()
+        if self._watcher is not None:
+            self._watcher.close()
         await self.prober.aclose()
         log.info("daemon.stopped")
         return 0
@@ -154,7 +112,18 @@ class Daemon:
         if self.config.metrics.address is not None:
             metrics.serve(self.config.metrics.address)
         await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
+        try:  # before the first scan: whatever arrives during it raises an event
+            self._watcher = watcher.Watcher(self.root)
+        except OSError as exc:
+            log.error(
+                "watcher.unavailable",
+                error=str(exc),
+                note="inotify cannot be used (fs.inotify.max_user_instances?); sentinels are "
+                f"found by the rescan every {self.config.daemon.rescan_interval_s:g}s",
+            )
         found = await self._rescan()
+        while self._waiting:  # sentinels written just before: each is taken in once quiet
+            await self._quiet_pass.wait()
         # READY means every window found is taken up and scheduled (its next step known).
         for runner in list(self.runners.values()):
             await runner.scheduled.wait()
@@ -173,7 +142,8 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop intake, pause observing windows, let reactions in progress finish."""
         self._closing = True
-        self._stop_watching.set()
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
         self.notifier.stopping()
         concluding = [r.key for r in self.runners.values() if r.phase is Phase.CONCLUDING]
         log.info(
@@ -239,19 +209,49 @@ class Daemon:
     # -- discovery ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        async for changes in watcher.watch(self.root, self._stop_watching):
-            for repo in changes.repos:
-                await self._rescan(only_repo=repo)
-            for key in changes.items:
-                self._hint(key)
+        if self._watcher is None:
+            return
+        with anyio.CancelScope() as self._watch_scope:
+            async for changes in self._watcher.changes():
+                if self._closing:
+                    return
+                if changes.overflow:
+                    log.warning("watcher.overflow", note="the kernel dropped events; rescanning")
+                    self._spawn(self._rescan_safely, None)
+                for repo in changes.repos:
+                    self._spawn(self._rescan_safely, repo)
+                for key in changes.cancel:
+                    if key in self.runners:
+                        self._spawn(self._check_cancel, key)
+                    else:
+                        changes.items.add(key)
+                for key in changes.armed:
+                    if key not in self.runners and key not in self._settled:
+                        self._expect_quiet(key)
+                items = [key for key in changes.items if self._valid(key)]
+                if items:
+                    self._spawn(self._intake, items)
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        if self._windows is not None and not self._closing:
+            self._windows.start_soon(fn, *args)
+
+    def _valid(self, key: ItemKey) -> bool:
+        if layout.valid_name(key.repo) and layout.valid_name(key.work_item):
+            return True
+        self._report_once(str(self.root / key.repo / key.work_item), "invalid name")
+        return False
 
     async def _rescan_loop(self) -> None:
         while True:
             await anyio.sleep(self.config.daemon.rescan_interval_s)
-            try:
-                await self._rescan()
-            except OSError as exc:
-                log.error("rescan.failed", state_dir=str(self.root), error=str(exc))
+            await self._rescan_safely(None)
+
+    async def _rescan_safely(self, only_repo: str | None) -> None:
+        try:
+            await self._rescan(only_repo)
+        except OSError as exc:
+            log.error("rescan.failed", state_dir=str(self.root), error=str(exc))
 
     async def _rescan(self, only_repo: str | None = None) -> int:
         """Scan the state directory and take in every work item found; returns how many."""
@@ -261,42 +261,8 @@ class Daemon:
             self._report_once(path, problem)
         for key in found.cancelled:
             self._cancel(key)
-        async with anyio.create_task_group() as tg:
-            for key in found.items:
-                if (
-                    key not in self.runners
-                    and key not in self._settled
-                    and key not in self._intaking
-                ):
-                    tg.start_soon(self._intake, key)
+        await self._intake(found.items)
         return len(found.items)
-
-    def _hint(self, key: ItemKey) -> None:
-        """inotify saw a change in `key`'s directory."""
-        if self._closing or self._windows is None or key in self._settled:
-            return
-        if key.repo.startswith(".") or key.work_item.startswith("."):
-            return  # hidden entries (temporary files, the outbox) are skipped, as in the scan
-        if not (layout.valid_name(key.repo) and layout.valid_name(key.work_item)):
-            self._report_once(str(self.root / key.repo / key.work_item), "invalid name")
-            return
-        if key in self.runners:
-            self._windows.start_soon(self._check_cancel, key)
-        elif key not in self._intaking:
-            self._windows.start_soon(self._intake, key)
-
-    def _recheck_later(self, key: ItemKey) -> None:
-        """Look at a directory without `armed` again shortly, a few times (then the rescan)."""
-        attempts = self._rechecks.get(key, 0)
-        if attempts >= RECHECKS or self._windows is None or self._closing:
-            return
-        self._rechecks[key] = attempts + 1
-
-        async def recheck() -> None:
-            await anyio.sleep(RECHECK_DELAY_S)
-            self._hint(key)
-
-        self._windows.start_soon(recheck)
 
     def _report_once(self, path: str, problem: str) -> None:
         if (path, problem) not in self._reported:
@@ -322,130 +288,254 @@ class Daemon:
         if runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
             log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
 
+    # -- waiting for `armed` to be quiet --------------------------------------------------
+
+    def _expect_quiet(self, key: ItemKey) -> None:
+        """inotify saw `armed` arrive: look at it once it can be quiet (no sooner: a look now
+        could only say "not quiet yet")."""
+        if key not in self._waiting and self._valid(key):
+            now = time.monotonic()
+            self._waiting[key] = _Waiting(
+                time.time(), now + intake.MAX_QUIET_WAIT_S, now + intake.QUIET_S
+            )
+            self._push_due(key, now + intake.QUIET_S)
+
+    def _push_due(self, key: ItemKey, due: float) -> None:
+        self._waiting[key].due = due
+        if not self._due or due < self._due[0][0]:
+            self._due_changed.set()
+        heapq.heappush(self._due, (due, key))
+
+    async def _quiet_loop(self) -> None:
+        """Take in every waiting `armed` that is due, all together, in due order."""
+        while True:
+            self._due_changed = anyio.Event()
+            delay = self._due[0][0] - time.monotonic() if self._due else math.inf
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._due_changed.wait()
+                continue
+            now = time.monotonic()
+            keys: list[ItemKey] = []
+            while self._due and self._due[0][0] <= now:
+                due, key = heapq.heappop(self._due)
+                waiting = self._waiting.get(key)
+                if waiting is None or waiting.due != due:
+                    continue  # taken in meanwhile, or looked at again later
+                if key in self._intaking or key in self.runners:
+                    self._push_due(key, now + intake.QUIET_S)  # after the intake under way
+                    continue
+                keys.append(key)
+            if keys:
+                await self._intake(keys, due=True)
+                self._quiet_pass.set()
+                self._quiet_pass = anyio.Event()
+
     # -- intake ---------------------------------------------------------------------------
 
-    async def _intake(self, key: ItemKey) -> None:
-        if self._closing or key in self._intaking or key in self.runners or key in self._settled:
+    def _takes(self, key: ItemKey, due: bool) -> bool:
+        if key in self.runners or key in self._settled or key in self._intaking:
+            return False
+        return due or key not in self._waiting  # a waiting key is looked at when it is due
+
+    async def _intake(self, keys: Iterable[ItemKey], *, due: bool = False) -> None:
+        """Take in work items together: look at each, decide (`intake.judge`), record the
+        new windows' starts and the rejections, start the windows. The looks and the writes
+        each take a few worker-thread hops for the whole batch.
+
+        `due`: the keys are waiting for `armed` to be quiet, and now due for a look."""
+        if self._closing:
             return
-        self._intaking.add(key)
-        structlog.contextvars.bind_contextvars(repo=key.repo, work_item=key.work_item)
+        batch = [key for key in dict.fromkeys(keys) if self._takes(key, due)]
+        if not batch:
+            return
+        self._intaking.update(batch)
         try:
-            await self._admit(key)
-        except UnsafePath as exc:
-            self._report_once(str(self.root / key.repo / key.work_item), str(exc))
-        except FileNotFoundError:
-            pass  # removed while we looked
-        except Exception as exc:
-            log.exception("intake.failed", error=f"{type(exc).__name__}: {exc}")
+            if self._watcher is not None:
+                # Before the look: whatever is created after it raises an event.
+                self._watcher.follow(batch)
+            now = time.monotonic()
+            previous = [self._waiting.get(key) for key in batch]
+            looks = await intake.run_all(
+                lambda item: intake.look(self.root, *item),
+                [
+                    (key, w.identity if w else None, w is not None and now > w.deadline)
+                    for key, w in zip(batch, previous, strict=True)
+                ],
+            )
+            rejects: list[tuple[ItemKey, str]] = []
+            arms: list[tuple[ItemKey, Arm, Look, float]] = []
+            for key, result in zip(batch, looks, strict=True):
+                try:
+                    self._decide(key, result, rejects, arms)
+                except Exception as exc:
+                    self._intake_failed(key, exc)
+            if rejects:
+                await self._reject_all(rejects)
+            if arms:
+                await self._arm_all(arms)
         finally:
-            self._intaking.discard(key)
-            structlog.contextvars.unbind_contextvars("repo", "work_item")
+            self._intaking.difference_update(batch)
 
-    def _look(self, key: ItemKey) -> _Look:
-        """What each file of the item directory is, and `armed` itself: its identity and, if
-        it is quiet, its content. One worker-thread hop for everything intake needs."""
-        with open_item_dir(self.root, key) as dfd:
-            kinds = {name: layout.lstat_kind(dfd, name) for name in {*_CHECKED, *_OWN}}
-            if kinds[layout.ARMED] != "file":
-                return _Look(kinds)
-            armed, data, seen_at = _read_if_quiet(dfd, None)
-            window = series = None
-            if not (kinds[layout.DONE] or kinds[layout.REJECTED]):
-                # A window to resume needs both; reading them here saves two hops each.
-                if kinds[layout.WINDOW] == "file":
-                    window = _read_regular(dfd, layout.WINDOW)
-                series = _read_regular(dfd, layout.SERIES) if kinds[layout.SERIES] else b""
-            return _Look(kinds, armed, data, seen_at, window, series)
-
-    async def _admit(self, key: ItemKey) -> None:
-        store = ItemStore(self.root, key)
-        look = await anyio.to_thread.run_sync(self._look, key)
-        kinds = look.kinds
-        armed_mtime = look.armed.st_mtime if look.armed is not None else None
-        if kinds[layout.DONE] or kinds[layout.REJECTED]:
-            self._settled.add(key)
-            if kinds[layout.DONE] and armed_mtime is not None:
+    def _decide(
+        self,
+        key: ItemKey,
+        result: Look | Exception,
+        rejects: list[tuple[ItemKey, str]],
+        arms: list[tuple[ItemKey, Arm, Look, float]],
+    ) -> None:
+        """Act on one look (see `intake.judge`); writes are collected for the whole batch."""
+        if isinstance(result, Exception):
+            self._waiting.pop(key, None)
+            self._intake_failed(key, result)
+            return
+        decision = intake.judge(
+            result,
+            repo=key.repo,
+            known=key.repo in self.config.repos,
+            enabled=self.config.enabled,
+        )
+        if isinstance(decision, Quiet):
+            waiting = self._waiting.get(key)
+            if waiting is None:  # "first seen" is when the daemon noticed it, before the wait
+                deadline = time.monotonic() + intake.MAX_QUIET_WAIT_S
+                waiting = self._waiting[key] = _Waiting(result.seen_at, deadline, 0.0)
+            waiting.identity = decision.identity
+            self._push_due(key, time.monotonic() + decision.delay)
+            return
+        waiting = self._waiting.pop(key, None)
+        if isinstance(decision, Settled):
+            self._settle(key)
+            if decision.armed_at is not None:
                 # A finished window still counts when deciding which window is current.
-                self._note_armed(key, min(armed_mtime, time.time()))
-            return
-        armed = kinds[layout.ARMED]
-        if armed is None:
-            self._recheck_later(key)  # `mkdir -p && touch` can beat inotify to a new directory
-            return
-        if armed != "file":
-            await self._reject(store, f"armed is a {armed}, not a regular file; it is not followed")
-            return
-        if key.repo not in self.config.repos:
-            await self._reject(store, f"no [repos.{key.repo}] section in the config")
-            return
-        foreign = [name for name in _OWN if kinds[name] not in (None, "file")]
-        what = ", ".join(f"{name} is a {kinds[name]}" for name in foreign)
-        first_seen = kinds[layout.WINDOW] is None
-        if foreign and (first_seen or layout.WINDOW in foreign):
-            await self._reject(store, f"{what}, not a regular file; it is never followed")
-            return
-        seen_at = time.time()  # before the quiet wait: "first seen" is when we noticed it
-        broken: str | None = None
-        if first_seen:
-            try:
-                metadata, armed_at = await self._read_armed(key, look)
-            except ArmedError as exc:
-                await self._reject(store, str(exc))
-                return
-            start = self._new_start(key.repo, armed_at, metadata, seen_at)
-            # The event first: a crash between the two re-emits it (same id, a no-op) rather
-            # than losing it, because without window.json the window is "first seen" again.
-            await self.outbox.emit(
-                Event(
+                self._note_armed(key, decision.armed_at)
+        elif isinstance(decision, Reject):
+            rejects.append((key, decision.reason))
+        elif isinstance(decision, Arm):
+            arms.append(
+                (key, decision, result, waiting.first_seen_at if waiting else result.seen_at)
+            )
+        elif isinstance(decision, Resume):
+            start = decision.start
+            if start is None:  # window.json is unreadable: the window only ends, as ERROR
+                now = time.time()
+                start = self._new_start(key.repo, now, {}, now)
+            self._start(
+                key, start, result, first_seen=False, stop=decision.stop, reacting=decision.reacting
+            )
+        # Unarmed: the directory's watch says when `armed` arrives (else the next rescan).
+
+    def _intake_failed(self, key: ItemKey, exc: Exception) -> None:
+        if isinstance(exc, UnsafePath):
+            self._report_once(str(self.root / key.repo / key.work_item), str(exc))
+        elif isinstance(exc, FileNotFoundError):
+            pass  # removed while we looked
+        elif isinstance(exc, OSError):
+            log.error("intake.failed", repo=key.repo, work_item=key.work_item, error=str(exc))
+        else:
+            log.error(
+                "intake.failed",
+                repo=key.repo,
+                work_item=key.work_item,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+
+    def _settle(self, key: ItemKey) -> None:
+        self._settled.add(key)
+        if self._watcher is not None:
+            self._watcher.unfollow(key)
+
+    async def _write_all(
+        self, name: str, items: Sequence[tuple[ItemKey, bytes]]
+    ) -> list[Exception | None]:
+        """Write file `name` in each item's directory, atomically and durably; the error of
+        each, None if written."""
+        return await anyio.to_thread.run_sync(intake.write_all, self.root, name, items)
+
+    async def _reject_all(self, rejects: Sequence[tuple[ItemKey, str]]) -> None:
+        for key, reason in rejects:
+            log.warning("sentinel.rejected", repo=key.repo, work_item=key.work_item, reason=reason)
+        errors = await self._write_all(
+            layout.REJECTED,
+            [(key, reason.replace("\n", " ").encode() + b"\n") for key, reason in rejects],
+        )
+        for (key, _), error in zip(rejects, errors, strict=True):
+            if error is None:
+                self._settle(key)
+            else:
+                self._intake_failed(key, error)
+
+    async def _arm_all(self, arms: Sequence[tuple[ItemKey, Arm, Look, float]]) -> None:
+        """Record the start of each new window (the event first, then window.json), then
+        start them."""
+        starts = [
+            self._new_start(key.repo, arm.armed_at, arm.metadata, first_seen_at)
+            for key, arm, _, first_seen_at in arms
+        ]
+        # The events first: a crash between the two re-emits one (same id, a no-op) rather
+        # than losing it, because without window.json the window is "first seen" again.
+        async with anyio.create_task_group() as tg:
+            for (key, arm, _, _), start in zip(arms, starts, strict=True):
+                event = Event(
                     "window.armed",
                     key,
                     f"window armed: {start.schedule.max_ticks} ticks every "
                     f"{start.schedule.interval_s:g}s",
                     start.first_seen_at,
                     evidence=start.schedule.to_dict(),
-                    metadata=metadata,
+                    metadata=arm.metadata,
                 )
-            )
-            await store.write_json(layout.WINDOW, start.to_dict())
+                tg.start_soon(self.outbox.emit, event)
+        errors = await self._write_all(
+            layout.WINDOW,
+            [
+                (key, json.dumps(start.to_dict(), indent=1, ensure_ascii=False).encode() + b"\n")
+                for (key, *_), start in zip(arms, starts, strict=True)
+            ],
+        )
+        for (key, arm, look, _), start, error in zip(arms, starts, errors, strict=True):
+            if error is not None:
+                self._intake_failed(key, error)  # not started: the next look retries it
+                continue
             log.info(
                 "window.armed",
-                armed_at=iso(armed_at),
+                repo=key.repo,
+                work_item=key.work_item,
+                armed_at=iso(arm.armed_at),
                 max_ticks=start.schedule.max_ticks,
                 interval_s=start.schedule.interval_s,
-                metadata=metadata,
+                metadata=arm.metadata,
             )
-        else:
-            try:
-                value = json.loads(look.window) if look.window is not None else {}
-                if not isinstance(value, dict):
-                    raise ValueError(f"{layout.WINDOW} does not hold a JSON object")
-                start = WindowStart.from_dict(value)
-            except (ValueError, KeyError, TypeError, RecursionError) as exc:
-                broken = f"{layout.WINDOW} is unreadable ({exc}); the window cannot be resumed"
-                start = self._new_start(key.repo, seen_at, {}, seen_at)
-        repo = self.config.repos[key.repo]
+            self._start(key, start, look, first_seen=True, stop=arm.stop, reacting=arm.reacting)
+
+    def _start(
+        self,
+        key: ItemKey,
+        start: WindowStart,
+        look: Look,
+        *,
+        first_seen: bool,
+        stop: Verdict | None,
+        reacting: bool,
+    ) -> None:
+        """Run a window: a runner task in the `windows` task group."""
+        if self._closing or self._windows is None:
+            return
         runner = WindowRunner(
-            store,
+            ItemStore(self.root, key),
             start,
-            repo,
+            self.config.repos[key.repo],
             self.config.window_settings(key.repo),
             self.prober,
             self.outbox.emit,
             first_seen=first_seen,
-            reacting=kinds[layout.ROLLBACK_INTENT] is not None,
+            reacting=reacting,
             series=look.series,
             go=self.ready,
         )
-        if foreign:  # a window already under way: it ends, loudly, as ERROR
-            broken = f"{what}, not a regular file; the window cannot go on"
-        if broken:
-            runner.stop(Verdict(Status.ERROR, broken))
-        elif kinds[layout.CANCEL]:
-            runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator"))
-        elif not self.config.enabled:
-            runner.stop(Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)"))
-        if self._closing or self._windows is None:
-            return
+        if stop is not None:
+            runner.stop(stop)
         self.runners[key] = runner
         self._repo_runners.setdefault(key.repo, {})[key] = runner
         metrics.open_windows(len(self.runners))
@@ -460,33 +550,6 @@ class Daemon:
             armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
         )
         return WindowStart(schedule, seen_at, metadata, settings.window_s)
-
-    async def _read_armed(self, key: ItemKey, look: _Look) -> tuple[dict[str, str], float]:
-        """Wait until `armed` is quiet for QUIET_S, then parse it; returns (metadata, armed_at).
-
-        `look` is the intake's first look, which read `armed` already if it was quiet."""
-        deadline = time.monotonic() + MAX_QUIET_WAIT_S
-        while look.data is None:
-            st = look.armed
-            if st is None:  # replaced meanwhile by something else than a regular file
-                raise ArmedError("armed is not a regular file; it is not followed")
-            age = time.time() - st.st_mtime
-            await anyio.sleep(QUIET_S - age if 0 <= age < QUIET_S else QUIET_S)
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-            # Past the deadline (a writer that never stops), read what is there.
-            force = time.monotonic() > deadline
-            look = await anyio.to_thread.run_sync(self._look_armed, key, identity, force)
-        assert look.armed is not None
-        return parse_armed(look.data), min(look.armed.st_mtime, look.seen_at)
-
-    def _look_armed(self, key: ItemKey, previous: tuple[int, int, int], force: bool) -> _Look:
-        with open_item_dir(self.root, key) as dfd:
-            return _Look({}, *_read_if_quiet(dfd, previous, force=force))
-
-    async def _reject(self, store: ItemStore, reason: str) -> None:
-        log.warning("sentinel.rejected", reason=reason)
-        await store.write_atomic(layout.REJECTED, reason.replace("\n", " ").encode() + b"\n")
-        self._settled.add(store.key)
 
     # -- windows --------------------------------------------------------------------------
 
@@ -534,7 +597,7 @@ class Daemon:
                 self._repo_runners.pop(runner.key.repo, None)
             metrics.open_windows(len(self.runners))
             if runner.completed:
-                self._settled.add(runner.key)
+                self._settle(runner.key)
 
 
 def _raise_open_files_limit() -> None:

@@ -2,7 +2,7 @@
 
 Context (`repo`, `work_item`) is bound with structlog's contextvars by each window's task, so
 every line about a window carries it without passing it around. Standard-library loggers
-(httpx, watchfiles) are rendered through the same processors, and both write through one
+(httpx, anyio) are rendered through the same processors, and both write through one
 locked writer, so lines from threads never interleave.
 
 Under systemd, when stdout *is* the journal stream (`$JOURNAL_STREAM` names its device and

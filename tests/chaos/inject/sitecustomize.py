@@ -30,7 +30,7 @@ def _install() -> None:
     fault = os.environ.get("CHAOS_DISK_FAULT", "")
     if not crash and not fault:
         return
-    from postdeploy import store
+    from postdeploy import intake, store
 
     lock = threading.Lock()
     counts: dict[str, int] = {}
@@ -104,7 +104,27 @@ def _install() -> None:
 
         return checked
 
+    original_write_all = intake.write_all
+
+    def write_all(root: Any, name: str, items: Any) -> list[Exception | None]:
+        """The intake's group commit: the same crash points, counted per file."""
+        try:
+            disk_refuses()
+        except OSError as exc:
+            return [exc] * len(items)
+        if mode == "before-write" and name == target:
+            for _ in items:
+                if hit(name) == n:
+                    die()
+        errors = original_write_all(root, name, items)
+        if mode == "after-write" and name == target:
+            for error in errors:
+                if error is None and hit(name) == n:
+                    die()
+        return errors
+
     store.ItemStore.write_atomic_sync = write_atomic_sync  # type: ignore[method-assign]
+    intake.write_all = write_all
     store.ItemStore.append_lines = append_lines  # type: ignore[method-assign]
     if fault:
         store.ItemStore.opener = opener  # type: ignore[method-assign]

@@ -1,0 +1,363 @@
+"""Intake: what to do with a work item directory the daemon has just looked at.
+
+The pure core is `judge`: one `Look` at the directory in, one decision out (settled, not
+armed yet, rejected, wait for `armed` to be quiet, a new window, a window to resume). Every
+rule about which directories start a window lives there, in one place, table-tested.
+
+The shell around it is blocking and works in batches, one worker-thread hop per chunk of
+items: `look_all` looks at many directories and `write_all` writes one small file in each.
+Arming 500 sentinels at once costs 500 looks and 500 durable writes; as one hop each they
+cost the event loop twice the CPU of the whole batch done in a few chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from postdeploy import layout
+from postdeploy.layout import ArmedError, ItemKey, open_item_dir, parse_armed
+from postdeploy.runner import WindowStart
+from postdeploy.store import read_at, read_fd
+from postdeploy.verdict import Status, Verdict
+
+QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long (the contract)
+MAX_QUIET_WAIT_S = 5.0  # a writer that never stops: past this, `armed` is read as it is
+CHUNKS = 16  # a batch is split into at most this many worker-thread hops, run concurrently
+GROUP = 256  # files written in one group commit (each holds two descriptors until the end)
+# The group commit's fsyncs run here, CHUNKS at a time: many fsyncs in flight at once are
+# what lets the journal commit them together.
+_POOL = ThreadPoolExecutor(max_workers=CHUNKS, thread_name_prefix="postdeploy-fsync")
+
+# The daemon's own files: each must be a regular file or absent. A symlink, a FIFO or a
+# directory in their place was put there by someone else; the window is never started.
+OWN = (
+    layout.WINDOW,
+    layout.SERIES,
+    layout.VERIFY,
+    layout.ROLLBACK_INTENT,
+    layout.ROLLBACK_RESULT,
+    layout.ROLLBACK_LOG,
+    layout.REPORT,
+)
+_NAMES = frozenset({layout.ARMED, layout.DONE, layout.REJECTED, layout.CANCEL, *OWN})
+
+Identity = tuple[int, int, int]  # (inode, size, mtime_ns) of `armed`: changed means written
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look at an item directory."""
+
+    kinds: dict[str, str | None]  # each name intake cares about: 'file', 'dir', ... or None
+    armed: os.stat_result | None = None  # `armed`, if it is a regular file
+    data: bytes | None = None  # its content, if it was quiet (else it is read later)
+    seen_at: float = 0.0  # wall time of the look
+    window: bytes | None = None  # window.json, if it is a regular file (a window to resume)
+    series: bytes | None = None  # series.jsonl (b"" if absent); None if not read
+
+
+# -- decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Finished (`done`) or rejected: never looked at again."""
+
+    armed_at: float | None  # a finished window's `armed` mtime: it still counts for supersede
+
+
+@dataclass(frozen=True)
+class Unarmed:
+    """A directory without `armed` yet: its watch will say when one arrives."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str  # written to `rejected`
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """A new `armed` that something wrote to less than QUIET_S ago: look again after `delay`."""
+
+    identity: Identity
+    delay: float
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A new window: record its start, then run it."""
+
+    metadata: dict[str, str]
+    armed_at: float
+    stop: Verdict | None  # it ends at once (cancelled, disabled), but is recorded first
+    reacting: bool
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A window recorded before: run it from its files."""
+
+    start: WindowStart | None  # None: window.json is unreadable (`stop` says so)
+    stop: Verdict | None
+    reacting: bool
+
+
+Decision = Settled | Unarmed | Reject | Quiet | Arm | Resume
+
+
+def identity(st: os.stat_result) -> Identity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def judge(look: Look, *, repo: str, known: bool, enabled: bool) -> Decision:
+    """What to do with a directory of `repo`, from one look at it; pure.
+
+    `known`: the config has a section for `repo`; `enabled`: the kill switch is off."""
+    kinds = look.kinds
+    if kinds[layout.DONE] or kinds[layout.REJECTED]:
+        if kinds[layout.DONE] and look.armed is not None:
+            return Settled(min(look.armed.st_mtime, look.seen_at))
+        return Settled(None)
+    armed = kinds[layout.ARMED]
+    if armed is None:
+        return Unarmed()
+    if armed != "file":
+        return Reject(f"armed is a {armed}, not a regular file; it is not followed")
+    if not known:
+        return Reject(f"no [repos.{repo}] section in the config")
+    foreign = [name for name in OWN if kinds[name] not in (None, "file")]
+    what = ", ".join(f"{name} is a {kinds[name]}" for name in foreign)
+    first_seen = kinds[layout.WINDOW] is None
+    if foreign and (first_seen or layout.WINDOW in foreign):
+        return Reject(f"{what}, not a regular file; it is never followed")
+    reacting = kinds[layout.ROLLBACK_INTENT] is not None
+    if first_seen:
+        if look.armed is None:  # replaced by something else between two system calls
+            return Reject("armed is not a regular file; it is not followed")
+        if look.data is None:
+            age = look.seen_at - look.armed.st_mtime
+            delay = QUIET_S - age if 0 <= age < QUIET_S else QUIET_S
+            return Quiet(identity(look.armed), delay)
+        try:
+            metadata = parse_armed(look.data)
+        except ArmedError as exc:
+            return Reject(str(exc))
+        # A future mtime counts as now (the contract).
+        armed_at = min(look.armed.st_mtime, look.seen_at)
+        return Arm(metadata, armed_at, _stop(kinds, enabled), reacting)
+    start: WindowStart | None = None
+    broken: str | None = None
+    try:
+        value = json.loads(look.window) if look.window is not None else {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{layout.WINDOW} does not hold a JSON object")
+        start = WindowStart.from_dict(value)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        broken = f"{layout.WINDOW} is unreadable ({exc}); the window cannot be resumed"
+    if foreign:  # a window already under way: it ends, loudly, as ERROR
+        broken = f"{what}, not a regular file; the window cannot go on"
+    stop = Verdict(Status.ERROR, broken) if broken else _stop(kinds, enabled)
+    return Resume(start, stop, reacting)
+
+
+def _stop(kinds: dict[str, str | None], enabled: bool) -> Verdict | None:
+    if kinds[layout.CANCEL]:
+        return Verdict(Status.CANCELLED, "cancelled by an operator")
+    if not enabled:
+        return Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)")
+    return None
+
+
+# -- looking --------------------------------------------------------------------------------
+
+
+def _kinds(dfd: int) -> dict[str, str | None]:
+    """What each name intake cares about is in the directory: one listing, no stat calls
+    (the kernel's directory entries carry the type)."""
+    kinds: dict[str, str | None] = dict.fromkeys(_NAMES)
+    with os.scandir(dfd) as entries:
+        for entry in entries:
+            if entry.name in _NAMES:
+                if entry.is_symlink():
+                    kinds[entry.name] = "symlink"
+                elif entry.is_file(follow_symlinks=False):
+                    kinds[entry.name] = "file"
+                elif entry.is_dir(follow_symlinks=False):
+                    kinds[entry.name] = "dir"
+                else:
+                    kinds[entry.name] = "other"
+    return kinds
+
+
+def read_if_quiet(
+    dfd: int, previous: Identity | None, *, force: bool = False
+) -> tuple[os.stat_result | None, bytes | None, float]:
+    """`armed`'s stat, its content if nothing has written to it for QUIET_S (or it is
+    unchanged since `previous`, or `force`), and the time of the look. Never follows a
+    symlink, never blocks on a FIFO put in its place; FileNotFoundError if it is gone."""
+    try:
+        fd = os.open(layout.ARMED, layout.open_file_flags(os.O_RDONLY | os.O_NONBLOCK), dir_fd=dfd)
+    except FileNotFoundError:
+        raise
+    except OSError:  # ELOOP: a symlink now
+        return None, None, time.time()
+    try:
+        st = os.fstat(fd)
+        now = time.time()
+        if not stat.S_ISREG(st.st_mode):
+            return None, None, now
+        quiet = identity(st) == previous or now - st.st_mtime >= QUIET_S
+        if not (quiet or force):
+            return st, None, now
+        return st, read_fd(fd, layout.MAX_ARMED_BYTES + 1), now
+    finally:
+        os.close(fd)
+
+
+def look(root: Path, key: ItemKey, previous: Identity | None = None, force: bool = False) -> Look:
+    """One look at an item directory: what each file is, and `armed` itself (its identity
+    and, if it is quiet or `force`, its content); for an open window its window.json and
+    series too. Blocking; raises UnsafePath or FileNotFoundError for a directory that is
+    not one, or whose `armed` vanished meanwhile."""
+    with open_item_dir(root, key) as dfd:
+        kinds = _kinds(dfd)
+        if kinds[layout.ARMED] != "file":
+            return Look(kinds)
+        if kinds[layout.DONE] or kinds[layout.REJECTED]:
+            st = os.lstat(layout.ARMED, dir_fd=dfd)  # its mtime still counts for supersede
+            return Look(kinds, st if stat.S_ISREG(st.st_mode) else None, seen_at=time.time())
+        armed, data, seen_at = read_if_quiet(dfd, previous, force=force)
+        window = _read_regular(dfd, layout.WINDOW) if kinds[layout.WINDOW] == "file" else None
+        series = _read_regular(dfd, layout.SERIES) if kinds[layout.SERIES] else b""
+        return Look(kinds, armed, data, seen_at, window, series)
+
+
+def _read_regular(dfd: int, name: str) -> bytes | None:
+    """The content of `name` if it is a regular file, else None (see `store.read_at`)."""
+    try:
+        return read_at(dfd, name)
+    except OSError:
+        return None
+
+
+def write_all(
+    root: Path, name: str, items: Sequence[tuple[ItemKey, bytes]]
+) -> list[Exception | None]:
+    """Write file `name` in each item's directory, atomically and durably, as one group
+    commit; each item's error, None where it is written. Blocking.
+
+    As `store.write_atomic_at` does for one file (a temporary file written and fsynced,
+    renamed over `name`, the directory fsynced), but phase by phase for all of them, with
+    the fsyncs of each phase issued from many threads at once: the filesystem's journal
+    then commits them together. 500 files: 47 ms and 41 ms of CPU, against 114 ms and
+    102 ms one file after the other in 16 threads (bench/.work, ext4).
+    """
+    errors: list[Exception | None] = [None] * len(items)
+    for start in range(0, len(items), GROUP):
+        part = range(start, min(start + GROUP, len(items)))
+        _write_group(root, name, items, part, errors)
+    return errors
+
+
+def _write_group(
+    root: Path,
+    name: str,
+    items: Sequence[tuple[ItemKey, bytes]],
+    part: range,
+    errors: list[Exception | None],
+) -> None:
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    dirs: dict[int, int] = {}  # item index -> directory descriptor
+    files: dict[int, int] = {}  # item index -> temporary file descriptor
+
+    def fail(i: int, exc: Exception) -> None:
+        errors[i] = exc
+        fd = files.pop(i, None)
+        if fd is not None:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dirs[i])
+
+    try:
+        for i in part:
+            try:
+                with open_item_dir(root, items[i][0]) as dfd:
+                    dirs[i] = os.dup(dfd)
+                flags = layout.open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                files[i] = os.open(tmp, flags, 0o664, dir_fd=dirs[i])
+                view = memoryview(items[i][1])
+                while view:
+                    view = view[os.write(files[i], view) :]
+            except Exception as exc:
+                fail(i, exc)
+        for i, error in _parallel(os.fsync, files):
+            fail(i, error)
+        for i in list(files):
+            try:
+                os.close(files.pop(i))
+                os.replace(tmp, name, src_dir_fd=dirs[i], dst_dir_fd=dirs[i])
+            except Exception as exc:
+                fail(i, exc)
+        renamed = {i: fd for i, fd in dirs.items() if errors[i] is None}
+        for i, error in _parallel(os.fsync, renamed):
+            errors[i] = error
+    finally:
+        for i in list(files):
+            fail(i, OSError("not written"))
+        for fd in dirs.values():
+            os.close(fd)
+
+
+def _parallel(fn: Callable[[int], object], fds: dict[int, int]) -> list[tuple[int, Exception]]:
+    """`fn` on each descriptor, from up to CHUNKS threads at once; the failures."""
+    order = list(fds.items())
+    size = max(1, -(-len(order) // CHUNKS))
+    failed: list[tuple[int, Exception]] = []
+
+    def chunk(start: int) -> None:
+        for i, fd in order[start : start + size]:
+            try:
+                fn(fd)
+            except Exception as exc:
+                failed.append((i, exc))
+
+    list(_POOL.map(chunk, range(0, len(order), size)))
+    return failed
+
+
+# -- batches --------------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def run_all(fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
+    """`fn` on every item, in worker threads a chunk at a time (at most CHUNKS chunks, run
+    concurrently); each result is the return value or the exception it raised."""
+    results: list[R | Exception] = [Exception()] * len(items)
+    size = -(-len(items) // CHUNKS) if items else 1
+
+    def chunk(start: int) -> None:
+        for i in range(start, min(start + size, len(items))):
+            try:
+                results[i] = fn(items[i])
+            except Exception as exc:
+                results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for start in range(0, len(items), size):
+            tg.start_soon(anyio.to_thread.run_sync, chunk, start)
+    return results
