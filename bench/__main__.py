@@ -20,6 +20,7 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench import harness, report
 from bench.scenarios import DEFAULT, FULL, QUICK, SCENARIOS, Ctx
@@ -115,6 +116,28 @@ def main(argv: list[str] | None = None) -> int:
         print("  warning: the scratch directory is on tmpfs, not the normal disk", flush=True)
     print(report.HEADER, flush=True)
     failed = False
+    try:
+        failed = _run(names, args, ctx, mode, machine, command, out)
+    finally:
+        ctx.cleanup()
+    path = report.write_outputs(out, list(SCENARIOS), args.quick)
+    print(f"\nwrote {path} and {out / 'lateness.png'}", flush=True)
+    if not os.listdir(workdir):
+        workdir.rmdir()
+    return 1 if failed else 0
+
+
+def _run(
+    names: list[str],
+    args: argparse.Namespace,
+    ctx: Ctx,
+    mode: str,
+    machine: dict[str, Any],
+    command: str,
+    out: Path,
+) -> bool:
+    """Run each scenario (`--repeat` times); True if any failed to run."""
+    failed = False
     for name in names:
         for attempt in range(max(1, args.repeat)):
             started = time.time()
@@ -138,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["scenario"] = f"{name} #{attempt + 1}"
             report.save(doc, out)
             print(report.row(doc), flush=True)
-    path = report.write_outputs(out, list(SCENARIOS), args.quick)
-    print(f"\nwrote {path} and {out / 'lateness.png'}", flush=True)
-    if not os.listdir(workdir):
-        workdir.rmdir()
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":

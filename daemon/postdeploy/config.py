@@ -332,6 +332,7 @@ class Config(_Table):
     git_report: GitReportSettings | None = None
     # Where the file was read from; a relative `state_dir` resolves against its folder.
     _source: Path | None = PrivateAttr(default=None)
+    _settings: dict[str, WindowSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("repos")
     @classmethod
@@ -350,12 +351,19 @@ class Config(_Table):
         return path.absolute()
 
     def window_settings(self, repo: str) -> WindowSettings:
-        """The effective window settings of `repo`: repo keys over `[defaults]` over built-ins."""
-        fields = WindowOverrides.model_fields
-        merged: dict[str, Any] = {}
-        for layer in (self.defaults, self.repos[repo]):
-            merged.update({k: getattr(layer, k) for k in fields if getattr(layer, k) is not None})
-        return WindowSettings(**merged)
+        """The effective window settings of `repo`: repo keys over `[defaults]` over built-ins.
+
+        Built once per repo (the config is frozen; a reload makes a new one)."""
+        settings = self._settings.get(repo)
+        if settings is None:
+            fields = WindowOverrides.model_fields
+            merged: dict[str, Any] = {}
+            for layer in (self.defaults, self.repos[repo]):
+                merged.update(
+                    {k: getattr(layer, k) for k in fields if getattr(layer, k) is not None}
+                )
+            settings = self._settings[repo] = WindowSettings(**merged)
+        return settings
 
 
 class ConfigError(Exception):

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from postdeploy.verdict import Status, Verdict
 from postdeploy.window import Schedule
 
 log = structlog.get_logger("postdeploy.daemon")
+
+BATCH_EVERY_S = 0.01  # due `armed` files are taken in together, at most this often
 
 
 @dataclass
@@ -327,9 +330,15 @@ class Daemon:
                     continue
                 keys.append(key)
             if keys:
-                await self._intake(keys, due=True)
-                self._quiet_pass.set()
-                self._quiet_pass = anyio.Event()
+                self._spawn(self._intake_due, keys)
+                # The next batch no sooner than BATCH_EVERY_S: while one batch waits for its
+                # fsyncs, the next one is looked at and prepared.
+                await anyio.sleep(BATCH_EVERY_S)
+
+    async def _intake_due(self, keys: list[ItemKey]) -> None:
+        await self._intake(keys, due=True)
+        self._quiet_pass.set()
+        self._quiet_pass = anyio.Event()
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -356,24 +365,27 @@ class Daemon:
                 self._watcher.follow(batch)
             now = time.monotonic()
             previous = [self._waiting.get(key) for key in batch]
-            looks = await intake.run_all(
-                lambda item: intake.look(self.root, *item),
-                [
-                    (key, w.identity if w else None, w is not None and now > w.deadline)
-                    for key, w in zip(batch, previous, strict=True)
-                ],
-            )
-            rejects: list[tuple[ItemKey, str]] = []
-            arms: list[tuple[ItemKey, Arm, Look, float]] = []
-            for key, result in zip(batch, looks, strict=True):
-                try:
-                    self._decide(key, result, rejects, arms)
-                except Exception as exc:
-                    self._intake_failed(key, exc)
-            if rejects:
-                await self._reject_all(rejects)
-            if arms:
-                await self._arm_all(arms)
+            requests = [
+                (key, w.identity if w else None, w is not None and now > w.deadline)
+                for key, w in zip(batch, previous, strict=True)
+            ]
+            looks = await intake.run_all(partial(intake.look_all, self.root), requests)
+            try:
+                rejects: list[tuple[ItemKey, str, Look]] = []
+                arms: list[tuple[ItemKey, Arm, Look, float]] = []
+                for key, result in zip(batch, looks, strict=True):
+                    try:
+                        self._decide(key, result, rejects, arms)
+                    except Exception as exc:
+                        self._intake_failed(key, exc)
+                if rejects:
+                    await self._reject_all(rejects)
+                if arms:
+                    await self._arm_all(arms)
+            finally:
+                for result in looks:
+                    if isinstance(result, Look) and result.fd is not None:
+                        os.close(result.fd)
         finally:
             self._intaking.difference_update(batch)
 
@@ -381,7 +393,7 @@ class Daemon:
         self,
         key: ItemKey,
         result: Look | Exception,
-        rejects: list[tuple[ItemKey, str]],
+        rejects: list[tuple[ItemKey, str, Look]],
         arms: list[tuple[ItemKey, Arm, Look, float]],
     ) -> None:
         """Act on one look (see `intake.judge`); writes are collected for the whole batch."""
@@ -410,7 +422,7 @@ class Daemon:
                 # A finished window still counts when deciding which window is current.
                 self._note_armed(key, decision.armed_at)
         elif isinstance(decision, Reject):
-            rejects.append((key, decision.reason))
+            rejects.append((key, decision.reason, result))
         elif isinstance(decision, Arm):
             arms.append(
                 (key, decision, result, waiting.first_seen_at if waiting else result.seen_at)
@@ -447,20 +459,35 @@ class Daemon:
             self._watcher.unfollow(key)
 
     async def _write_all(
-        self, name: str, items: Sequence[tuple[ItemKey, bytes]]
+        self, name: str, items: Sequence[tuple[ItemKey, Look, bytes]]
     ) -> list[Exception | None]:
-        """Write file `name` in each item's directory, atomically and durably; the error of
-        each, None if written."""
-        return await anyio.to_thread.run_sync(intake.write_all, self.root, name, items)
+        """Write file `name` in each looked-at directory, atomically and durably, as one
+        group commit; the error of each, None if written."""
+        errors: list[Exception | None] = [None] * len(items)
+        known: list[int] = []  # the items whose look kept their directory open
+        pairs: list[tuple[int, bytes]] = []
+        for i, (key, look, data) in enumerate(items):
+            if look.fd is None:  # only a look that ended early has none; judge never asks
+                errors[i] = UnsafePath(f"{key}: its directory was not kept open")
+            else:
+                known.append(i)
+                pairs.append((look.fd, data))
+        written = await anyio.to_thread.run_sync(intake.write_all, name, pairs)
+        for i, error in zip(known, written, strict=True):
+            errors[i] = error
+        return errors
 
-    async def _reject_all(self, rejects: Sequence[tuple[ItemKey, str]]) -> None:
-        for key, reason in rejects:
+    async def _reject_all(self, rejects: Sequence[tuple[ItemKey, str, Look]]) -> None:
+        for key, reason, _ in rejects:
             log.warning("sentinel.rejected", repo=key.repo, work_item=key.work_item, reason=reason)
         errors = await self._write_all(
             layout.REJECTED,
-            [(key, reason.replace("\n", " ").encode() + b"\n") for key, reason in rejects],
+            [
+                (key, look, reason.replace("\n", " ").encode() + b"\n")
+                for key, reason, look in rejects
+            ],
         )
-        for (key, _), error in zip(rejects, errors, strict=True):
+        for (key, _, _), error in zip(rejects, errors, strict=True):
             if error is None:
                 self._settle(key)
             else:
@@ -486,12 +513,13 @@ class Daemon:
                     evidence=start.schedule.to_dict(),
                     metadata=arm.metadata,
                 )
-                tg.start_soon(self.outbox.emit, event)
+                if self.outbox.wants(event):  # else emitting it has nothing to do
+                    tg.start_soon(self.outbox.emit, event)
         errors = await self._write_all(
             layout.WINDOW,
             [
-                (key, json.dumps(start.to_dict(), indent=1, ensure_ascii=False).encode() + b"\n")
-                for (key, *_), start in zip(arms, starts, strict=True)
+                (key, look, json.dumps(start.to_dict(), ensure_ascii=False).encode() + b"\n")
+                for (key, _, look, _), start in zip(arms, starts, strict=True)
             ],
         )
         for (key, arm, look, _), start, error in zip(arms, starts, errors, strict=True):

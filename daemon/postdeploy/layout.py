@@ -61,19 +61,25 @@ class UnsafePath(Exception):
 
 
 @contextmanager
-def open_item_dir(root: Path, key: ItemKey, *, create: bool = False) -> Iterator[int]:
+def open_item_dir(
+    root: Path, key: ItemKey, *, create: bool = False, root_fd: int | None = None
+) -> Iterator[int]:
     """Yield a descriptor of `root/repo/work_item`, refusing symlinks at each level.
 
     With `create`, missing levels are made (mode 2775, so a deploy group keeps access).
-    Raises UnsafePath for a symlink or non-directory, FileNotFoundError if missing.
+    `root_fd`: `root` already open (it is not closed). Raises UnsafePath for a symlink or
+    non-directory, FileNotFoundError if missing.
     """
     if not (valid_name(key.repo) and valid_name(key.work_item)):
         raise UnsafePath(f"invalid name {key}")
     fds: list[int] = []
     try:
-        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if root_fd is None:
+            fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        parent = root_fd if root_fd is not None else fds[-1]
         for name in (key.repo, key.work_item):
-            fds.append(_open_subdir(fds[-1], name, create=create))
+            fds.append(_open_subdir(parent, name, create=create))
+            parent = fds[-1]
         yield fds[-1]
     finally:
         for fd in fds:

@@ -65,10 +65,25 @@ def dump_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def read_fd(fd: int, limit: int = -1) -> bytes:
-    """Read from `fd` to its end (or `limit` bytes), leaving it open."""
-    with os.fdopen(fd, "rb", closefd=False) as f:
-        return f.read(limit)
+def read_fd(fd: int, limit: int = -1, size: int | None = None) -> bytes:
+    """Read from `fd` to its end (or `limit` bytes), leaving it open.
+
+    `size` (the file's size from an fstat) sizes the reads: a read sized by `limit` alone
+    allocates `limit` bytes first (16 us for a 64 KiB limit and an empty file)."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    chunks: list[bytes] = []
+    total = 0
+    while limit < 0 or total < limit:
+        want = size - total + 1 if size >= total else 65536  # +1: sees the end, or growth
+        if limit >= 0:
+            want = min(want, limit - total)
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def read_at(dir_fd: int, name: str, limit: int = -1) -> bytes | None:
@@ -81,9 +96,10 @@ def read_at(dir_fd: int, name: str, limit: int = -1) -> bytes | None:
     except FileNotFoundError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"{name} is not a regular file")
-        return read_fd(fd, limit)
+        return read_fd(fd, limit, st.st_size)
     finally:
         os.close(fd)
 

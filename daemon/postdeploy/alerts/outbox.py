@@ -178,6 +178,13 @@ class Outbox:
                 "alert.emit_failed", kind=event.kind, error=f"{type(exc).__name__}: {exc}"
             )
 
+    def wants(self, event: Event) -> bool:
+        """Whether any sink takes `event` (else `emit` has nothing to do)."""
+        return any(
+            event.severity >= Severity.parse(config.min_severity)
+            for config in self._configs.values()
+        )
+
     async def _emit(self, event_id: str, event: Event) -> None:
         targets = [
             name

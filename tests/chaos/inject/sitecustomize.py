@@ -106,7 +106,7 @@ def _install() -> None:
 
     original_write_all = intake.write_all
 
-    def write_all(root: Any, name: str, items: Any) -> list[Exception | None]:
+    def write_all(name: str, items: Any) -> list[Exception | None]:
         """The intake's group commit: the same crash points, counted per file."""
         try:
             disk_refuses()
@@ -116,7 +116,7 @@ def _install() -> None:
             for _ in items:
                 if hit(name) == n:
                     die()
-        errors = original_write_all(root, name, items)
+        errors = original_write_all(name, items)
         if mode == "after-write" and name == target:
             for error in errors:
                 if error is None and hit(name) == n:
