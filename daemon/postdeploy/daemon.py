@@ -44,7 +44,7 @@ from postdeploy.window import Schedule
 
 log = structlog.get_logger("postdeploy.daemon")
 
-BATCH_EVERY_S = 0.01  # due `armed` files are taken in together, at most this often
+BATCH_EVERY_S = 0.005  # due `armed` files are taken in together, at most this often
 
 
 @dataclass

@@ -38,7 +38,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # New entries only: a directory, or `armed` / `cancel`, created or renamed into place. Writes
 # to existing files (series.jsonl on every tick) raise no event at all. ONLYDIR and
 # DONT_FOLLOW: a watch is only ever put on a real directory, never through a symlink.
-COALESCE_S = 0.01
+COALESCE_S = 0.003  # inotify is read at most this often (see `changes`)
 _MASK = F.CREATE | F.MOVED_TO | F.ONLYDIR | F.DONT_FOLLOW | F.EXCL_UNLINK
 
 
