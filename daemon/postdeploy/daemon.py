@@ -5,8 +5,10 @@ a signal asks it to stop, then runs `shutdown()`. Signals only set flags; everyt
 cause happens here, in the main flow.
 
 Each open window is one `WindowRunner` task in the `windows` task group. Work items are taken
-in ("intake") when inotify or the periodic rescan points at them; intake checks the
-directory, rejects what is invalid, records the window's start, and starts its runner.
+in ("intake") when inotify or the periodic rescan points at them, in batches: each directory
+is looked at, judged (`intake.judge`, pure), the batch's rejections and new windows' starts
+are written as one group commit, and the runners start. A new `armed` reported by inotify
+waits in a heap until it can be quiet, then joins the batch due with it.
 """
 
 from __future__ import annotations

@@ -184,8 +184,9 @@ class Watcher:
     def follow(self, keys: Iterable[ItemKey]) -> None:
         """Watch these item directories (and their repo directories), if not yet watched."""
         for key in keys:
-            if (key.repo, key.work_item) not in self._wd:
-                self._add((key.repo,))
+            # Only below a repo directory watched as one: a repo that is a symlink is
+            # refused by IN_DONT_FOLLOW, and its items are never watched through it.
+            if (key.repo, key.work_item) not in self._wd and self._add((key.repo,)):
                 self._add((key.repo, key.work_item))
 
     def unfollow(self, key: ItemKey) -> None:
