@@ -371,7 +371,10 @@ class Daemon:
                 (key, w.identity if w else None, w is not None and now > w.deadline)
                 for key, w in zip(batch, previous, strict=True)
             ]
-            looks = await intake.run_all(partial(intake.look_all, self.root), requests)
+            # Shielded: the worker threads finish their looks anyway, and each look holds a
+            # directory open that only this function closes.
+            with anyio.CancelScope(shield=True):
+                looks = await intake.run_all(partial(intake.look_all, self.root), requests)
             try:
                 rejects: list[tuple[ItemKey, str, Look]] = []
                 arms: list[tuple[ItemKey, Arm, Look, float]] = []

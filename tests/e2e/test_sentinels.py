@@ -49,6 +49,24 @@ def test_bad_sentinels_are_rejected_with_a_reason(pd: Harness) -> None:
     assert pd.lines_missing_ids(run.lines) == []
 
 
+def test_armed_written_in_pieces_is_read_once_quiet(pd: Harness) -> None:
+    """`armed` is read once nothing has written to it for 100 ms (the contract): a writer
+    that pauses 20 ms between two halves of the JSON gets its whole metadata, not a
+    rejection of the first half."""
+    pd.configure()
+    run = pd.start()
+    directory = pd.item("shop", "w1")
+    directory.mkdir(parents=True)
+    with open(directory / "armed", "w") as f:
+        f.write('{"branch": "ma')
+        f.flush()
+        time.sleep(0.02)  # the writer's pause; far below the 100 ms quiet time
+        f.write('in", "commit": "abc"}\n')
+    line = run.wait_for("window.armed", repo="shop", work_item="w1")
+    assert line["metadata"] == {"branch": "main", "commit": "abc"}
+    assert not run.find("sentinel.rejected")
+
+
 def test_symlinked_armed_is_rejected_and_its_target_untouched(pd: Harness) -> None:
     """`armed` that is a symlink is rejected; nothing is written at or through its target."""
     pd.configure()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,28 @@ def test_look_all_gives_one_result_per_directory_in_order(tmp_path: Path) -> Non
         assert isinstance(looks[2], UnsafePath)
     finally:
         _close(looks)
+
+
+def test_armed_is_read_only_once_quiet_or_unchanged(tmp_path: Path) -> None:
+    """`read_if_quiet`: fresh -> identity only; 100 ms old, or unchanged since the
+    identity given, or forced -> its content too."""
+    item = tmp_path / "shop" / "w1"
+    item.mkdir(parents=True)
+    armed = item / "armed"
+    armed.write_text('{"branch": "main"}')
+    dfd = os.open(item, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        st, data, _ = intake.read_if_quiet(dfd, None)
+        assert st is not None and data is None  # just written
+        assert intake.read_if_quiet(dfd, intake.identity(st))[1] == b'{"branch": "main"}'
+        assert intake.read_if_quiet(dfd, None, force=True)[1] == b'{"branch": "main"}'
+        armed.write_text('{"branch": "release"}')  # written again: a new identity
+        assert intake.read_if_quiet(dfd, intake.identity(st))[1] is None
+        old = time.time() - intake.QUIET_S - 0.05
+        os.utime(armed, (old, old))
+        assert intake.read_if_quiet(dfd, None)[1] == b'{"branch": "release"}'
+    finally:
+        os.close(dfd)
 
 
 def test_a_settled_directory_is_not_kept_open(tmp_path: Path) -> None:
