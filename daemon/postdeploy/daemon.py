@@ -57,6 +57,7 @@ class _Waiting:
     deadline: float  # monotonic: past it, `armed` is read as it is (a writer that never stops)
     due: float  # monotonic: the next look
     identity: intake.Identity | None = None  # `armed` at the last look; None: not looked at
+    spare: intake.Spare | None = None  # window.json's temporary file, made during the wait
 
 
 class Daemon:
@@ -156,6 +157,11 @@ class Daemon:
         )
         for runner in list(self.runners.values()):
             runner.stop(None)
+        spares = [w.spare for w in self._waiting.values() if w.spare is not None]
+        for waiting in self._waiting.values():
+            waiting.spare = None
+        if spares:
+            await anyio.to_thread.run_sync(intake.drop_spares, spares)
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -230,9 +236,9 @@ class Daemon:
                         self._spawn(self._check_cancel, key)
                     else:
                         changes.items.add(key)
-                for key in changes.armed:
-                    if key not in self.runners and key not in self._settled:
-                        self._expect_quiet(key)
+                fresh = [key for key in changes.armed if self._expect_quiet(key)]
+                if fresh:
+                    self._spawn(self._make_spares, fresh)
                 items = [key for key in changes.items if self._valid(key)]
                 if items:
                     self._spawn(self._intake, items)
@@ -295,15 +301,35 @@ class Daemon:
 
     # -- waiting for `armed` to be quiet --------------------------------------------------
 
-    def _expect_quiet(self, key: ItemKey) -> None:
+    def _expect_quiet(self, key: ItemKey) -> bool:
         """inotify saw `armed` arrive: look at it once it can be quiet (no sooner: a look now
-        could only say "not quiet yet")."""
-        if key not in self._waiting and self._valid(key):
-            now = time.monotonic()
-            self._waiting[key] = _Waiting(
-                time.time(), now + intake.MAX_QUIET_WAIT_S, now + intake.QUIET_S
-            )
-            self._push_due(key, now + intake.QUIET_S)
+        could only say "not quiet yet"). True if it is newly waiting."""
+        if key in self.runners or key in self._settled or key in self._waiting:
+            return False
+        if not self._valid(key):
+            return False
+        now = time.monotonic()
+        self._waiting[key] = _Waiting(
+            time.time(), now + intake.MAX_QUIET_WAIT_S, now + intake.QUIET_S
+        )
+        self._push_due(key, now + intake.QUIET_S)
+        return True
+
+    async def _make_spares(self, keys: list[ItemKey]) -> None:
+        """Use the quiet wait, when the daemon is idle, to create the temporary files of the
+        waiting windows' window.json (the costliest part of the write that follows)."""
+        made = await anyio.to_thread.run_sync(intake.make_spares, self.root, keys, layout.WINDOW)
+        unused: list[intake.Spare] = []
+        for key, spare in zip(keys, made, strict=True):
+            if isinstance(spare, Exception):
+                continue  # the write makes its own temporary file; the look says what is wrong
+            waiting = self._waiting.get(key)
+            if waiting is None or waiting.spare is not None or key in self._intaking:
+                unused.append(spare)
+            else:
+                waiting.spare = spare
+        if unused:
+            await anyio.to_thread.run_sync(intake.drop_spares, unused)
 
     def _push_due(self, key: ItemKey, due: float) -> None:
         self._waiting[key].due = due
@@ -375,22 +401,31 @@ class Daemon:
             # directory open that only this function closes.
             with anyio.CancelScope(shield=True):
                 looks = await intake.run_all(partial(intake.look_all, self.root), requests)
+            # The batch owns the spares of its waiting keys: used by the write, handed back
+            # to a key that waits on, or removed at the end.
+            spares = {key: w.spare for key, w in zip(batch, previous, strict=True) if w and w.spare}
+            for w in previous:
+                if w is not None:
+                    w.spare = None
             try:
                 rejects: list[tuple[ItemKey, str, Look]] = []
                 arms: list[tuple[ItemKey, Arm, Look, float]] = []
                 for key, result in zip(batch, looks, strict=True):
                     try:
-                        self._decide(key, result, rejects, arms)
+                        self._decide(key, result, rejects, arms, spares)
                     except Exception as exc:
                         self._intake_failed(key, exc)
                 if rejects:
                     await self._reject_all(rejects)
                 if arms:
-                    await self._arm_all(arms)
+                    await self._arm_all(arms, spares)
             finally:
                 for result in looks:
                     if isinstance(result, Look) and result.fd is not None:
                         os.close(result.fd)
+                if spares:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(intake.drop_spares, list(spares.values()))
         finally:
             self._intaking.difference_update(batch)
 
@@ -400,6 +435,7 @@ class Daemon:
         result: Look | Exception,
         rejects: list[tuple[ItemKey, str, Look]],
         arms: list[tuple[ItemKey, Arm, Look, float]],
+        spares: dict[ItemKey, intake.Spare],
     ) -> None:
         """Act on one look (see `intake.judge`); writes are collected for the whole batch."""
         if isinstance(result, Exception):
@@ -418,6 +454,7 @@ class Daemon:
                 deadline = time.monotonic() + intake.MAX_QUIET_WAIT_S
                 waiting = self._waiting[key] = _Waiting(result.seen_at, deadline, 0.0)
             waiting.identity = decision.identity
+            waiting.spare = spares.pop(key, None)  # still waiting: so is its spare
             self._push_due(key, time.monotonic() + decision.delay)
             return
         waiting = self._waiting.pop(key, None)
@@ -464,20 +501,26 @@ class Daemon:
             self._watcher.unfollow(key)
 
     async def _write_all(
-        self, name: str, items: Sequence[tuple[ItemKey, Look, bytes]]
+        self,
+        name: str,
+        items: Sequence[tuple[ItemKey, Look, bytes]],
+        spares: dict[ItemKey, intake.Spare] | None = None,
     ) -> list[Exception | None]:
         """Write file `name` in each looked-at directory, atomically and durably, as one
-        group commit; the error of each, None if written."""
+        group commit; the error of each, None if written. The items' `spares` (taken out
+        of the dict) serve as their temporary files."""
         errors: list[Exception | None] = [None] * len(items)
         known: list[int] = []  # the items whose look kept their directory open
-        pairs: list[tuple[int, bytes]] = []
+        triples: list[tuple[int, bytes, intake.Spare | None]] = []
         for i, (key, look, data) in enumerate(items):
             if look.fd is None:  # only a look that ended early has none; judge never asks
                 errors[i] = UnsafePath(f"{key}: its directory was not kept open")
             else:
                 known.append(i)
-                pairs.append((look.fd, data))
-        written = await anyio.to_thread.run_sync(intake.write_all, name, pairs)
+                spare = spares.pop(key, None) if spares is not None else None
+                triples.append((look.fd, data, spare))
+        with anyio.CancelScope(shield=True):  # it owns the spares from here on
+            written = await anyio.to_thread.run_sync(intake.write_all, name, triples)
         for i, error in zip(known, written, strict=True):
             errors[i] = error
         return errors
@@ -498,7 +541,9 @@ class Daemon:
             else:
                 self._intake_failed(key, error)
 
-    async def _arm_all(self, arms: Sequence[tuple[ItemKey, Arm, Look, float]]) -> None:
+    async def _arm_all(
+        self, arms: Sequence[tuple[ItemKey, Arm, Look, float]], spares: dict[ItemKey, intake.Spare]
+    ) -> None:
         """Record the start of each new window (the event first, then window.json), then
         start them."""
         starts = [
@@ -526,6 +571,7 @@ class Daemon:
                 (key, look, json.dumps(start.to_dict(), ensure_ascii=False).encode() + b"\n")
                 for (key, _, look, _), start in zip(arms, starts, strict=True)
             ],
+            spares,
         )
         for (key, arm, look, _), start, error in zip(arms, starts, errors, strict=True):
             if error is not None:

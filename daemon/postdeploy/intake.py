@@ -290,9 +290,56 @@ def _read_regular(dfd: int, name: str) -> bytes | None:
         return None
 
 
-def write_all(name: str, items: Sequence[tuple[int, bytes]]) -> list[Exception | None]:
+@dataclass(frozen=True)
+class Spare:
+    """A temporary file made ahead of a write, in the quiet time before `armed` can be read:
+    creating it is the costliest step of the write, and the daemon is idle meanwhile."""
+
+    dir_fd: int  # the directory it is in
+    fd: int
+    name: str
+
+
+def _tmp_name(name: str) -> str:
+    return f".{name}.{secrets.token_hex(4)}.tmp"
+
+
+def make_spares(root: Path, keys: Sequence[ItemKey], name: str) -> list[Spare | Exception]:
+    """A `Spare` for a later write of `name` in each item directory (blocking); each result
+    is the Spare or the exception. Every Spare goes to `write_all` or `drop_spares`."""
+    results: list[Spare | Exception] = []
+    flags = layout.open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for key in keys:
+            try:
+                with open_item_dir(root, key, root_fd=root_fd) as dfd:
+                    tmp = _tmp_name(name)
+                    fd = os.open(tmp, flags, 0o664, dir_fd=dfd)
+                    results.append(Spare(os.dup(dfd), fd, tmp))
+            except Exception as exc:
+                results.append(exc)
+    finally:
+        os.close(root_fd)
+    return results
+
+
+def drop_spares(spares: Sequence[Spare]) -> None:
+    """Remove spares that are not needed after all (blocking)."""
+    for spare in spares:
+        with contextlib.suppress(OSError):
+            os.close(spare.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(spare.name, dir_fd=spare.dir_fd)
+        os.close(spare.dir_fd)
+
+
+def write_all(
+    name: str, items: Sequence[tuple[int, bytes, Spare | None]]
+) -> list[Exception | None]:
     """Write file `name` in each directory (given by its descriptor), atomically and durably,
-    as one group commit; each item's error, None where it is written. Blocking.
+    as one group commit; each item's error, None where it is written. Blocking. An item's
+    Spare, if any, is used as its temporary file (and its directory descriptor closed).
 
     As `store.write_atomic_at` does for one file (a temporary file written and fsynced,
     renamed over `name`, the directory fsynced), but phase by phase for all of them, with
@@ -301,22 +348,28 @@ def write_all(name: str, items: Sequence[tuple[int, bytes]]) -> list[Exception |
     the other in 16 threads (bench/.work, ext4).
     """
     errors: list[Exception | None] = [None] * len(items)
-    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
-    files: dict[int, int] = {}  # item index -> temporary file descriptor
+    tmp = _tmp_name(name)
+    files: dict[int, int] = {}  # item index -> temporary file descriptor, while open
+    where: dict[int, tuple[int, str]] = {}  # item index -> (directory, name) of its temporary
 
     def fail(i: int, exc: Exception) -> None:
         errors[i] = exc
         fd = files.pop(i, None)
         if fd is not None:
             os.close(fd)
+        if i in where:
             with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=items[i][0])
+                os.unlink(where[i][1], dir_fd=where[i][0])
 
     try:
         flags = layout.open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        for i, (dfd, data) in enumerate(items):
+        for i, (dfd, data, spare) in enumerate(items):
             try:
-                files[i] = os.open(tmp, flags, 0o664, dir_fd=dfd)
+                if spare is not None:
+                    files[i], where[i] = spare.fd, (spare.dir_fd, spare.name)
+                else:
+                    files[i] = os.open(tmp, flags, 0o664, dir_fd=dfd)
+                    where[i] = (dfd, tmp)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(files[i], view) :]
@@ -327,7 +380,10 @@ def write_all(name: str, items: Sequence[tuple[int, bytes]]) -> list[Exception |
         for i in list(files):
             try:
                 os.close(files.pop(i))
-                os.replace(tmp, name, src_dir_fd=items[i][0], dst_dir_fd=items[i][0])
+                # Into the directory that was looked at (a spare's is the same one unless
+                # the directory was replaced meanwhile; the file then lands where it should).
+                os.replace(where[i][1], name, src_dir_fd=where[i][0], dst_dir_fd=items[i][0])
+                del where[i]
             except Exception as exc:
                 fail(i, exc)
         renamed = {i: items[i][0] for i in range(len(items)) if errors[i] is None}
@@ -336,6 +392,9 @@ def write_all(name: str, items: Sequence[tuple[int, bytes]]) -> list[Exception |
     finally:
         for i in list(files):
             fail(i, OSError("not written"))
+        for _, _, spare in items:
+            if spare is not None:
+                os.close(spare.dir_fd)
     return errors
 
 

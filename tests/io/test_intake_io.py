@@ -180,7 +180,14 @@ def test_write_all_writes_every_file_and_reports_each_failure(tmp_path: Path) ->
         fds = [look.fd for look in looks if isinstance(look, Look) and look.fd is not None]
         assert len(fds) == len(keys)
         os.rmdir(tmp_path / "shop" / "w7")  # removed after the look: its write fails
-        errors = write_all(layout.WINDOW, [(fd, b'{"n": %d}\n' % i) for i, fd in enumerate(fds)])
+        # Half of them with a spare made beforehand, as while `armed` was not quiet yet.
+        spares = intake.make_spares(tmp_path, keys[::2], layout.WINDOW)
+        assert all(isinstance(spare, intake.Spare) for spare in spares)
+        by_index = {i * 2: spare for i, spare in enumerate(spares)}
+        errors = write_all(
+            layout.WINDOW,
+            [(fd, b'{"n": %d}\n' % i, by_index.get(i)) for i, fd in enumerate(fds)],
+        )
     finally:
         _close(looks)
     assert [i for i, error in enumerate(errors) if error is not None] == [7]
@@ -201,13 +208,26 @@ def test_write_all_replaces_atomically_and_never_follows_a_symlink(tmp_path: Pat
     assert isinstance(result, Look) and result.fd is not None
     (item / "rejected").symlink_to(target)  # put there after the look
     try:
-        assert write_all(layout.WINDOW, [(result.fd, b"new\n")]) == [None]
+        assert write_all(layout.WINDOW, [(result.fd, b"new\n", None)]) == [None]
         # A symlink in the target's place is replaced by the rename, not written through.
-        assert write_all(layout.REJECTED, [(result.fd, b"reason\n")]) == [None]
+        assert write_all(layout.REJECTED, [(result.fd, b"reason\n", None)]) == [None]
     finally:
         os.close(result.fd)
     assert (item / "window.json").read_text() == "new\n"
     assert not (item / "rejected").is_symlink() and not target.exists()
+
+
+def test_unused_spares_leave_nothing_behind(tmp_path: Path) -> None:
+    item = tmp_path / "shop" / "w1"
+    item.mkdir(parents=True)
+    [spare] = intake.make_spares(tmp_path, [KEY], layout.WINDOW)
+    assert isinstance(spare, intake.Spare)
+    assert [p.name for p in item.iterdir()] == [spare.name]  # hidden: scans skip it
+    assert spare.name.startswith(".")
+    intake.drop_spares([spare])
+    assert list(item.iterdir()) == []
+    [missing] = intake.make_spares(tmp_path, [ItemKey("shop", "nope")], layout.WINDOW)
+    assert isinstance(missing, FileNotFoundError)
 
 
 async def test_run_all_keeps_the_order_across_chunks() -> None:

@@ -111,6 +111,7 @@ def _install() -> None:
         try:
             disk_refuses()
         except OSError as exc:
+            intake.drop_spares([spare for _, _, spare in items if spare is not None])
             return [exc] * len(items)
         if mode == "before-write" and name == target:
             for _ in items:
