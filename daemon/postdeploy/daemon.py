@@ -324,7 +324,12 @@ class Daemon:
             if isinstance(spare, Exception):
                 continue  # the write makes its own temporary file; the look says what is wrong
             waiting = self._waiting.get(key)
-            if waiting is None or waiting.spare is not None or key in self._intaking:
+            if (
+                waiting is None
+                or waiting.spare is not None
+                or key in self._intaking
+                or self._closing  # shutdown removed the spares it knew of already
+            ):
                 unused.append(spare)
             else:
                 waiting.spare = spare
