@@ -213,7 +213,7 @@ class Daemon:
                 )
         if not new.enabled:
             for runner in list(self.runners.values()):
-                runner.stop(Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)"))
+                runner.stop(intake.DISABLED)
         self.notifier.ready("config reloaded")
         log.info("config.reloaded", enabled=new.enabled, repos=sorted(new.repos))
 
@@ -424,6 +424,17 @@ class Daemon:
                     await self._reject_all(rejects)
                 if arms:
                     await self._arm_all(arms, spares)
+            except Exception as exc:
+                # A bug while recording the batch: it must not stop the daemon. Nothing of
+                # the batch is settled, so the next rescan looks at every item again.
+                log.error(
+                    "intake.batch_failed",
+                    work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
+                    batch_size=len(batch),
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=exc,
+                    note="the next rescan takes these work items in again",
+                )
             finally:
                 for result in looks:
                     if isinstance(result, Look) and result.fd is not None:
@@ -480,7 +491,13 @@ class Daemon:
                 now = time.time()
                 start = self._new_start(key.repo, now, {}, now)
             self._start(
-                key, start, result, first_seen=False, stop=decision.stop, reacting=decision.reacting
+                key,
+                start,
+                result,
+                first_seen=False,
+                stop=decision.stop,
+                reacting=decision.reacting,
+                judged=self.config,
             )
         # Unarmed: the directory's watch says when `armed` arrives (else the next rescan).
 
@@ -551,6 +568,7 @@ class Daemon:
     ) -> None:
         """Record the start of each new window (the event first, then window.json), then
         start them."""
+        judged = self.config  # a reload may replace it while the starts are written
         starts = [
             self._new_start(key.repo, arm.armed_at, arm.metadata, first_seen_at)
             for key, arm, _, first_seen_at in arms
@@ -591,7 +609,15 @@ class Daemon:
                 interval_s=start.schedule.interval_s,
                 metadata=arm.metadata,
             )
-            self._start(key, start, look, first_seen=True, stop=arm.stop, reacting=arm.reacting)
+            self._start(
+                key,
+                start,
+                look,
+                first_seen=True,
+                stop=arm.stop,
+                reacting=arm.reacting,
+                judged=judged,
+            )
 
     def _start(
         self,
@@ -602,15 +628,32 @@ class Daemon:
         first_seen: bool,
         stop: Verdict | None,
         reacting: bool,
+        judged: Config,
     ) -> None:
-        """Run a window: a runner task in the `windows` task group."""
+        """Run a window: a runner task in the `windows` task group.
+
+        `judged` is the config the window was judged with; a reload may have come since (a
+        new window's start is written in between). The window then gets what `reload` gives
+        the open windows: the new settings if its repo is still configured, the judged ones
+        if the repo was removed, and DISABLED if the kill switch was thrown."""
         if self._closing or self._windows is None:
             return
+        config = self.config
+        if key.repo not in config.repos:
+            config = judged
+            log.warning(
+                "config.repo_removed",
+                repo=key.repo,
+                work_item=key.work_item,
+                note="the open window keeps its previous settings",
+            )
+        if stop is None and not self.config.enabled:
+            stop = intake.DISABLED
         runner = WindowRunner(
             ItemStore(self.root, key),
             start,
-            self.config.repos[key.repo],
-            self.config.window_settings(key.repo),
+            config.repos[key.repo],
+            config.window_settings(key.repo),
             self.prober,
             self.outbox.emit,
             first_seen=first_seen,

@@ -174,11 +174,14 @@ def judge(look: Look, *, repo: str, known: bool, enabled: bool) -> Decision:
     return Resume(start, stop, reacting)
 
 
+DISABLED = Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)")
+
+
 def _stop(kinds: dict[str, str | None], enabled: bool) -> Verdict | None:
     if kinds[layout.CANCEL]:
         return Verdict(Status.CANCELLED, "cancelled by an operator")
     if not enabled:
-        return Verdict(Status.DISABLED, "postdeploy is disabled (enabled = false)")
+        return DISABLED
     return None
 
 

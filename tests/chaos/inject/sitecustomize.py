@@ -11,6 +11,11 @@ daemon's PYTHONPATH only for runs that want a fault. Nothing happens unless one 
 - `CHAOS_DISK_FAULT=PATH`: while the file PATH exists, every write below the state directory
   fails (the fallback when the test cannot mount a small tmpfs): with EROFS if PATH holds
   "ro"; else with ENOSPC, an append first writing half of its bytes, as a full disk does.
+- `CHAOS_HOLD=PATH`: the intake's group commit of `window.json` (new windows' starts) creates
+  `PATH.held`, then waits until PATH exists before it writes: the test does something (a
+  reload, say) in exactly the moment between judging a new window and starting it.
+- `CHAOS_BUG=NAME:N`: the N-th group commit of NAME by the intake raises RuntimeError, as a
+  bug in the daemon would: an exception nobody planned for.
 
 These are real crashes (SIGKILL of the real process) at precise points, which a timer-based
 kill from outside would only hit by luck.
@@ -22,13 +27,16 @@ import errno
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 
 def _install() -> None:
     crash = os.environ.get("CHAOS_CRASH", "")
     fault = os.environ.get("CHAOS_DISK_FAULT", "")
-    if not crash and not fault:
+    hold = os.environ.get("CHAOS_HOLD", "")
+    bug_name, _, bug_n = os.environ.get("CHAOS_BUG", "").partition(":")
+    if not crash and not fault and not hold and not bug_name:
         return
     from postdeploy import intake, store
 
@@ -106,8 +114,23 @@ def _install() -> None:
 
     original_write_all = intake.write_all
 
+    def held(name: str) -> None:
+        """With CHAOS_HOLD, wait (in the worker thread) until the test releases the write."""
+        if not hold or name != "window.json":
+            return
+        with open(hold + ".held", "w"):
+            pass
+        for _ in range(6000):  # at most 60 s: a test that forgot to release fails, not hangs
+            if os.path.exists(hold):
+                return
+            time.sleep(0.01)
+
     def write_all(name: str, items: Any) -> list[Exception | None]:
         """The intake's group commit: the same crash points, counted per file."""
+        held(name)
+        if name == bug_name and hit("bug") == int(bug_n or 1):
+            intake.drop_spares([spare for _, _, spare in items if spare is not None])
+            raise RuntimeError(f"injected bug in the group commit of {name}")
         try:
             disk_refuses()
         except OSError as exc:
