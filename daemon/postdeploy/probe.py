@@ -4,6 +4,11 @@ Each request has a hard deadline (`probe_timeout_s`) covering connect, headers a
 a target that hangs or trickles bytes costs one failed probe, never more. Bodies are read up
 to a bound and never decompressed (`Accept-Encoding: identity`). Redirects are not followed.
 A hung service can hold only a few of the global slots that bound the requests in flight.
+
+Health requests have global slots of their own, apart from every other request's (5xx paths,
+feature checks, control probes): when many windows tick at once, a window's health request
+must not queue behind the other windows' secondary requests. It is what the verdict's
+consecutive-failure rule rests on, and its arrival at the target is when the tick happened.
 """
 
 from __future__ import annotations
@@ -91,7 +96,8 @@ def _error_text(exc: Exception) -> str:
 
 
 # Requests in flight to one service. A service that hangs can then hold at most this many of
-# the global slots, and a burst of ticks on one service queues in our O(1) limiter.
+# the global slots (of both classes together), and a burst of ticks on one service queues in
+# our O(1) limiter.
 PER_SERVICE = 8
 
 
@@ -101,12 +107,27 @@ class Prober:
     Requests go straight to a `LeanTransport` (httpx's client layer, with its cookie jar,
     auth and redirect machinery, costs more CPU than the request itself and none of it is
     wanted here): `httpx.Request` in, `httpx.Response` out.
+
+    Every request takes two slots: its service's (at most `PER_SERVICE` in flight), then a
+    global one. The global slots come in two classes of `max_inflight` each, so at most
+    2 x `max_inflight` requests are in flight overall:
+
+    - urgent: the health request of each tick (`probe`, or `request(..., urgent=True)`);
+    - the rest: 5xx paths, feature checks, Prometheus queries and control probes.
+
+    Both are FIFO. With a single class, 200 windows ticking in the same instant queued a late
+    window's health request behind hundreds of the others' secondary requests, and its tick
+    reached the target 200+ ms late. With two, a health request waits only for other health
+    requests (one per window ticking), never for secondary work.
     """
 
     def __init__(self, *, max_inflight: int = 256, max_body_bytes: int = 65536) -> None:
         # asyncio's semaphores, not anyio's limiters: an anyio limiter yields to the event loop
-        # on every acquire, even a free one, and each request takes two.
-        self._limiter = asyncio.Semaphore(max_inflight)
+        # on every acquire, even a free one, and each request takes two. Two plain semaphores
+        # (one per class, see the class docstring) rather than a priority semaphore: nothing
+        # hand-written to get wrong when a waiter is cancelled.
+        self._urgent_limiter = asyncio.Semaphore(max_inflight)  # health requests
+        self._limiter = asyncio.Semaphore(max_inflight)  # every other request
         self._max_body = max_body_bytes
         self._services: dict[str, asyncio.Semaphore] = {}
         # One TLS context for every connection: building one costs 100+ ms of CPU (it loads
@@ -139,10 +160,18 @@ class Prober:
         await self._transport.aclose()
 
     async def get(
-        self, url: str, timeout: float, *, read_body: bool, service: str | None = None
+        self,
+        url: str,
+        timeout: float,
+        *,
+        read_body: bool,
+        service: str | None = None,
+        urgent: bool = False,
     ) -> Answer:
         """GET `url` within `timeout` seconds overall; never raises for network trouble."""
-        return await self.request("GET", url, timeout, read_body=read_body, service=service)
+        return await self.request(
+            "GET", url, timeout, read_body=read_body, service=service, urgent=urgent
+        )
 
     async def request(
         self,
@@ -154,11 +183,16 @@ class Prober:
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
         service: str | None = None,
+        urgent: bool = False,
     ) -> Answer:
-        """One request within `timeout` seconds overall (connect, headers and body)."""
+        """One request within `timeout` seconds overall (connect, headers and body).
+
+        `urgent` (a tick's health request) takes a global slot of the urgent class, so it
+        never waits behind the non-urgent requests in flight or queued (see the class)."""
         target = self._url(url)
+        limiter = self._urgent_limiter if urgent else self._limiter
         # The service's slot first: a request waiting on a busy service holds no global slot.
-        async with self._service_limiter(target, service), self._limiter:
+        async with self._service_limiter(target, service), limiter:
             start = time.perf_counter()
             got: list[Answer] = []  # the answer once it is in, even if draining the body fails
             with anyio.move_on_after(timeout):
@@ -219,9 +253,13 @@ class Prober:
         checks: dict[str, dict[str, Any]] = {}
         control: list[Answer] = []
 
-        async def fetch(path: str, read_body: bool) -> None:
+        async def fetch(path: str, read_body: bool, urgent: bool = False) -> None:
             answers[path] = await self.get(
-                repo.base_url + path, timeout, read_body=read_body, service=repo.base_url
+                repo.base_url + path,
+                timeout,
+                read_body=read_body,
+                service=repo.base_url,
+                urgent=urgent,
             )
 
         async def check(spec: HttpCheck | PrometheusCheck) -> None:
@@ -243,8 +281,9 @@ class Prober:
             if repo.control_url:
                 tg.start_soon(fetch_control, repo.control_url)
             # The health request in this task: it goes out before the others (they start
-            # when this task first waits), and it saves spawning a task every tick.
-            await fetch(repo.health_path, True)
+            # when this task first waits), and it saves spawning a task every tick. Urgent:
+            # it must not queue behind other windows' secondary requests (see the class).
+            await fetch(repo.health_path, True, urgent=True)
         return _row(repo, answers, checks, control, tick, scheduled_ts, ts, catch_up)
 
     async def _http_check(
