@@ -47,6 +47,10 @@ from postdeploy.window import Schedule
 log = structlog.get_logger("postdeploy.daemon")
 
 BATCH_EVERY_S = 0.005  # due `armed` files are taken in together, at most this often
+# New windows start once no intake batch is being recorded, so that starting the windows of
+# one batch (a log line and a task each) does not hold up the writes of the next: in a burst
+# of sentinels every window is on disk first. A steady stream of sentinels waits no longer.
+MAX_START_DELAY_S = 0.25
 
 
 @dataclass
@@ -80,6 +84,8 @@ class Daemon:
         self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
         self._due_changed = anyio.Event()
         self._quiet_pass = anyio.Event()  # set after each intake of due keys
+        self._recording = 0  # intake batches looking at or writing their directories
+        self._recorded = anyio.Event()  # set (and replaced) whenever _recording drops to 0
         self._reported: set[tuple[str, str]] = set()
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
@@ -382,8 +388,9 @@ class Daemon:
 
     async def _intake(self, keys: Iterable[ItemKey], *, due: bool = False) -> None:
         """Take in work items together: look at each, decide (`intake.judge`), record the
-        new windows' starts and the rejections, start the windows. The looks and the writes
-        each take a few worker-thread hops for the whole batch.
+        new windows' starts and the rejections, start the windows (once no other batch is
+        being recorded). The looks and the writes each take a few worker-thread hops for the
+        whole batch.
 
         `due`: the keys are waiting for `armed` to be quiet, and now due for a look."""
         if self._closing:
@@ -392,6 +399,8 @@ class Daemon:
         if not batch:
             return
         self._intaking.update(batch)
+        self._recording += 1
+        armed: list[tuple[ItemKey, WindowStart, Arm, Look]] = []
         try:
             if self._watcher is not None:
                 # Before the look: whatever is created after it raises an event.
@@ -412,6 +421,7 @@ class Daemon:
             for w in previous:
                 if w is not None:
                     w.spare = None
+            judged = self.config  # a reload may replace it while the batch is written
             try:
                 rejects: list[tuple[ItemKey, str, Look]] = []
                 arms: list[tuple[ItemKey, Arm, Look, float]] = []
@@ -423,18 +433,9 @@ class Daemon:
                 if rejects:
                     await self._reject_all(rejects)
                 if arms:
-                    await self._arm_all(arms, spares)
+                    armed = await self._record_all(arms, spares, judged)
             except Exception as exc:
-                # A bug while recording the batch: it must not stop the daemon. Nothing of
-                # the batch is settled, so the next rescan looks at every item again.
-                log.error(
-                    "intake.batch_failed",
-                    work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
-                    batch_size=len(batch),
-                    error=f"{type(exc).__name__}: {exc}",
-                    exc_info=exc,
-                    note="the next rescan takes these work items in again",
-                )
+                self._batch_failed(batch, exc)
             finally:
                 for result in looks:
                     if isinstance(result, Look) and result.fd is not None:
@@ -443,7 +444,41 @@ class Daemon:
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(intake.drop_spares, list(spares.values()))
         finally:
+            self._recorded_one()
+        # The batch's keys stay in `_intaking` until their windows run: no rescan takes them.
+        try:
+            if armed:
+                await self._until_recorded()
+                self._start_armed(armed, judged)
+        except Exception as exc:
+            self._batch_failed(batch, exc)
+        finally:
             self._intaking.difference_update(batch)
+
+    def _recorded_one(self) -> None:
+        """An intake batch is done looking and writing."""
+        self._recording -= 1
+        if self._recording == 0:
+            self._recorded.set()
+            self._recorded = anyio.Event()
+
+    async def _until_recorded(self) -> None:
+        """Until no intake batch is being recorded (at most MAX_START_DELAY_S)."""
+        with anyio.move_on_after(MAX_START_DELAY_S):
+            while self._recording:
+                await self._recorded.wait()
+
+    def _batch_failed(self, batch: list[ItemKey], exc: Exception) -> None:
+        """A bug while recording a batch: it must not stop the daemon. Nothing of the batch
+        is settled, so the next rescan looks at every item again."""
+        log.error(
+            "intake.batch_failed",
+            work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
+            batch_size=len(batch),
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+            note="the next rescan takes these work items in again",
+        )
 
     def _decide(
         self,
@@ -489,7 +524,7 @@ class Daemon:
             start = decision.start
             if start is None:  # window.json is unreadable: the window only ends, as ERROR
                 now = time.time()
-                start = self._new_start(key.repo, now, {}, now)
+                start = self._new_start(self.config, key.repo, now, {}, now)
             self._start(
                 key,
                 start,
@@ -563,14 +598,16 @@ class Daemon:
             else:
                 self._intake_failed(key, error)
 
-    async def _arm_all(
-        self, arms: Sequence[tuple[ItemKey, Arm, Look, float]], spares: dict[ItemKey, intake.Spare]
-    ) -> None:
-        """Record the start of each new window (the event first, then window.json), then
-        start them."""
-        judged = self.config  # a reload may replace it while the starts are written
+    async def _record_all(
+        self,
+        arms: Sequence[tuple[ItemKey, Arm, Look, float]],
+        spares: dict[ItemKey, intake.Spare],
+        judged: Config,
+    ) -> list[tuple[ItemKey, WindowStart, Arm, Look]]:
+        """Record the start of each new window (the event first, then window.json); the
+        windows recorded, to be started."""
         starts = [
-            self._new_start(key.repo, arm.armed_at, arm.metadata, first_seen_at)
+            self._new_start(judged, key.repo, arm.armed_at, arm.metadata, first_seen_at)
             for key, arm, _, first_seen_at in arms
         ]
         # The events first: a crash between the two re-emits one (same id, a no-op) rather
@@ -596,10 +633,19 @@ class Daemon:
             ],
             spares,
         )
+        recorded: list[tuple[ItemKey, WindowStart, Arm, Look]] = []
         for (key, arm, look, _), start, error in zip(arms, starts, errors, strict=True):
-            if error is not None:
+            if error is None:
+                recorded.append((key, start, arm, look))
+            else:
                 self._intake_failed(key, error)  # not started: the next look retries it
-                continue
+        return recorded
+
+    def _start_armed(
+        self, armed: Sequence[tuple[ItemKey, WindowStart, Arm, Look]], judged: Config
+    ) -> None:
+        """Start the windows whose start `_record_all` recorded."""
+        for key, start, arm, look in armed:
             log.info(
                 "window.armed",
                 repo=key.repo,
@@ -670,9 +716,9 @@ class Daemon:
         self._windows.start_soon(self._run, runner)
 
     def _new_start(
-        self, repo: str, armed_at: float, metadata: dict[str, str], seen_at: float
+        self, config: Config, repo: str, armed_at: float, metadata: dict[str, str], seen_at: float
     ) -> WindowStart:
-        settings = self.config.window_settings(repo)
+        settings = config.window_settings(repo)
         schedule = Schedule(
             armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
         )
