@@ -13,7 +13,6 @@ to bench/, quick runs to bench/quick/ (so a dry run never overwrites the real fi
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -26,6 +25,11 @@ from bench import harness, report
 from bench.scenarios import DEFAULT, FULL, QUICK, SCENARIOS, Ctx
 
 HERE = Path(__file__).resolve().parent
+# On ext4 without a journal (this VM's disk) files created within minutes of a mass deletion
+# cost several times their normal kernel CPU (docs/PERFORMANCE.md, section 7): a run right
+# after the previous run's clean-up measures that, not the daemon. Its moment is kept here.
+CLEANED = ".cleaned"
+SETTLE_S = 300.0
 
 
 def _filesystem(path: Path) -> str:
@@ -61,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, help="scratch state directories (default bench/.work, on disk)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help="seconds to leave between the previous run's clean-up and this run (0: none)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run each scenario N times")
     parser.add_argument(
         "--profile-windows", type=int, help="windows (1 s interval) of the profile scenario"
@@ -115,16 +125,33 @@ def main(argv: list[str] | None = None) -> int:
     if "tmpfs" in machine["state_fs"]:
         print("  warning: the scratch directory is on tmpfs, not the normal disk", flush=True)
     print(report.HEADER, flush=True)
+    _settle(workdir / CLEANED, args.settle)
     failed = False
     try:
         failed = _run(names, args, ctx, mode, machine, command, out)
     finally:
+        removed = bool(ctx.made) and not args.keep
         ctx.cleanup()
+        if removed:
+            (workdir / CLEANED).touch()
     path = report.write_outputs(out, list(SCENARIOS), args.quick)
     print(f"\nwrote {path} and {out / 'lateness.png'}", flush=True)
-    if not os.listdir(workdir):
-        workdir.rmdir()
     return 1 if failed else 0
+
+
+def _settle(marker: Path, settle_s: float) -> None:
+    """Wait until `settle_s` have passed since the previous run removed its files."""
+    try:
+        wait = marker.stat().st_mtime + settle_s - time.time()
+    except FileNotFoundError:
+        return
+    if wait > 0:
+        print(
+            f"waiting {wait:.0f} s: the previous run removed its scratch files "
+            f"{settle_s - wait:.0f} s ago (ext4 without a journal; --settle 0 skips this)",
+            flush=True,
+        )
+        time.sleep(wait)
 
 
 def _run(
