@@ -18,6 +18,7 @@ import json
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +29,7 @@ from postdeploy import __version__, logs
 from postdeploy.checks import Response, evaluate_all, judge_sample
 from postdeploy.config import HttpCheck, PrometheusCheck, RepoConfig
 from postdeploy.series import ProbeRow
-from postdeploy.transport import LeanTransport
+from postdeploy.transport import ON_SENT, LeanTransport
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
 
@@ -94,6 +95,10 @@ def _error_text(exc: Exception) -> str:
         text = os.strerror(root.errno)  # "Connection reset by peer", "Connection refused"
     return f"{kind}: {_short(text)}" if text else kind
 
+
+# A tick's other requests wait at most this long (and a tenth of the probe timeout) for its
+# health request to be written to its connection (see `Prober.probe`).
+HEAD_START_S = 0.05
 
 # Requests in flight to one service. A service that hangs can then hold at most this many of
 # the global slots (of both classes together), and a burst of ticks on one service queues in
@@ -167,10 +172,17 @@ class Prober:
         read_body: bool,
         service: str | None = None,
         urgent: bool = False,
+        on_sent: Callable[[], object] | None = None,
     ) -> Answer:
         """GET `url` within `timeout` seconds overall; never raises for network trouble."""
         return await self.request(
-            "GET", url, timeout, read_body=read_body, service=service, urgent=urgent
+            "GET",
+            url,
+            timeout,
+            read_body=read_body,
+            service=service,
+            urgent=urgent,
+            on_sent=on_sent,
         )
 
     async def request(
@@ -184,11 +196,13 @@ class Prober:
         content: bytes | None = None,
         service: str | None = None,
         urgent: bool = False,
+        on_sent: Callable[[], object] | None = None,
     ) -> Answer:
         """One request within `timeout` seconds overall (connect, headers and body).
 
         `urgent` (a tick's health request) takes a global slot of the urgent class, so it
-        never waits behind the non-urgent requests in flight or queued (see the class)."""
+        never waits behind the non-urgent requests in flight or queued (see the class).
+        `on_sent` is called once the request is written to its connection."""
         target = self._url(url)
         limiter = self._urgent_limiter if urgent else self._limiter
         # The service's slot first: a request waiting on a busy service holds no global slot.
@@ -202,6 +216,7 @@ class Prober:
                         target,
                         headers={**HEADERS, **headers} if headers else HEADERS,
                         content=content,
+                        extensions={ON_SENT: on_sent} if on_sent is not None else None,
                     )
                     return await self._send(request, read_body, start, got)
                 except (httpx.HTTPError, OSError) as exc:
@@ -247,22 +262,34 @@ class Prober:
         self, repo: RepoConfig, timeout: float, tick: int, scheduled_ts: float, catch_up: bool
     ) -> ProbeRow:
         """One tick: the health path, the 5xx paths, the feature checks and the control
-        probe, all at once."""
+        probe, all at once.
+
+        The health request goes out first: it runs in this task (the others start when this
+        task first waits), takes an urgent slot, and the others wait until it is written to
+        its connection (at most HEAD_START_S, and a tenth of `timeout`). Over a kept-alive
+        connection it is written at once and nobody waits; with none open, hundreds of
+        windows ticking together would open every connection of every request at once, and
+        the health requests' connects would queue behind the others'. Like the wait for a
+        request slot, that wait is not part of a request's own `timeout`."""
         ts = time.time()
         answers: dict[str, Answer] = {}
         checks: dict[str, dict[str, Any]] = {}
         control: list[Answer] = []
+        health_out = asyncio.Event()  # the health request is written, or has ended
 
-        async def fetch(path: str, read_body: bool, urgent: bool = False) -> None:
+        async def after_health() -> None:
+            if not health_out.is_set():
+                with anyio.move_on_after(min(HEAD_START_S, timeout / 10)):
+                    await health_out.wait()
+
+        async def fetch(path: str) -> None:
+            await after_health()
             answers[path] = await self.get(
-                repo.base_url + path,
-                timeout,
-                read_body=read_body,
-                service=repo.base_url,
-                urgent=urgent,
+                repo.base_url + path, timeout, read_body=False, service=repo.base_url
             )
 
         async def check(spec: HttpCheck | PrometheusCheck) -> None:
+            await after_health()
             deadline = spec.timeout_s or timeout
             if isinstance(spec, HttpCheck):
                 checks[spec.name] = await self._http_check(repo, spec, deadline)
@@ -270,20 +297,28 @@ class Prober:
                 checks[spec.name] = await self._prometheus_check(spec, deadline)
 
         async def fetch_control(url: str) -> None:
+            await after_health()
             control.append(await self.get(url, timeout, read_body=False))
 
         async with anyio.create_task_group() as tg:
             for path in repo.fivexx_paths:
                 if path != repo.health_path:
-                    tg.start_soon(fetch, path, False)
+                    tg.start_soon(fetch, path)
             for spec in repo.checks:
                 tg.start_soon(check, spec)
             if repo.control_url:
                 tg.start_soon(fetch_control, repo.control_url)
-            # The health request in this task: it goes out before the others (they start
-            # when this task first waits), and it saves spawning a task every tick. Urgent:
-            # it must not queue behind other windows' secondary requests (see the class).
-            await fetch(repo.health_path, True, urgent=True)
+            try:
+                answers[repo.health_path] = await self.get(
+                    repo.base_url + repo.health_path,
+                    timeout,
+                    read_body=True,
+                    service=repo.base_url,
+                    urgent=True,
+                    on_sent=health_out.set,
+                )
+            finally:
+                health_out.set()
         return _row(repo, answers, checks, control, tick, scheduled_ts, ts, catch_up)
 
     async def _http_check(

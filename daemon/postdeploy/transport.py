@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import h11
@@ -186,6 +186,10 @@ class _Body(httpx.AsyncByteStream):
             self._conn = None
 
 
+# A request extension: a callable, called once the request is written to its connection.
+ON_SENT = "postdeploy.on_sent"
+
+
 class LeanTransport(httpx.AsyncBaseTransport):
     """httpx transport: HTTP/1.1 over asyncio with h11, keep-alive pool per origin."""
 
@@ -221,25 +225,34 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except h11.LocalProtocolError as exc:  # e.g. a header value with a line break
             raise httpx.LocalProtocolError(str(exc)) from exc
         body = request.content  # the Prober builds requests with bytes, never a stream
+        on_sent = request.extensions.get(ON_SENT)
         conn = self._take(origin)
         if conn is not None:
             try:
-                return await self._exchange(conn, head, body)
+                return await self._exchange(conn, head, body, on_sent)
             except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
                 # A kept-alive connection the server closed while we picked it (its idle
                 # timeout can be as short as ours): it never saw the request, so asking
                 # again on a new connection is safe. Anything else is the answer.
                 if conn.received or self._closed or request.method not in ("GET", "HEAD"):
                     raise
-        return await self._exchange(await self._connect(origin), head, body)
+        return await self._exchange(await self._connect(origin), head, body, on_sent)
 
-    async def _exchange(self, conn: _Connection, head: h11.Request, body: bytes) -> httpx.Response:
+    async def _exchange(
+        self,
+        conn: _Connection,
+        head: h11.Request,
+        body: bytes,
+        on_sent: Callable[[], object] | None = None,
+    ) -> httpx.Response:
         try:
             conn.received = 0
             conn.send(head)
             if body:
                 conn.send(h11.Data(data=body))
             conn.send(h11.EndOfMessage())
+            if on_sent is not None:
+                on_sent()
             while True:
                 event = await conn.next_event()
                 if isinstance(event, h11.Response):
