@@ -224,6 +224,18 @@ class Daemon:
         return found
 
 
+def wait_until(
+    what: str, check: Callable[[], bool], run: Daemon, timeout: float = DEADLINE_S
+) -> None:
+    """Poll `check` (a file appearing, say) until it holds; fails with the daemon's log tail
+    if the daemon exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline or not run.alive:
+            raise AssertionError(f"timed out waiting for {what}\n{run.tail(12)}")
+        time.sleep(0.01)
+
+
 def matches(line: dict[str, Any], event: str, fields: dict[str, Any]) -> bool:
     return line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
 
@@ -886,4 +898,5 @@ def kit() -> Any:
         read_series=read_series,
         render_toml=render_toml,
         thresholds_of=thresholds_of,
+        wait_until=wait_until,
     )

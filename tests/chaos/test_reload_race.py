@@ -11,21 +11,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-DEADLINE_S = 30.0
-
-
-def _wait(what: str, check: Any, run: Any, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline or not run.alive:
-            raise AssertionError(f"timed out waiting for {what}\n{run.tail(12)}")
-        time.sleep(0.01)
 
 
 def _config(kit: Any, urls: dict[str, str], *, enabled: bool, fail_threshold: int) -> str:
@@ -66,7 +55,7 @@ def test_reload_while_a_new_window_is_recorded(
     item = tmp_path / "state" / "shop" / "w1"
     item.mkdir(parents=True)
     (item / "armed").touch()
-    _wait("the held write of window.json", Path(f"{gate}.held").exists, run)
+    kit.wait_until("the held write of window.json", Path(f"{gate}.held").exists, run)
 
     if change == "repo-removed":
         path.write_text(_config(kit, {"other": other.url}, enabled=True, fail_threshold=50))
@@ -79,7 +68,7 @@ def test_reload_while_a_new_window_is_recorded(
     run.wait_for("config.reloaded", after=mark)
     gate.touch()
 
-    _wait("done", (item / "done").exists, run)
+    kit.wait_until("done", (item / "done").exists, run)
     done = json.loads((item / "done").read_text())
     if change == "repo-removed":
         # The window keeps the settings it was judged with, and runs to its end.
@@ -117,7 +106,7 @@ def test_a_bug_while_recording_a_batch_is_contained(
     # The traceback is in the log line, down to the frame that raised.
     frames = [frame["name"] for exc in failed["exception"] for frame in exc["frames"]]
     assert "write_all" in frames, failed["exception"]
-    _wait("done", (item / "done").exists, run)
+    kit.wait_until("done", (item / "done").exists, run)
     assert json.loads((item / "done").read_text())["status"] == "HEALTHY"
     assert run.alive
     assert run.stop() == 0
