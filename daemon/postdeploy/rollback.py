@@ -2,25 +2,23 @@
 
 The command never goes through a shell (unless its argv names one), and nothing from the
 sentinel reaches its argv: metadata is passed only as `POSTDEPLOY_META_<KEY>` environment
-values. Its stdout and stderr go to `rollback.log` in the work item's directory, so a hook
-that leaves a background child holding the output open cannot hang the daemon.
+values. Its stdout and stderr go to `rollback.log` in the work item's directory, capped (head
+and tail); whatever it leaves running in its process group is ended when it exits.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.abc
+import structlog
 
-KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL to the group at the timeout
+from postdeploy.process import CappedOutput, run_in_group
+
+log = structlog.get_logger("postdeploy.rollback")
 
 
 @dataclass(frozen=True)
@@ -56,44 +54,25 @@ def rollback_env(
     return env
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
 async def run_command(
     argv: list[str], env: dict[str, str], timeout: float, log_fd: int | None
 ) -> RollbackResult:
-    """Run `argv` in a new session (its own process group) and wait up to `timeout`."""
-    start = time.monotonic()
-    output: int = log_fd if log_fd is not None else subprocess.DEVNULL
-    try:
-        process = await anyio.open_process(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=output,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return RollbackResult(None, f"could not start {argv[0]!r}: {exc}", time.monotonic() - start)
-    async with process:
-        with anyio.move_on_after(timeout):
-            code = await process.wait()
-            return RollbackResult(code, f"exited with {code}", time.monotonic() - start)
-        await _terminate(process)
-    return RollbackResult(
-        None, f"timed out after {timeout:g}s; process group killed", time.monotonic() - start
-    )
+    """Run `argv` in its own process group and wait up to `timeout`.
+
+    Its output goes to `log_fd` (None: discarded), capped: the first and last
+    `OUTPUT_LIMIT` bytes are kept (see `process`). The log is written when the command has
+    ended; a disk that refuses it loses the log, never the result."""
+    output = CappedOutput() if log_fd is not None else None
+    finished = await run_in_group(argv, env, timeout, output=output)
+    if output is not None and log_fd is not None:
+        try:
+            await anyio.to_thread.run_sync(_write_all, log_fd, output.render())
+        except OSError as exc:
+            log.error("rollback.log_unwritable", error=str(exc))
+    return RollbackResult(finished.exit_code, finished.detail, finished.duration_s)
 
 
-async def _terminate(process: anyio.abc.Process) -> None:
-    """SIGTERM the whole process group, then SIGKILL it after a short grace."""
-    with anyio.CancelScope(shield=True):
-        _kill_group(process.pid, signal.SIGTERM)
-        with anyio.move_on_after(KILL_GRACE_S):
-            await process.wait()
-        # Kill the group even if the leader exited: children may ignore SIGTERM.
-        _kill_group(process.pid, signal.SIGKILL)
-        await process.wait()
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -9,6 +9,11 @@
 
 All paths are opened relative to the item directory's descriptor with O_NOFOLLOW (see layout).
 The blocking calls run in worker threads so the event loop never waits on the disk.
+
+A store may be pinned to one directory (its device and inode, taken when the window starts):
+if the work item's directory is deleted, or deleted and made again under the same name, every
+later access raises `ItemVanished` instead of writing into the new directory, so an old
+window can never finish into a new deploy's directory.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,12 @@ import aiofiles.os
 import anyio.to_thread
 
 from postdeploy.layout import ItemKey, open_file_flags, open_item_dir
+
+Identity = tuple[int, int]  # (st_dev, st_ino) of a directory
+
+
+class ItemVanished(FileNotFoundError):
+    """The work item's directory was removed (or replaced) while its window was open."""
 
 
 @dataclass(frozen=True)
@@ -125,21 +136,50 @@ def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> N
 class ItemStore:
     """File access for one work item directory below the state directory."""
 
-    def __init__(self, root: Path, key: ItemKey) -> None:
+    def __init__(self, root: Path, key: ItemKey, identity: Identity | None = None) -> None:
         self.root = root
         self.key = key
         self.path = root / key.repo / key.work_item
+        self.identity = identity  # the directory this store is pinned to, if any
+
+    @contextlib.contextmanager
+    def _dir(self, *, create: bool = False) -> Iterator[int]:
+        """The item directory's descriptor; ItemVanished if a pinned directory is gone."""
+        with contextlib.ExitStack() as stack:
+            try:
+                dfd = stack.enter_context(open_item_dir(self.root, self.key, create=create))
+            except FileNotFoundError as exc:
+                if self.identity is not None:
+                    raise ItemVanished(errno.ENOENT, f"{self.path} was removed") from exc
+                raise
+            if self.identity is not None:
+                st = os.fstat(dfd)
+                if (st.st_dev, st.st_ino) != self.identity:
+                    raise ItemVanished(
+                        errno.ENOENT, f"{self.path} was replaced by another directory"
+                    )
+            yield dfd
+
+    def vanished_sync(self) -> bool:
+        """Whether a pinned directory is gone or replaced (False for an unpinned store)."""
+        if self.identity is None:
+            return False
+        try:
+            with self._dir():
+                return False
+        except ItemVanished:
+            return True
 
     # -- blocking primitives (run in threads by the async wrappers) ---------------------
 
     def read_sync(self, name: str, limit: int = -1) -> bytes | None:
         """The content of `name` (at most `limit` bytes if given), or None if missing."""
-        with open_item_dir(self.root, self.key) as dfd:
+        with self._dir() as dfd:
             return read_at(dfd, name, limit)
 
     def exists_sync(self, name: str) -> bool:
         """Whether `name` exists in the item directory (a symlink counts as existing)."""
-        with open_item_dir(self.root, self.key) as dfd:
+        with self._dir() as dfd:
             try:
                 os.lstat(name, dir_fd=dfd)
             except FileNotFoundError:
@@ -148,12 +188,12 @@ class ItemStore:
 
     def write_atomic_sync(self, name: str, data: bytes, *, create_dirs: bool = False) -> None:
         """Replace `name` with `data` atomically and durably."""
-        with open_item_dir(self.root, self.key, create=create_dirs) as dfd:
+        with self._dir(create=create_dirs) as dfd:
             write_atomic_at(dfd, name, data)
 
     def repair_tail_sync(self, name: str, keep: int) -> None:
         """Cut `name` to its first `keep` bytes (drops a torn last line), durably."""
-        with open_item_dir(self.root, self.key) as dfd:
+        with self._dir() as dfd:
             fd = os.open(name, open_file_flags(os.O_WRONLY), dir_fd=dfd)
             try:
                 os.ftruncate(fd, keep)
@@ -237,7 +277,7 @@ class ItemStore:
 
     def opener(self, flags: int) -> Callable[[str, int], int]:
         def opener(name: str, _flags: int) -> int:
-            with open_item_dir(self.root, self.key) as dfd:
+            with self._dir() as dfd:
                 return os.open(name, open_file_flags(flags), 0o664, dir_fd=dfd)
 
         return opener

@@ -385,20 +385,90 @@ exit 0
 """
 
 
-async def test_background_child_holding_output_does_not_block(
+async def test_background_child_is_ended_with_its_group_when_the_hook_exits(
     tmp_path: Path, reaper: list[Path]
 ) -> None:
-    """A hook that exits 0 while a child it started still holds stdout open returns at once:
-    the runner waits for the hook, not for its output to close. The child is still alive when
-    the result arrives, which proves the runner did not wait for it."""
+    """A hook that exits 0 while a child it started still holds stdout open: the runner ends
+    the hook's whole process group as soon as the hook exits, so the child is gone when the
+    result arrives, and its output is in the log."""
     log = tmp_path / "rollback.log"
     hook = script(tmp_path / "hook.sh", BACKGROUND_HOOK)
     reaper.append(tmp_path / "child.pid")  # the child sleeps on after the test otherwise
     result = await run([str(hook), str(tmp_path)], log=log)
     assert result.exit_code == 0
-    assert alive(read_pid(tmp_path / "child.pid"))
+    await wait_until_gone([read_pid(tmp_path / "child.pid")])
     assert log.read_text().splitlines() == [
         "hook: starting a background child",
         "child: holding stdout open",
         "hook: done",
     ]
+
+
+STUBBORN_CHILD_HOOK = """#!/bin/sh
+dir="$1"
+sh -c 'trap "" TERM
+       echo $$ > "$1/child.tmp" && mv "$1/child.tmp" "$1/child.pid"
+       while :; do sleep 1; done' child "$dir" >/dev/null 2>&1 &
+while [ ! -e "$dir/child.pid" ]; do sleep 0.01; done
+exit 0
+"""
+
+
+async def test_child_that_ignores_sigterm_does_not_outlive_a_successful_hook(
+    tmp_path: Path, reaper: list[Path]
+) -> None:
+    """ROLLBACK_OK means the hook is over: a background child that ignores SIGTERM is
+    SIGKILLed with the group after the grace period."""
+    hook = script(tmp_path / "hook.sh", STUBBORN_CHILD_HOOK)
+    reaper.append(tmp_path / "child.pid")
+    result = await run([str(hook), str(tmp_path)], log=tmp_path / "rollback.log")
+    assert result.exit_code == 0
+    assert not alive(read_pid(tmp_path / "child.pid"))
+
+
+ESCAPED_CHILD_HOOK = """#!/bin/sh
+dir="$1"
+setsid sh -c 'echo $$ > "$1/child.tmp" && mv "$1/child.tmp" "$1/child.pid"
+              exec sleep 300' child "$dir" &
+while [ ! -e "$dir/child.pid" ]; do sleep 0.01; done
+echo "hook: done"
+"""
+
+
+async def test_child_that_left_the_group_holding_output_does_not_block(
+    tmp_path: Path, reaper: list[Path]
+) -> None:
+    """A child that made its own session (so the group kill cannot reach it) and keeps the
+    output pipe open: the result still arrives (the output is read for a grace period only),
+    with what the hook printed."""
+    log = tmp_path / "rollback.log"
+    hook = script(tmp_path / "hook.sh", ESCAPED_CHILD_HOOK)
+    reaper.append(tmp_path / "child.pid")
+    result = await run([str(hook), str(tmp_path)], log=log)
+    assert result.exit_code == 0
+    assert "hook: done" in log.read_text()
+
+
+async def test_huge_output_is_capped_head_and_tail(tmp_path: Path) -> None:
+    """A hook printing 20 MB leaves at most twice the cap in rollback.log: its first and its
+    last lines, and a line saying how much was left out."""
+    from postdeploy.process import OUTPUT_LIMIT
+
+    hook = script(
+        tmp_path / "hook.py",
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "out = sys.stdout\n"
+        "out.write('FIRST LINE\\n')\n"
+        "for i in range(200_000):\n"
+        "    out.write('x' * 99 + '\\n')\n"
+        "out.write('LAST LINE\\n')\n",
+    )
+    log = tmp_path / "rollback.log"
+    result = await run([str(hook)], log=log)
+    assert result.exit_code == 0
+    data = log.read_bytes()
+    assert len(data) <= 2 * OUTPUT_LIMIT + 100
+    assert data.startswith(b"FIRST LINE\n")
+    assert data.endswith(b"LAST LINE\n")
+    assert b"bytes of output left out" in data

@@ -10,14 +10,11 @@ connections. Redirects are never followed: a 3xx is a failed delivery, like any 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import email.utils
 import hashlib
 import hmac
 import json
-import os
-import signal
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,13 +33,13 @@ from postdeploy.alerts.config import (
 )
 from postdeploy.alerts.format import alertmanager_alert, format_telegram, template_values
 from postdeploy.alerts.template import render_template
+from postdeploy.process import KILL_GRACE_S, CappedOutput, run_in_group
 
 SIGNATURE_HEADER = "X-Postdeploy-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 USER_AGENT = f"postdeploy/{__version__}"
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_RETRY_AFTER_S = 3600.0
-KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL to a command sink's process group
 
 
 @dataclass(frozen=True)
@@ -336,29 +333,14 @@ def dump_event_list(items: list[dict[str, Any]]) -> bytes:
     return json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _tempfiles(data: bytes) -> tuple[IO[bytes], IO[bytes]]:
-    """An unnamed temporary file holding `data` (the command's stdin), and one for its output.
-
-    Files rather than pipes: a command that never reads its stdin, or a background child that
-    keeps the output open, can then never block the daemon.
-    """
+def _tempfile(data: bytes) -> IO[bytes]:
+    """An unnamed temporary file holding `data`, the command's stdin. A file rather than a
+    pipe: a command that never reads its stdin can then never block the daemon."""
     stdin = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the caller)
     stdin.write(data)
     stdin.flush()
     stdin.seek(0)
-    return stdin, tempfile.TemporaryFile()
-
-
-def _tail(out: IO[bytes], limit: int = 400) -> str:
-    out.seek(0, os.SEEK_END)
-    size = out.tell()
-    out.seek(max(0, size - limit))
-    return _cut(out.read().decode("utf-8", errors="replace"), limit)
+    return stdin
 
 
 class CommandSender(Sink):
@@ -385,47 +367,22 @@ class CommandSender(Sink):
 
     async def deliver(self, event: dict[str, Any]) -> Result:
         data = dump_event(event) + b"\n"
-        stdin, out = await anyio.to_thread.run_sync(_tempfiles, data)
+        stdin = await anyio.to_thread.run_sync(_tempfile, data)
         try:
-            return await self._run(event, stdin, out)
+            output = CappedOutput(limit=4096)
+            finished = await run_in_group(
+                self.config.argv,
+                self.environment(event),
+                self.config.timeout_s,
+                output=output,
+                stdin=stdin,
+            )
         finally:
             stdin.close()
-            out.close()
-
-    async def _run(self, event: dict[str, Any], stdin: IO[bytes], out: IO[bytes]) -> Result:
-        argv = self.config.argv
-        try:
-            process = await anyio.open_process(
-                argv,
-                stdin=stdin,
-                stdout=out,
-                stderr=out,
-                env=self.environment(event),
-                start_new_session=True,  # its own process group, killed as a whole
-            )
-        except OSError as exc:
-            return Result(False, f"could not start {argv[0]!r}: {exc}")
-        code: int | None = None
-        try:
-            with anyio.move_on_after(self.config.timeout_s):
-                code = await process.wait()
-        finally:
-            with anyio.CancelScope(shield=True):
-                if code is None:  # timed out, or the attempt was cancelled: end the group
-                    _kill_group(process.pid, signal.SIGTERM)
-                    with anyio.move_on_after(KILL_GRACE_S):
-                        await process.wait()
-                    # The group even if the leader exited: a child may ignore SIGTERM.
-                    _kill_group(process.pid, signal.SIGKILL)
-                await process.aclose()
-        if code is None:
-            return Result(
-                False, f"timed out after {self.config.timeout_s:g}s; process group killed"
-            )
-        if code == 0:
+        if finished.exit_code == 0:
             return Result(True, "exit 0")
-        output = await anyio.to_thread.run_sync(_tail, out)
-        return Result(False, f"exited with {code}" + (f": {output}" if output else ""))
+        text = _cut(output.last_text(400), 400)
+        return Result(False, finished.detail + (f": {text}" if text else ""))
 
 
 def build_sink(name: str, config: AnySink, env: Mapping[str, str]) -> Sink:
