@@ -246,6 +246,9 @@ class Daemon:
                 if fresh:
                     self._spawn(self._make_spares, fresh)
                 items = [key for key in changes.items if self._valid(key)]
+                for key in items:
+                    if key in self.runners:  # made again under a running window's name?
+                        self._spawn(self._check_vanished, key)
                 if items:
                     self._spawn(self._intake, items)
 
@@ -296,6 +299,13 @@ class Daemon:
             return
         if cancelled:
             self._cancel(key)
+
+    async def _check_vanished(self, key: ItemKey) -> None:
+        """A new entry under an open window's name: if the window's own directory is gone,
+        the window ends, and the new directory is taken in as a new work item."""
+        runner = self.runners.get(key)
+        if runner is not None and await anyio.to_thread.run_sync(runner.store.vanished_sync):
+            runner.vanish()
 
     def _cancel(self, key: ItemKey) -> None:
         """An operator wrote `cancel`: stop the window if it is still observing."""
@@ -437,9 +447,12 @@ class Daemon:
             except Exception as exc:
                 self._batch_failed(batch, exc)
             finally:
+                # The new windows' stores take copies of their directories' descriptors
+                # when they start (below); every other one is closed now.
+                starting = {id(look) for _, _, _, look in armed}
                 for result in looks:
-                    if isinstance(result, Look) and result.fd is not None:
-                        os.close(result.fd)
+                    if isinstance(result, Look) and id(result) not in starting:
+                        _close_fd(result)
                 if spares:
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(intake.drop_spares, list(spares.values()))
@@ -453,6 +466,8 @@ class Daemon:
         except Exception as exc:
             self._batch_failed(batch, exc)
         finally:
+            for _, _, _, look in armed:
+                _close_fd(look)
             self._intaking.difference_update(batch)
 
     def _recorded_one(self) -> None:
@@ -695,8 +710,11 @@ class Daemon:
             )
         if stop is None and not self.config.enabled:
             stop = intake.DISABLED
+        # The store keeps the directory the window started in: a directory deleted and made
+        # again under the same name is a new deploy, never this window's.
+        pinned = os.dup(look.fd) if look.fd is not None else None
         runner = WindowRunner(
-            ItemStore(self.root, key),
+            ItemStore(self.root, key, pinned),
             start,
             config.repos[key.repo],
             config.window_settings(key.repo),
@@ -771,6 +789,14 @@ class Daemon:
             metrics.open_windows(len(self.runners))
             if runner.completed:
                 self._settle(runner.key)
+            elif runner.vanished:
+                # The name is free again: a directory made anew is a new work item.
+                self._spawn(self._intake, [runner.key])
+
+
+def _close_fd(look: Look) -> None:
+    if look.fd is not None:
+        os.close(look.fd)
 
 
 def _raise_open_files_limit() -> None:

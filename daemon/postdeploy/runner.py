@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,7 +27,7 @@ from postdeploy.probe import Prober
 from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.rollback import RollbackResult, rollback_env, run_command
 from postdeploy.series import ProbeRow, Tally, fold, replay
-from postdeploy.store import ItemStore, dump_line, parse_json_lines
+from postdeploy.store import ItemStore, ItemVanished, dump_line, parse_json_lines
 from postdeploy.verdict import (
     Action,
     Decision,
@@ -59,7 +60,13 @@ _ROLLBACK_EVENT = {
     Action.ROLLBACK_UNKNOWN: "rollback.unknown",
 }
 
-WRITE_RETRY_MAX_S = 30.0
+WRITE_RETRY_FIRST_S = 0.5  # the first wait after the disk refused a write
+WRITE_RETRY_MAX_S = 30.0  # the longest wait between two tries of a write the disk refused
+
+
+class Interrupted(Exception):
+    """The daemon is shutting down while a write on the reaction path still waits for the
+    disk: the window pauses (nothing more is written) and a restart takes it up again."""
 
 
 class Phase(StrEnum):
@@ -146,6 +153,8 @@ class WindowRunner:
         self._stop: Verdict | None = None
         self._scope = anyio.CancelScope()  # the observing phase; cancelled by stop()
         self._verify_scope = anyio.CancelScope()  # rollback verification; cancelled at shutdown
+        self._shutdown = anyio.Event()  # set by stop(None): waits for the disk give up
+        self._vanished = False  # the directory was removed (see `vanish`)
         self._unwritten: list[bytes] = []  # rows the disk refused; retried before the next
         # The series as this runner knows it, for the report: the rows read at load and the
         # lines appended since (bytes: not tracked by the cyclic GC). None until loaded.
@@ -171,21 +180,38 @@ class WindowRunner:
     def stop(self, verdict: Verdict | None) -> bool:
         """End the window early with `verdict` (None: daemon shutdown, nothing written).
 
-        Returns False once the window has its verdict: a reaction is never interrupted.
+        Returns False once the window has its verdict (a reaction is never interrupted),
+        and when it was already stopped: each window is stopped once.
         """
-        if verdict is None and self.phase is Phase.CONCLUDING:
-            self._verify_scope.cancel()  # verification resumes after the restart
+        if verdict is None:
+            self._shutdown.set()
+            if self.phase is Phase.CONCLUDING:
+                self._verify_scope.cancel()  # verification resumes after the restart
         if self.phase is not Phase.OBSERVING:
             return False
+        first = self._stop is None and not self._scope.cancel_called
         if self._stop is None or verdict is None:
             self._stop = verdict
         self._scope.cancel()
-        return True
+        return first
+
+    @property
+    def vanished(self) -> bool:
+        """Whether the window ended because its directory was removed."""
+        return self._vanished
+
+    def vanish(self) -> None:
+        """The work item's directory was removed: stop observing; nothing is written."""
+        if self.phase is Phase.OBSERVING:
+            self._vanished = True
+            self._scope.cancel()
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(repo=self.key.repo, work_item=self.key.work_item)
         try:
             verdict = await self._observe()
+            if self._vanished:
+                raise ItemVanished(f"{self.store.path} was removed")
             if verdict is None:
                 log.info(
                     "window.paused", reason="daemon shutting down", ticks=self.tally.checks_total
@@ -193,6 +219,19 @@ class WindowRunner:
                 return
             self.phase = Phase.CONCLUDING
             await self._conclude(verdict)
+        except Interrupted as exc:
+            log.warning("window.paused", reason=f"daemon shutting down while {exc}")
+        except ItemVanished as exc:
+            self._vanished = True
+            # Deleted by hand mid-window: there is nowhere to write a verdict, and reacting
+            # to a deploy nobody is tracking any more would surprise everyone.
+            log.warning(
+                "window.vanished",
+                error=str(exc),
+                ticks=self.tally.checks_total,
+                note="the work item's directory was removed: the window ends here with no "
+                "verdict and no reaction; the name is free to arm again",
+            )
         except Exception as exc:
             log.exception("window.error", error=f"{type(exc).__name__}: {exc}")
             self.phase = Phase.CONCLUDING
@@ -200,11 +239,14 @@ class WindowRunner:
             with anyio.CancelScope(shield=True):
                 try:
                     await self._finish(verdict, Action.NONE)
+                except Interrupted:
+                    log.warning("window.paused", reason="daemon shutting down")
                 except Exception:
                     log.exception("window.error_unrecorded")
         finally:
             self.phase = Phase.FINISHED
             self.scheduled.set()
+            self.store.close()
 
     # -- observing ----------------------------------------------------------------------
 
@@ -309,6 +351,8 @@ class WindowRunner:
         self._unwritten.append(line)
         try:
             await self.store.append_lines(layout.SERIES, self._unwritten)
+        except ItemVanished:
+            raise
         except OSError as exc:
             log.error(
                 "series.append_failed",
@@ -404,8 +448,40 @@ class WindowRunner:
             return {"recovered": recovered, "checks": tally.checks_total, "reason": result.reason}
         return None
 
+    async def _durably(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Run `write` until the disk takes it: a full, read-only or failing disk is retried
+        with backoff (WRITE_RETRY_FIRST_S doubling to WRITE_RETRY_MAX_S), each refusal
+        logged. Raises Interrupted if the daemon shuts down first, ItemVanished if the
+        directory is gone."""
+        delay = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await write()
+                return
+            except ItemVanished:
+                raise
+            except OSError as exc:
+                log.error(
+                    "window.write_failed",
+                    writing=what,
+                    error=str(exc),
+                    errno=exc.errno,
+                    retry_in_s=delay,
+                    note="retried until the disk takes it; nothing is decided twice",
+                )
+            with anyio.move_on_after(delay):
+                await self._shutdown.wait()
+            if self._shutdown.is_set():
+                raise Interrupted(f"writing {what}")
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
     async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:
-        """Run the rollback command at most once per work item, even across restarts."""
+        """Run the rollback command at most once per work item, even across restarts.
+
+        The intent is durable before the command starts (a disk that refuses it delays the
+        command, it never cancels it), and the result is written, retried the same way,
+        after it ends: a crash between the two is the one case that ends ROLLBACK_UNKNOWN."""
         previous = await self.store.read_json(layout.ROLLBACK_RESULT)
         if previous is not None:
             log.info("rollback.already_ran", result=previous)
@@ -419,8 +495,9 @@ class WindowRunner:
             metrics.rollback_finished(self.key.repo, str(Action.ROLLBACK_UNKNOWN))
             return Action.ROLLBACK_UNKNOWN, None
         argv = list(self.repo.rollback_command or [])
-        await self.store.write_json(
-            layout.ROLLBACK_INTENT, {"argv": argv, "started_at": time.time(), "pid": os.getpid()}
+        intent = {"argv": argv, "started_at": time.time(), "pid": os.getpid()}
+        await self._durably(
+            layout.ROLLBACK_INTENT, partial(self.store.write_json, layout.ROLLBACK_INTENT, intent)
         )
         log.warning("rollback.started", argv=argv)
         env = rollback_env(
@@ -432,11 +509,16 @@ class WindowRunner:
             metadata=self.start.metadata,
         )
         result = await self._run_logged(argv, env)
-        await self.store.write_json(layout.ROLLBACK_RESULT, result.to_dict())
         action = action_for_exit(result.exit_code)
+        # Logged before the result is written: journald has it even if the disk never
+        # takes the file and the daemon is stopped (the restart then says ROLLBACK_UNKNOWN).
         level = log.warning if action is Action.ROLLBACK_OK else log.critical
         level("rollback.finished", action=str(action), **result.to_dict())
         metrics.rollback_finished(self.key.repo, str(action))
+        await self._durably(
+            layout.ROLLBACK_RESULT,
+            partial(self.store.write_json, layout.ROLLBACK_RESULT, result.to_dict()),
+        )
         return action, result.to_dict()
 
     async def _run_logged(self, argv: list[str], env: dict[str, str]) -> RollbackResult:
@@ -471,24 +553,16 @@ class WindowRunner:
             rollback=rollback,
         )
         finish_event = _FINISH_EVENT.get(verdict.status)
-        delay = 0.5
-        while True:
-            try:
-                with anyio.CancelScope(shield=True):
-                    if finish_event:
-                        await self._event(
-                            finish_event,
-                            verdict.reason,
-                            verdict,
-                            status=verdict.status,
-                            action_taken=action,
-                        )
-                    await self._write_outcome(outcome)
-                break
-            except OSError as exc:
-                log.error("window.write_failed", error=str(exc), retry_in_s=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, WRITE_RETRY_MAX_S)
+        if finish_event:  # the outbox keeps an event the disk refuses in memory and retries
+            with anyio.CancelScope(shield=True):
+                await self._event(
+                    finish_event,
+                    verdict.reason,
+                    verdict,
+                    status=verdict.status,
+                    action_taken=action,
+                )
+        await self._durably("the outcome", partial(self._write_outcome, outcome))
         self.completed = True
         metrics.window_finished(self.key.repo, str(verdict.status), str(action))
         level = log.info if verdict.status is Status.HEALTHY else log.warning

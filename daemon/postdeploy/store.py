@@ -10,10 +10,10 @@
 All paths are opened relative to the item directory's descriptor with O_NOFOLLOW (see layout).
 The blocking calls run in worker threads so the event loop never waits on the disk.
 
-A store may be pinned to one directory (its device and inode, taken when the window starts):
-if the work item's directory is deleted, or deleted and made again under the same name, every
-later access raises `ItemVanished` instead of writing into the new directory, so an old
-window can never finish into a new deploy's directory.
+A store may be pinned to one directory: it keeps a descriptor of the directory its window
+started in and does everything through it. If the work item's directory is deleted (even if
+one is made again under the same name, which may well get the same inode number), every later
+access raises `ItemVanished`: an old window can never finish into a new deploy's directory.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import aiofiles.os
 import anyio.to_thread
 
 from postdeploy.layout import ItemKey, open_file_flags, open_item_dir
-
-Identity = tuple[int, int]  # (st_dev, st_ino) of a directory
 
 
 class ItemVanished(FileNotFoundError):
@@ -136,34 +134,37 @@ def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> N
 class ItemStore:
     """File access for one work item directory below the state directory."""
 
-    def __init__(self, root: Path, key: ItemKey, identity: Identity | None = None) -> None:
+    def __init__(self, root: Path, key: ItemKey, pinned_fd: int | None = None) -> None:
         self.root = root
         self.key = key
         self.path = root / key.repo / key.work_item
-        self.identity = identity  # the directory this store is pinned to, if any
+        self._pinned = pinned_fd  # the directory's descriptor, owned (see `pin`)
+
+    def pin(self) -> None:
+        """Keep a descriptor of the directory as it is now, and use only it from now on."""
+        if self._pinned is None:
+            with open_item_dir(self.root, self.key) as dfd:
+                self._pinned = os.dup(dfd)
+
+    def close(self) -> None:
+        """Release a pinned directory's descriptor."""
+        fd, self._pinned = self._pinned, None
+        if fd is not None:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _dir(self, *, create: bool = False) -> Iterator[int]:
-        """The item directory's descriptor; ItemVanished if a pinned directory is gone."""
-        with contextlib.ExitStack() as stack:
-            try:
-                dfd = stack.enter_context(open_item_dir(self.root, self.key, create=create))
-            except FileNotFoundError as exc:
-                if self.identity is not None:
-                    raise ItemVanished(errno.ENOENT, f"{self.path} was removed") from exc
-                raise
-            if self.identity is not None:
-                st = os.fstat(dfd)
-                if (st.st_dev, st.st_ino) != self.identity:
-                    raise ItemVanished(
-                        errno.ENOENT, f"{self.path} was replaced by another directory"
-                    )
-            yield dfd
+        """The item directory's descriptor; ItemVanished if a pinned directory was removed."""
+        if self._pinned is None:
+            with open_item_dir(self.root, self.key, create=create) as dfd:
+                yield dfd
+            return
+        if os.fstat(self._pinned).st_nlink == 0:
+            raise ItemVanished(errno.ENOENT, f"{self.path} was removed")
+        yield self._pinned
 
     def vanished_sync(self) -> bool:
-        """Whether a pinned directory is gone or replaced (False for an unpinned store)."""
-        if self.identity is None:
-            return False
+        """Whether a pinned directory was removed (False for an unpinned store)."""
         try:
             with self._dir():
                 return False

@@ -139,11 +139,23 @@ def next_step(
     return Probe(k, at) if at <= now else Wait(at)
 
 
-def missed(schedule: Schedule, now: float) -> Verdict:
+def missed(schedule: Schedule, now: float, running_since: float | None = None) -> Verdict:
+    """The verdict of a window first seen at `now`, after its end.
+
+    `running_since` (the daemon's start, wall time) tells why: a daemon that was already
+    running when the window ended did not miss it by being down; the sentinel appeared late
+    with an old time (copied with its mtime, or touched with a past date)."""
     late = now - schedule.end
+    if running_since is not None and running_since <= schedule.end:
+        why = (
+            "the daemon was running, so its sentinel arrived late with a time already past "
+            "(armed's mtime is the deploy's moment: copied with its mtime, or touched -d?)"
+        )
+    else:
+        why = "the daemon was not running while it was open"
     return Verdict(
         Status.MISSED,
-        f"first seen {late:.1f}s after the window's end: the daemon was not running while it "
-        "was open, and a window is never judged on a single probe",
+        f"first seen {late:.1f}s after the window's end: {why}; a window is never judged on a "
+        "single probe",
         {"first_seen": now, "window_end": schedule.end},
     )

@@ -156,6 +156,24 @@ def test_missed_verdict_names_how_late() -> None:
     assert verdict.evidence == {"first_seen": 112.5, "window_end": 102.5}
 
 
+@pytest.mark.parametrize(
+    ("running_since", "daemon_was_down"),
+    [
+        (None, True),  # unknown: the historical wording
+        (50.0, False),  # running before the window was armed: the sentinel came late
+        (102.5, False),  # started exactly at the window's end: it saw the end
+        (102.6, True),  # started after the end: it was down while the window was open
+        (110.0, True),
+    ],
+)
+def test_missed_reason_says_why(running_since: float | None, daemon_was_down: bool) -> None:
+    reason = missed(SCHED, 112.5, running_since).reason
+    assert ("the daemon was not running" in reason) is daemon_was_down
+    assert ("the daemon was running, so its sentinel arrived late" in reason) is (
+        not daemon_was_down
+    )
+
+
 # -- next_step --------------------------------------------------------------------------------
 
 

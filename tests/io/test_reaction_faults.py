@@ -1,0 +1,253 @@
+"""The reaction survives the disk: a write error at any point of the reaction path never
+loses the decision, never runs the hook twice, and never records a hook that ran as not run.
+
+Each test runs a real `WindowRunner` in-process against a real HTTP target on 127.0.0.1
+(always 503, so the window turns DEGRADED on its second tick), a real rollback hook (a
+subprocess) and real files. The disk fault is injected into `store.write_atomic_at`, the one
+function every atomic write of a work item goes through: the first `times` writes of one file
+fail with the given errno, as a full (ENOSPC), read-only (EROFS) or failing (EIO) disk would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from postdeploy import layout, runner, store
+from postdeploy.config import RepoConfig, WindowSettings
+from postdeploy.events import Event
+from postdeploy.layout import ItemKey
+from postdeploy.probe import Prober
+from postdeploy.runner import WindowRunner, WindowStart
+from postdeploy.store import ItemStore
+from postdeploy.window import Schedule
+
+DEADLINE_S = 30.0
+KEY = ItemKey("shop", "release-1")
+ERRNOS = [errno.ENOSPC, errno.EROFS, errno.EIO]
+POINTS = [layout.ROLLBACK_INTENT, layout.ROLLBACK_RESULT, layout.REPORT, layout.DONE]
+
+HOOK = f"""#!{sys.executable}
+import os, sys
+item = sys.argv[1]
+intent = os.path.exists(os.path.join(item, "rollback.intent"))
+with open(sys.argv[2], "a") as f:
+    f.write("ran intent=%s\\n" % intent)
+print("rolled back")
+"""
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[str]:
+    """An HTTP service that answers every request 503."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                    b"Content-Type: application/json\r\n\r\n"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+class Faults:
+    """Makes the first `times` atomic writes of `name` fail with `code`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.plan: dict[str, tuple[int, int]] = {}
+        self.refused: list[str] = []
+        real = store.write_atomic_at
+
+        def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> None:
+            code, left = self.plan.get(name, (0, 0))
+            if left > 0:
+                self.plan[name] = (code, left - 1)
+                self.refused.append(name)
+                raise OSError(code, f"{os.strerror(code)} (injected)")
+            real(dir_fd, name, data, mode)
+
+        monkeypatch.setattr(store, "write_atomic_at", write_atomic_at)
+        monkeypatch.setattr(runner, "WRITE_RETRY_FIRST_S", 0.01)
+
+    def fail(self, name: str, code: int, times: int) -> None:
+        self.plan[name] = (code, times)
+
+
+def make_runner(
+    root: Path, base_url: str, hook: Path, ran: Path, events: list[Event]
+) -> WindowRunner:
+    item = root / KEY.repo / KEY.work_item
+    item.mkdir(parents=True, exist_ok=True)
+    pinned = ItemStore(root, KEY)
+    pinned.pin()
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    settings = WindowSettings(
+        window_s=5.0,
+        interval_s=0.05,
+        initial_delay_s=0.0,
+        fail_threshold=2,
+        probe_timeout_s=1.0,
+        auto_rollback=True,
+        verify_ticks=0,
+        rollback_timeout_s=20.0,
+    )
+    repo = RepoConfig(
+        base_url=base_url,
+        auto_rollback=True,
+        rollback_command=[str(hook), str(item), str(ran)],
+    )
+    now = time.time()
+    start = WindowStart(Schedule(now, 0.0, 0.05, 100), now, {}, 5.0)
+    return WindowRunner(
+        pinned,
+        start,
+        repo,
+        settings,
+        Prober(),
+        emit,
+        first_seen=True,
+    )
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text())
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize("code", ERRNOS, ids=errno.errorcode.get)
+@pytest.mark.parametrize("point", POINTS)
+async def test_write_error_on_the_reaction_path_is_retried_and_the_hook_runs_once(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch, point: str, code: int
+) -> None:
+    faults = Faults(monkeypatch)
+    faults.fail(point, code, times=3)
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    ran = tmp_path / "ran"
+    events: list[Event] = []
+    window = make_runner(tmp_path / "state", target, hook, ran, events)
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            await window.run()
+    finally:
+        await window.prober.aclose()
+    item = tmp_path / "state" / KEY.repo / KEY.work_item
+    assert faults.refused == [point] * 3  # the fault really hit, three times
+    # The decision survived: the hook ran exactly once, after its intent was durable.
+    assert ran.read_text().splitlines() == ["ran intent=True"]
+    assert read_json(item / layout.ROLLBACK_RESULT)["exit_code"] == 0
+    done = read_json(item / layout.DONE)
+    assert (done["status"], done["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    assert "rolled back" in (item / layout.ROLLBACK_LOG).read_text()
+    assert (item / layout.REPORT).exists()
+    assert window.completed
+    assert [e.kind for e in events if e.kind.startswith("rollback.")] == ["rollback.ok"]
+
+
+async def test_shutdown_while_the_intent_cannot_be_written_runs_nothing(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that never takes the intent: the hook never runs, and a shutdown ends the wait
+    without writing anything, so a restart decides again (nothing was started)."""
+    faults = Faults(monkeypatch)
+    faults.fail(layout.ROLLBACK_INTENT, errno.ENOSPC, times=10**9)
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    ran = tmp_path / "ran"
+    window = make_runner(tmp_path / "state", target, hook, ran, [])
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(window.run)
+                while len(faults.refused) < 3:
+                    await anyio.sleep(0.01)
+                window.stop(None)
+    finally:
+        await window.prober.aclose()
+    item = tmp_path / "state" / KEY.repo / KEY.work_item
+    assert not ran.exists()
+    assert not (item / layout.ROLLBACK_INTENT).exists()
+    assert not (item / layout.DONE).exists()
+    assert not window.completed
+
+
+async def test_hook_that_fills_the_disk_is_still_recorded_as_run(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror case: the hook succeeds, then the disk is full when its result is written
+    (ENOSPC on rollback.json, report.md and done alike, for a while): the record says
+    ROLLBACK_OK once the disk takes it, never ERROR / NONE."""
+    faults = Faults(monkeypatch)
+    for name in (layout.ROLLBACK_RESULT, layout.REPORT, layout.DONE):
+        faults.fail(name, errno.ENOSPC, times=4)
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    ran = tmp_path / "ran"
+    window = make_runner(tmp_path / "state", target, hook, ran, [])
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            await window.run()
+    finally:
+        await window.prober.aclose()
+    done = read_json(tmp_path / "state" / KEY.repo / KEY.work_item / layout.DONE)
+    assert (done["status"], done["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    assert ran.read_text().splitlines() == ["ran intent=True"]
+
+
+async def test_deleted_work_item_ends_its_window_without_a_verdict(
+    tmp_path: Path, target: str
+) -> None:
+    """A work item directory deleted mid-window: the window ends (no endless retries), writes
+    nothing anywhere, and a directory made again under the same name is left alone."""
+    ok_hook = tmp_path / "hook.py"
+    ok_hook.write_text(HOOK)
+    ok_hook.chmod(0o755)
+    root = tmp_path / "state"
+    window = make_runner(root, target, ok_hook, tmp_path / "ran", [])
+    window.settings = window.settings.model_copy(update={"fail_threshold": 10**6})
+    item = root / KEY.repo / KEY.work_item
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(window.run)
+                while window.tally.checks_total < 2:
+                    await anyio.sleep(0.01)
+                for child in item.iterdir():
+                    child.unlink()
+                item.rmdir()
+                item.mkdir()  # the same name, armed again: a new directory
+                (item / "armed").touch()
+    finally:
+        await window.prober.aclose()
+    assert not window.completed
+    assert sorted(p.name for p in item.iterdir()) == ["armed"]
