@@ -36,6 +36,7 @@ from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
 from postdeploy.intake import Arm, Look, Quiet, Reject, Resume, Settled
 from postdeploy.layout import ItemKey, UnsafePath
+from postdeploy.lock import LockHeld, StateLock
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.report import iso
@@ -70,7 +71,8 @@ class Daemon:
         self.config_path = config_path
         self.root: Path = config.state_path
         self.runners: dict[ItemKey, WindowRunner] = {}
-        self._repo_runners: dict[str, dict[ItemKey, WindowRunner]] = {}  # runners by repo
+        # Each repo's open windows that are not superseded yet (see `_supersede`).
+        self._contenders: dict[str, dict[ItemKey, WindowRunner]] = {}
         self.notifier = Notifier()
         self.prober = Prober(
             max_inflight=config.daemon.max_inflight_requests,
@@ -93,11 +95,28 @@ class Daemon:
         self._closing = False
         self._windows: anyio.abc.TaskGroup | None = None
         self.ready = anyio.Event()
+        self._lock = StateLock(self.root)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def serve(self) -> int:
-        """Run until SIGTERM or SIGINT; returns the exit code."""
+        """Run until SIGTERM or SIGINT; returns the exit code (1: the state directory is
+        held by another daemon, or cannot be made)."""
+        try:
+            await anyio.to_thread.run_sync(self._take_state_dir)
+        except (LockHeld, OSError) as exc:
+            log.critical("daemon.state_dir_unavailable", state_dir=str(self.root), error=str(exc))
+            return 1
+        try:
+            return await self._serve()
+        finally:
+            self._lock.release()
+
+    def _take_state_dir(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+
+    async def _serve(self) -> int:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._signals)
             outer.start_soon(self.outbox.run)
@@ -123,7 +142,6 @@ class Daemon:
         _raise_open_files_limit()
         if self.config.metrics.address is not None:
             metrics.serve(self.config.metrics.address)
-        await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
         try:  # before the first scan: whatever arrives during it raises an event
             self._watcher = watcher.Watcher(self.root)
         except OSError as exc:
@@ -728,7 +746,7 @@ class Daemon:
         if stop is not None:
             runner.stop(stop)
         self.runners[key] = runner
-        self._repo_runners.setdefault(key.repo, {})[key] = runner
+        self._contenders.setdefault(key.repo, {})[key] = runner
         metrics.open_windows(len(self.runners))
         self._note_armed(key, start.schedule.armed_at)
         self._windows.start_soon(self._run, runner)
@@ -756,19 +774,21 @@ class Daemon:
 
         The latest is taken over every window seen, finished ones included, so an older
         window that turns up after a newer one (even a finished one) never judges or reacts.
+        `_contenders` holds only the repo's windows not yet superseded, and each leaves it
+        when superseded: a storm of N windows armed at once costs O(N) and logs N lines.
         """
         latest = self._latest.get(repo)
-        if latest is None:
+        contenders = self._contenders.get(repo)
+        if latest is None or not contenders:
             return
         armed_at, work_item = latest
         reason = f"superseded by {work_item}, armed at {iso(armed_at)}"
-        for runner in list(self._repo_runners.get(repo, {}).values()):
+        for key, runner in list(contenders.items()):
             if runner.sort_key >= latest:
                 continue
+            del contenders[key]  # superseded once; a reaction under way is never stopped
             if runner.stop(Verdict(Status.SUPERSEDED, reason)):
-                log.info(
-                    "window.superseded", repo=repo, work_item=runner.key.work_item, by=work_item
-                )
+                log.info("window.superseded", repo=repo, work_item=key.work_item, by=work_item)
 
     async def _run(self, runner: WindowRunner) -> None:
         try:
@@ -782,10 +802,10 @@ class Daemon:
                 )
         finally:
             self.runners.pop(runner.key, None)
-            same_repo = self._repo_runners.get(runner.key.repo, {})
+            same_repo = self._contenders.get(runner.key.repo, {})
             same_repo.pop(runner.key, None)
             if not same_repo:
-                self._repo_runners.pop(runner.key.repo, None)
+                self._contenders.pop(runner.key.repo, None)
             metrics.open_windows(len(self.runners))
             if runner.completed:
                 self._settle(runner.key)

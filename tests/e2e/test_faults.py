@@ -1,0 +1,93 @@
+"""Faults production has, end to end through the real daemon: a second daemon on the same
+state directory, a supersede storm, a work item directory deleted mid-window."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import Harness
+
+DEADLINE_S = 30.0
+
+
+def test_second_daemon_on_the_same_state_dir_refuses_at_once(pd: Harness) -> None:
+    """One daemon per state directory: a second `postdeploy run` exits 1 at once, naming the
+    holder's pid, and touches no window; once the first is SIGKILLed (its lock file stays
+    behind) a new daemon starts normally."""
+    pd.configure({"shop": pd.repo(auto_rollback=True, rollback_command=pd.hook("ok"))})
+    first = pd.start()
+    second = subprocess.run(
+        [sys.executable, "-m", "postdeploy", "run", "--config", str(pd.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        cwd=pd.tmp,
+    )
+    assert second.returncode == 1
+    assert f"pid {first.pid}" in second.stdout
+    assert "daemon.state_dir_unavailable" in second.stdout
+    assert "daemon.ready" not in second.stdout
+    assert first.kill() == -signal.SIGKILL
+    assert (pd.state / ".lock").exists()  # stale, and harmless: the kernel released it
+    third = pd.start()
+    pd.touch_armed("shop", "w1")
+    third.wait_for("window.finished", work_item="w1")
+
+
+def test_supersede_storm_logs_each_window_once(pd: Harness) -> None:
+    """300 windows of one repo armed in the same instant: every window but the newest ends
+    SUPERSEDED, and each is logged as superseded once (before: once per window armed after
+    it, quadratic in the storm)."""
+    pd.configure({"shop": pd.repo()}, defaults={"window_s": 3.0})
+    run = pd.start()
+    names = [f"w{i:04d}" for i in range(300)]
+    staging = pd.tmp / "staging"
+    instant = time.time() - 0.5
+    for name in names:
+        (staging / name).mkdir(parents=True)
+        (staging / name / "armed").write_text("")
+        os.utime(staging / name / "armed", (instant, instant))  # one instant: ties go by name
+    (pd.state / "shop").mkdir(parents=True)
+    for name in names:  # each rename is atomic: a whole item appears at once
+        (staging / name).rename(pd.state / "shop" / name)
+    pd.wait_until(
+        "every superseded window is finished",
+        lambda: all((pd.item("shop", n) / "done").exists() for n in names[:-1]),
+    )
+    counts = Counter(line["work_item"] for line in run.find("window.superseded"))
+    assert set(counts) == set(names[:-1])
+    assert max(counts.values()) == 1
+    assert all(pd.done("shop", n)["status"] == "SUPERSEDED" for n in names[:-1])
+
+
+def test_deleted_work_item_ends_its_window_and_the_name_can_be_armed_again(
+    pd: Harness,
+) -> None:
+    """`rm -rf` of an open window's directory, then the same name armed again at once: the
+    old window ends (logged, no reaction, no endless retries) and the new deploy is watched
+    as a new window with its own series and verdict."""
+    pd.configure(
+        {"shop": pd.repo(auto_rollback=True, rollback_command=pd.hook("ok"))},
+        defaults={"window_s": 2.0},
+    )
+    run = pd.start()
+    pd.touch_armed("shop", "w1")
+    pd.wait_rows("shop", "w1", 2)
+    shutil.rmtree(pd.item("shop", "w1"))
+    pd.touch_armed("shop", "w1")
+    run.wait_for("window.vanished", work_item="w1")
+    run.wait_for("window.finished", work_item="w1", status="HEALTHY")
+    rows = pd.rows("shop", "w1")
+    assert rows[0]["tick"] == 0
+    assert len(rows) == pd.done("shop", "w1")["checks_total"]
+    assert pd.hook_calls() == []
+    assert len(run.find("window.armed", work_item="w1")) == 2
+    assert not run.find("window.write_failed")
