@@ -96,6 +96,7 @@ class Daemon:
         self._windows: anyio.abc.TaskGroup | None = None
         self.ready = anyio.Event()
         self._lock = StateLock(self.root)
+        self.started_at = time.time()  # wall time: a window that ended before was missed
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -742,6 +743,7 @@ class Daemon:
             reacting=reacting,
             series=look.series,
             go=self.ready,
+            running_since=self.started_at,
         )
         if stop is not None:
             runner.stop(stop)

@@ -60,6 +60,7 @@ _ROLLBACK_EVENT = {
     Action.ROLLBACK_UNKNOWN: "rollback.unknown",
 }
 
+LATE_TICK_S = 1.0  # a tick starting this late (or after skipped ticks) is logged, with a cause
 WRITE_RETRY_FIRST_S = 0.5  # the first wait after the disk refused a write
 WRITE_RETRY_MAX_S = 30.0  # the longest wait between two tries of a write the disk refused
 
@@ -130,6 +131,7 @@ class WindowRunner:
         reacting: bool = False,
         series: bytes | None = None,
         go: anyio.Event | None = None,
+        running_since: float | None = None,
     ) -> None:
         self.key: ItemKey = store.key
         self.store = store
@@ -143,6 +145,9 @@ class WindowRunner:
         # Probing waits for `go` (the daemon's READY): at startup, every window is taken up
         # and scheduled first, and only then do the ticks that fell due meanwhile run.
         self._go = go
+        self._running_since = running_since  # the daemon's start (wall time), for MISSED
+        self._last_append_s = 0.0  # how long the last series append took (a slow disk?)
+        self._probed = False  # a tick was probed since the window was loaded
         self.scheduled = anyio.Event()  # set once the window knows its next step (or ended)
         # A rollback was started before a restart: the window had its verdict and its reaction
         # must be concluded (ROLLBACK_UNKNOWN or its recorded result), never superseded.
@@ -282,7 +287,7 @@ class WindowRunner:
             seen = self.start.first_seen_at if self.first_seen else self.now()
             admission = admit(schedule, self.tally, seen, first_seen=self.first_seen)
             if admission is Admission.MISSED:
-                return missed(schedule, self.now())
+                return missed(schedule, self.now(), self._running_since)
             catch_up = admission is Admission.CATCH_UP
             if not self.first_seen:
                 await self._resumed(catch_up)
@@ -319,7 +324,28 @@ class WindowRunner:
         if catch_up or missed_ticks:
             await self._event("window.daemon_was_down", reason, seq=str(last))
 
+    def _say_if_late(self, step: Probe) -> None:
+        """Log a tick that starts late, or after skipped ticks, with what likely caused it."""
+        first, self._probed = not self._probed, True
+        if step.catch_up or (first and not self.first_seen):
+            return  # the first tick after a restart: `window.resumed` said what was missed
+        late = self.now() - step.scheduled_ts
+        skipped = step.tick - self.tally.last_tick - 1 if self.tally.checks_total else 0
+        if late < LATE_TICK_S and skipped <= 0:
+            return
+        if self._last_append_s >= LATE_TICK_S / 2:
+            cause = f"the previous series append took {self._last_append_s:.2f}s (slow disk)"
+        else:
+            cause = "the daemon's event loop was busy or the process was stopped"
+        if skipped > 0:
+            log.warning(
+                "tick.skipped", tick=step.tick, skipped=skipped, late_s=round(late, 3), cause=cause
+            )
+        else:
+            log.warning("tick.late", tick=step.tick, late_s=round(late, 3), cause=cause)
+
     async def _tick(self, step: Probe) -> None:
+        self._say_if_late(step)
         row = await self.prober.probe(
             self.repo, self.settings.probe_timeout_s, step.tick, step.scheduled_ts, step.catch_up
         )
@@ -349,6 +375,7 @@ class WindowRunner:
         line = dump_line(row.to_dict())
         self._appended.append(line)
         self._unwritten.append(line)
+        started = time.monotonic()
         try:
             await self.store.append_lines(layout.SERIES, self._unwritten)
         except ItemVanished:
@@ -361,6 +388,8 @@ class WindowRunner:
                 note="kept in memory; retried with the next row and before the verdict is written",
             )
             return
+        finally:
+            self._last_append_s = time.monotonic() - started
         self._unwritten.clear()
 
     # -- concluding ---------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""A tick that runs late, or after skipped ticks, is logged as such, with its likely cause.
+
+A real `WindowRunner` against a real HTTP target; the disk is made slow for one append by
+wrapping the store's append (it sleeps in the worker thread, as a stalled disk
+would), so the window's next tick can only start late."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiofiles.os
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from postdeploy import store
+from postdeploy.config import RepoConfig, WindowSettings
+from postdeploy.events import Event
+from postdeploy.layout import ItemKey
+from postdeploy.probe import Prober
+from postdeploy.runner import LATE_TICK_S, WindowRunner, WindowStart
+from postdeploy.store import ItemStore
+from postdeploy.window import Schedule
+
+KEY = ItemKey("shop", "release-1")
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[str]:
+    body = b'{"status": "ok"}'
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_slow_append_makes_the_next_tick_late_and_says_so(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ItemStore.append_lines_sync
+    appends: list[int] = []
+
+    def slow_once(self: ItemStore, name: str, data: bytes) -> None:
+        appends.append(1)
+        if len(appends) == 2:
+            time.sleep(LATE_TICK_S + 0.3)
+        real(self, name, data)
+
+    monkeypatch.setattr(store, "_append", aiofiles.os.wrap(slow_once))
+    (tmp_path / KEY.repo / KEY.work_item).mkdir(parents=True)
+
+    async def emit(_: Event) -> None:
+        pass
+
+    now = time.time()
+    window = WindowRunner(
+        ItemStore(tmp_path, KEY),
+        WindowStart(Schedule(now, 0.0, 0.1, 30), now, {}, 3.0),
+        RepoConfig(base_url=target),
+        WindowSettings(window_s=3.0, interval_s=0.1, initial_delay_s=0.0, probe_timeout_s=0.09),
+        Prober(),
+        emit,
+        first_seen=True,
+    )
+    try:
+        with capture_logs() as logs, anyio.fail_after(30):
+            await window.run()
+    finally:
+        await window.prober.aclose()
+    said: list[dict[str, Any]] = [
+        line for line in logs if line["event"] in ("tick.late", "tick.skipped")
+    ]
+    assert said, f"the late tick was not logged: {[line['event'] for line in logs]}"
+    first = said[0]
+    assert first["event"] == "tick.skipped" and first["skipped"] >= 1
+    assert first["late_s"] >= 0
+    assert "slow disk" in first["cause"]
+    assert os.path.exists(tmp_path / KEY.repo / KEY.work_item / "done")
