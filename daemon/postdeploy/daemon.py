@@ -744,6 +744,7 @@ class Daemon:
             series=look.series,
             go=self.ready,
             running_since=self.started_at,
+            until_written=self.outbox.until_written,
         )
         if stop is not None:
             runner.stop(stop)

@@ -44,6 +44,12 @@ from postdeploy.window import Admission, Finish, Probe, Schedule, Wait, admit, m
 log = structlog.get_logger("postdeploy.window")
 
 Emit = Callable[[Event], Awaitable[None]]
+UntilWritten = Callable[[list[str]], Awaitable[None]]
+
+
+async def _written_at_once(_: list[str]) -> None:
+    """For a runner without an outbox: every event is handled when `emit` returns."""
+
 
 # The event sent when a window ends with each status (DEGRADED is sent before the reaction).
 _FINISH_EVENT = {
@@ -132,6 +138,7 @@ class WindowRunner:
         series: bytes | None = None,
         go: anyio.Event | None = None,
         running_since: float | None = None,
+        until_written: UntilWritten = _written_at_once,
     ) -> None:
         self.key: ItemKey = store.key
         self.store = store
@@ -146,6 +153,8 @@ class WindowRunner:
         # and scheduled first, and only then do the ticks that fell due meanwhile run.
         self._go = go
         self._running_since = running_since  # the daemon's start (wall time), for MISSED
+        self._until_written = until_written  # waits until emitted events are on disk
+        self._emitted: list[str] = []  # ids of the events this runner emitted
         self._last_append_s = 0.0  # how long the last series append took (a slow disk?)
         self._probed = False  # a tick was probed since the window was loaded
         self.scheduled = anyio.Event()  # set once the window knows its next step (or ended)
@@ -505,6 +514,21 @@ class WindowRunner:
                 raise Interrupted(f"writing {what}")
             delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
+    async def _events_written(self) -> None:
+        """Until every event of this window is on disk; Interrupted at shutdown.
+
+        `done` is the commit point: written before an event the disk refused a moment ago,
+        a crash right after it would lose that alert for good."""
+        async with anyio.create_task_group() as tg:
+
+            async def written() -> None:
+                await self._until_written(self._emitted)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(written)
+            await self._shutdown.wait()
+            raise Interrupted("waiting for its events to be written")
+
     async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:
         """Run the rollback command at most once per work item, even across restarts.
 
@@ -591,6 +615,7 @@ class WindowRunner:
                     status=verdict.status,
                     action_taken=action,
                 )
+        await self._events_written()
         await self._durably("the outcome", partial(self._write_outcome, outcome))
         self.completed = True
         metrics.window_finished(self.key.repo, str(verdict.status), str(action))
@@ -626,19 +651,19 @@ class WindowRunner:
         evidence = {**(verdict.evidence if verdict else {}), **extra}
         if "last_probes" not in evidence:
             evidence["last_probes"] = [row.to_dict() for row in self.tally.recent]
-        await self.emit(
-            Event(
-                kind=kind,
-                key=self.key,
-                reason=reason,
-                at=time.time(),
-                status=str(status),
-                action_taken=str(action_taken),
-                evidence=evidence,
-                metadata=self.start.metadata,
-                seq=seq,
-            )
+        event = Event(
+            kind=kind,
+            key=self.key,
+            reason=reason,
+            at=time.time(),
+            status=str(status),
+            action_taken=str(action_taken),
+            evidence=evidence,
+            metadata=self.start.metadata,
+            seq=seq,
         )
+        self._emitted.append(event.id)
+        await self.emit(event)
 
     async def _write_outcome(self, outcome: Outcome) -> None:
         if self._unwritten:

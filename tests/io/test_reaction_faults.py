@@ -251,3 +251,57 @@ async def test_deleted_work_item_ends_its_window_without_a_verdict(
         await window.prober.aclose()
     assert not window.completed
     assert sorted(p.name for p in item.iterdir()) == ["armed"]
+
+
+@pytest.mark.parametrize("code", ERRNOS, ids=errno.errorcode.get)
+async def test_done_waits_until_the_windows_events_are_on_disk(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """The outbox's disk refuses the window's events (the real Outbox, its spool writes
+    failing with `code`): `done` is not written while they are held in memory only, so a
+    crash can never leave a finished window whose alert is lost; once the disk takes them,
+    the window finishes."""
+    from postdeploy.alerts import Outbox
+    from postdeploy.alerts import spool as spool_module
+    from postdeploy.alerts.config import OutboxSettings, WebhookSink
+
+    refusing = [True]
+    refused: list[str] = []
+    real_write = spool_module.Spool.write_event
+
+    def write_event(self: Any, event_id: str, data: Any) -> bool:
+        if refusing[0]:
+            refused.append(event_id)
+            raise OSError(code, f"{os.strerror(code)} (injected)")
+        return bool(real_write(self, event_id, data))
+
+    monkeypatch.setattr(spool_module.Spool, "write_event", write_event)
+    root = tmp_path / "state"
+    root.mkdir()
+    sink = WebhookSink(type="webhook", url="http://127.0.0.1:9/hook")  # never delivered
+    outbox = Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    window = make_runner(root, target, hook, tmp_path / "ran", [])
+    window.emit = outbox.emit
+    window._until_written = outbox.until_written
+    item = root / KEY.repo / KEY.work_item
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(outbox.run)
+                tg.start_soon(window.run)
+                while not (item / layout.ROLLBACK_RESULT).exists() or len(refused) < 6:
+                    await anyio.sleep(0.01)
+                assert not (item / layout.DONE).exists()  # held back: events not on disk
+                refusing[0] = False
+                while not window.completed:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+    finally:
+        await window.prober.aclose()
+    pending = root / ".outbox" / "pending"
+    kinds = {json.loads((p / "event.json").read_text())["event"]["kind"] for p in pending.iterdir()}
+    assert {"window.degraded", "rollback.ok"} <= kinds
+    assert read_json(item / layout.DONE)["action_taken"] == "ROLLBACK_OK"

@@ -24,7 +24,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ class Outbox:
         self._environ = environ
         self._configs = self._named(sinks)
         self._records: dict[str, _Record] = {}
+        self._late_write = anyio.Event()  # set (and replaced) when a refused write succeeds
         self._emitting: set[str] = set()
         self._workers: dict[str, _Worker] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -177,6 +178,14 @@ class Outbox:
             log.exception(
                 "alert.emit_failed", kind=event.kind, error=f"{type(exc).__name__}: {exc}"
             )
+
+    async def until_written(self, event_ids: Iterable[str]) -> None:
+        """Wait until none of `event_ids` is held in memory only (the disk refused it at
+        emit time and it waits for a retry): a window's `done` is written after its events
+        are on disk, so a crash can never leave a finished window whose alert is lost."""
+        ids = set(event_ids)
+        while any(r.id in ids and not r.written for r in self._records.values()):
+            await self._late_write.wait()
 
     def wants(self, event: Event) -> bool:
         """Whether any sink takes `event` (else `emit` has nothing to do)."""
@@ -609,6 +618,8 @@ class Outbox:
             # Written meanwhile by another path: the copy on disk rules.
             log.warning("alert.write_raced", **record.context())
         record.written = True
+        self._late_write.set()
+        self._late_write = anyio.Event()
         log.info("alert.queued", **record.context(), sinks=record.targets, late=True)
         self._wake(record.targets)
         if not record.targets:
