@@ -16,7 +16,11 @@ finished, and every invariant is checked against the files on disk (see `Auditor
   of the daemon (re-sending after a SIGKILL is at-least-once delivery; `Idempotency-Key` is
   what lets the receiver drop it).
 
-`CHAOS_MODE=long` (`make chaos`) survives at least 100 kills; the default short mode a few.
+In about 40 % of the lives, random writes fail too (ENOSPC, EROFS or EIO on every write path:
+see `inject/sitecustomize.py`), so every promise must also hold on a failing disk.
+
+`CHAOS_MODE=long` (`make chaos`) survives at least 100 kills and 100 injected write errors;
+the default short mode a few of each.
 `CHAOS_SEED=N` replays a run's decisions (the timing of a loaded machine is never the same).
 """
 
@@ -40,6 +44,8 @@ from postdeploy.layout import ItemKey
 
 LONG = os.environ.get("CHAOS_MODE") == "long"
 KILLS = 110 if LONG else 4
+IO_FAULTS = 100 if LONG else 0  # injected write errors (ENOSPC, EROFS, EIO) at least
+IO_FAULT_RATE = 0.08  # in a life with disk faults, the share of writes that fail
 RESEND_GRACE_S = 2.0  # a delivery acknowledged this long before a kill must not be re-sent
 
 HOOK = """\
@@ -152,6 +158,7 @@ class Driver:
         self.state = tmp / "state"
         self.config = tmp / "config.toml"
         self.calls = tmp / "hook-calls.txt"
+        self.io_log = tmp / "io-faults.log"  # one line per injected write error
         self.ledger: dict[ItemKey, Any] = {}
         self.tallies = kit.Tallies()
         self.epoch = 0
@@ -211,12 +218,26 @@ class Driver:
             crash = f"{where}:{self.rng.choice(CRASH_FILES)}:{self.rng.randint(1, 3)}"
         return {"PYTHONPATH": str(self.kit.INJECT_DIR), "CHAOS_CRASH": crash}
 
+    def io_faults(self) -> dict[str, str]:
+        """Random write errors (ENOSPC, EROFS, EIO) on every write path for one life."""
+        seed = self.rng.randrange(2**32)
+        return {
+            "PYTHONPATH": str(self.kit.INJECT_DIR),
+            "CHAOS_IO_FAULT": f"{seed}:{IO_FAULT_RATE}:{self.io_log}",
+        }
+
+    def injected_io_errors(self) -> int:
+        return len(self.io_log.read_text().splitlines()) if self.io_log.exists() else 0
+
     def life(self) -> None:
         """One life of the daemon: start, arm a few windows, die."""
         crash = self.crash_point() if self.rng.random() < 0.3 else None
         if crash is not None:
             print(f"life {self.epoch + 1}: crash point {crash['CHAOS_CRASH']}")
-        run = self.start(crash)
+        env = crash
+        if self.rng.random() < 0.4:
+            env = {**(crash or {}), **self.io_faults()}
+        run = self.start(env)
         run.wait_for(("daemon.ready",), timeout=self.kit.DEADLINE_S, fail=False)
         for _ in range(self.rng.choice([0, 1, 1, 2, 2, 3])):
             self.arm(while_down=False)
@@ -314,7 +335,7 @@ def test_sigkill_and_restart_at_random_points_keeps_every_promise(
     tallies = driver.tallies
     try:
         with Weather(services, seed + 1):
-            while tallies.kills < KILLS:
+            while tallies.kills < KILLS or driver.injected_io_errors() < IO_FAULTS:
                 driver.life()
                 tallies.violations += [
                     f"series between lives: {p}" for p in auditor.series_problems()
@@ -344,7 +365,9 @@ def test_sigkill_and_restart_at_random_points_keeps_every_promise(
         v: test for v in tallies.violations for rx, test in KNOWN_BUGS.items() if re.search(rx, v)
     }
     new = [v for v in tallies.violations if v not in known]
+    io_errors = driver.injected_io_errors()
     print(tallies.summary(seed, kit.MODE, checked))
+    print(f"  injected write errors      {io_errors} (ENOSPC, EROFS, EIO)")
     print(f"  of which new                {len(new)}")
     print(f"  of which known bugs         {len(known)} (each tracked by an xfail test)")
     for violation in new[:50]:
@@ -352,6 +375,7 @@ def test_sigkill_and_restart_at_random_points_keeps_every_promise(
     for violation, test in list(known.items())[:50]:
         print(f"KNOWN BUG ({test}):", violation)
     assert tallies.kills >= KILLS
+    assert io_errors >= IO_FAULTS, f"only {io_errors} write errors were injected"
     assert not new, f"{len(new)} new violations (seed {seed})"
 
 

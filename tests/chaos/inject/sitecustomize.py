@@ -16,6 +16,10 @@ daemon's PYTHONPATH only for runs that want a fault. Nothing happens unless one 
   reload, say) in exactly the moment between judging a new window and starting it.
 - `CHAOS_BUG=NAME:N`: the N-th group commit of NAME by the intake raises RuntimeError, as a
   bug in the daemon would: an exception nobody planned for.
+- `CHAOS_IO_FAULT=SEED:RATE:LOG`: every write below the state directory (atomic writes, series
+  appends, the intake's group commits, the outbox's event and mark writes) fails with
+  probability RATE, with ENOSPC, EROFS or EIO picked at random (seeded by SEED); each injected
+  error appends one line to the file LOG, so the harness can count them.
 
 These are real crashes (SIGKILL of the real process) at precise points, which a timer-based
 kill from outside would only hit by luck.
@@ -36,9 +40,13 @@ def _install() -> None:
     fault = os.environ.get("CHAOS_DISK_FAULT", "")
     hold = os.environ.get("CHAOS_HOLD", "")
     bug_name, _, bug_n = os.environ.get("CHAOS_BUG", "").partition(":")
-    if not crash and not fault and not hold and not bug_name:
+    io_fault = os.environ.get("CHAOS_IO_FAULT", "")
+    if not crash and not fault and not hold and not bug_name and not io_fault:
         return
+    import random
+
     from postdeploy import intake, store
+    from postdeploy.alerts import spool
 
     lock = threading.Lock()
     counts: dict[str, int] = {}
@@ -59,7 +67,29 @@ def _install() -> None:
         except (FileNotFoundError, ValueError):
             return None
 
-    def disk_refuses() -> None:
+    io_seed, io_rate, io_log = (io_fault.split(":", 2) + ["", "", ""])[:3] if io_fault else [
+        "0",
+        "0",
+        "",
+    ]
+    io_rng = random.Random(int(io_seed or 0))
+    io_errnos = [errno.ENOSPC, errno.EROFS, errno.EIO]
+
+    def io_error(where: str) -> None:
+        """With CHAOS_IO_FAULT, fail this write at random (and count it)."""
+        if not io_fault:
+            return
+        with lock:
+            hit_now = io_rng.random() < float(io_rate)
+            code = io_rng.choice(io_errnos)
+        if not hit_now:
+            return
+        with open(io_log, "a") as f:
+            f.write(f"{where} {errno.errorcode[code]}\n")
+        raise OSError(code, f"{os.strerror(code)} (injected at {where})")
+
+    def disk_refuses(where: str = "write") -> None:
+        io_error(where)
         kind = disk_fault() if fault else None
         if kind == "ro":
             raise OSError(errno.EROFS, "Read-only file system (injected)")
@@ -77,7 +107,7 @@ def _install() -> None:
     original_opener = store.ItemStore.opener
 
     def write_atomic_sync(self: Any, name: str, data: bytes, **kwargs: Any) -> None:
-        disk_refuses()
+        disk_refuses(name)
         if mode == "before-write" and name == target and hit(name) == n:
             die()
         original_write(self, name, data, **kwargs)
@@ -93,7 +123,7 @@ def _install() -> None:
                 os.write(fd, data[: max(1, len(data) // 2)])
             finally:
                 os.close(fd)
-        disk_refuses()
+        disk_refuses(name)
         if mode == "torn" and hit("append") == n:
             data = b"".join(lines)
             cut = max(1, len(data) // 2)
@@ -132,7 +162,7 @@ def _install() -> None:
             intake.drop_spares([spare for _, _, spare in items if spare is not None])
             raise RuntimeError(f"injected bug in the group commit of {name}")
         try:
-            disk_refuses()
+            disk_refuses(f"group commit of {name}")
         except OSError as exc:
             intake.drop_spares([spare for _, _, spare in items if spare is not None])
             return [exc] * len(items)
@@ -147,6 +177,20 @@ def _install() -> None:
                     die()
         return errors
 
+    original_write_event = spool.Spool.write_event
+    original_write_state = spool.Spool.write_state
+
+    def write_event(self: Any, event_id: str, record: Any) -> bool:
+        io_error("outbox event")
+        return bool(original_write_event(self, event_id, record))
+
+    def write_state(self: Any, event_id: str, sink: str, state: Any) -> None:
+        io_error("outbox mark")
+        original_write_state(self, event_id, sink, state)
+
+    if io_fault:
+        spool.Spool.write_event = write_event  # type: ignore[method-assign]
+        spool.Spool.write_state = write_state  # type: ignore[method-assign]
     store.ItemStore.write_atomic_sync = write_atomic_sync  # type: ignore[method-assign]
     intake.write_all = write_all
     store.ItemStore.append_lines = append_lines  # type: ignore[method-assign]
