@@ -13,6 +13,7 @@ waits in a heap until it can be quiet, then joins the batch due with it.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import math
@@ -20,7 +21,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import gitreport, intake, layout, logs, metrics, watcher
+from postdeploy import gitreport, intake, layout, logs, manual, metrics, reaction, watcher
 from postdeploy.alerts import Outbox
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
@@ -40,7 +41,8 @@ from postdeploy.lock import LockHeld, StateLock
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.report import iso
-from postdeploy.runner import Phase, WindowRunner, WindowStart
+from postdeploy.rollback import rollback_env
+from postdeploy.runner import ROLLBACK_EVENT, Phase, WindowRunner, WindowStart
 from postdeploy.store import ItemStore
 from postdeploy.verdict import Status, Verdict
 from postdeploy.window import Schedule
@@ -97,6 +99,8 @@ class Daemon:
         self.ready = anyio.Event()
         self._lock = StateLock(self.root)
         self.started_at = time.time()  # wall time: a window that ended before was missed
+        self.requests_dir = self.root / layout.REQUESTS_DIR
+        self._requesting: set[ItemKey] = set()  # people's rollback requests being handled
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -143,8 +147,13 @@ class Daemon:
         _raise_open_files_limit()
         if self.config.metrics.address is not None:
             metrics.serve(self.config.metrics.address)
+        try:
+            await anyio.to_thread.run_sync(self._make_requests_dir)
+        except OSError as exc:
+            log.error("requests.unavailable", path=str(self.requests_dir), error=str(exc))
         try:  # before the first scan: whatever arrives during it raises an event
             self._watcher = watcher.Watcher(self.root)
+            self._watcher.watch_requests()
         except OSError as exc:
             log.error(
                 "watcher.unavailable",
@@ -159,6 +168,7 @@ class Daemon:
         for runner in list(self.runners.values()):
             await runner.scheduled.wait()
         self.ready.set()
+        self._spawn(self._take_requests)  # people's rollbacks asked for while it was down
         self.notifier.ready(f"watching {len(self.runners)} open windows")
         log.info(
             "daemon.ready",
@@ -261,6 +271,8 @@ class Daemon:
                         self._spawn(self._check_cancel, key)
                     else:
                         changes.items.add(key)
+                if changes.requests:
+                    self._spawn(self._take_requests)
                 fresh = [key for key in changes.armed if self._expect_quiet(key)]
                 if fresh:
                     self._spawn(self._make_spares, fresh)
@@ -300,6 +312,8 @@ class Daemon:
             self._report_once(path, problem)
         for key in found.cancelled:
             self._cancel(key)
+        if only_repo is None and self.ready.is_set():
+            self._spawn(self._take_requests)  # in case inotify missed one
         await self._intake(found.items)
         return len(found.items)
 
@@ -763,6 +777,157 @@ class Daemon:
         )
         return WindowStart(schedule, seen_at, metadata, settings.window_s)
 
+    # -- a person's rollback (see `manual`) -----------------------------------------------
+
+    def _make_requests_dir(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            self.requests_dir.mkdir(0o2775)
+            self.requests_dir.chmod(0o2775)  # the deploy group may leave requests
+
+    async def _take_requests(self) -> None:
+        """Handle every poke in `.requests` that is not being handled yet."""
+        try:
+            names = await anyio.to_thread.run_sync(_list_pokes, self.root)
+        except OSError as exc:
+            log.error("requests.unreadable", path=str(self.requests_dir), error=str(exc))
+            return
+        for name in names:
+            key = manual.key_of_poke(name)
+            if key is None:
+                self._report_once(str(self.requests_dir / name), "not REPO~WORK_ITEM")
+            elif key not in self._requesting:
+                self._requesting.add(key)
+                self._spawn(self._handle_request, key)
+
+    async def _handle_request(self, key: ItemKey) -> None:
+        """Carry out, or refuse, a person's rollback of `key`; the poke is removed once it is
+        answered (it stays for the restart when the daemon stops first)."""
+        bound = structlog.contextvars.bound_contextvars(repo=key.repo, work_item=key.work_item)
+        try:
+            with bound:
+                if await self._answer_request(key):
+                    await anyio.to_thread.run_sync(_unpoke, self.root, manual.poke_name(key))
+        except reaction.Interrupted:
+            log.warning("rollback.request_paused", note="answered after the restart")
+        except (OSError, UnsafePath, ValueError) as exc:
+            log.error("rollback.request_failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug here must not stop the daemon or other windows
+            log.exception("rollback.request_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._requesting.discard(key)
+
+    async def _answer_request(self, key: ItemKey) -> bool:
+        """True once the request is answered for good."""
+        store = ItemStore(self.root, key)
+        data = await store.read(layout.ROLLBACK_REQUEST)
+        if data is None:
+            return True  # nothing asked (a stray poke)
+        request = manual.parse_request(data)
+        log.warning("rollback.requested", requested_by=request.requested_by, reason=request.reason)
+        runner = self.runners.get(key)
+        if runner is not None:
+            taken = runner.request_rollback(request)
+            await runner.ended.wait()
+            if not runner.completed:
+                return False  # shut down (or vanished) first: asked again after a restart
+            if taken:
+                return True
+        return await self._manual_rollback(key, store, request)
+
+    async def _manual_rollback(
+        self, key: ItemKey, store: ItemStore, request: manual.Request
+    ) -> bool:
+        """A person's rollback of a work item that has no open window."""
+        done = await store.read_json(layout.DONE)
+        repo = self.config.repos.get(key.repo)
+        decision = manual.judge_finished(
+            done,
+            armed=await store.exists(layout.ARMED),
+            intent=await store.exists(layout.ROLLBACK_INTENT),
+            refused=await store.exists(layout.ROLLBACK_REFUSED),
+            command=bool(repo and repo.rollback_command),
+        )
+        if isinstance(decision, manual.Refuse):
+            log.warning(
+                "rollback.refused",
+                reason=decision.reason,
+                requested_by=request.requested_by,
+                request_reason=request.reason,
+            )
+            await reaction.durably(
+                layout.ROLLBACK_REFUSED,
+                partial(
+                    store.write_atomic, layout.ROLLBACK_REFUSED, decision.reason.encode() + b"\n"
+                ),
+                self._should_exit,
+            )
+            await self.outbox.emit(
+                Event(
+                    "rollback.refused",
+                    key,
+                    decision.reason,
+                    time.time(),
+                    evidence=request.to_dict(),
+                )
+            )
+            return True
+        assert done is not None and repo is not None and repo.rollback_command
+        start = await store.read_json(layout.WINDOW)
+        metadata = start.get("metadata", {}) if start else {}
+        metadata = {k: v for k, v in metadata.items() if isinstance(v, str)}
+        status, action_was = str(done.get("status")), str(done.get("action_taken"))
+        await self.outbox.emit(
+            Event(
+                "rollback.manual",
+                key,
+                f"{request.requested_by} asked for the rollback: "
+                f"{request.reason or '(no reason given)'}",
+                time.time(),
+                status=status,
+                action_taken=action_was,
+                evidence=request.to_dict(),
+                metadata=metadata,
+            )
+        )
+        env = rollback_env(
+            os.environ,
+            repo.rollback_env,
+            repo=key.repo,
+            work_item=key.work_item,
+            reason=request.reason or str(done.get("reason", "")),
+            metadata=metadata,
+        )
+        settings = self.config.window_settings(key.repo)
+        action, result = await reaction.rollback(
+            store,
+            list(repo.rollback_command),
+            env,
+            settings.rollback_timeout_s,
+            self._should_exit,
+            manual=True,
+        )
+        detail = (result or {}).get("detail", "result unknown")
+        await self.outbox.emit(
+            Event(
+                ROLLBACK_EVENT[action],
+                key,
+                f"a person's rollback {action}: {detail}",
+                time.time(),
+                status=status,
+                action_taken=str(action),
+                evidence={"rollback": result, **request.to_dict()},
+                metadata=metadata,
+            )
+        )
+        record = {**request.to_dict(), "action": str(action), **(result or {})}
+        await reaction.durably(
+            layout.DONE,
+            partial(store.write_json, layout.DONE, {**done, "manual_rollback": record}),
+            self._should_exit,
+        )
+        log.warning("rollback.manual_finished", action=str(action), detail=detail)
+        return True
+
     # -- windows --------------------------------------------------------------------------
 
     def _note_armed(self, key: ItemKey, armed_at: float) -> None:
@@ -815,6 +980,31 @@ class Daemon:
             elif runner.vanished:
                 # The name is free again: a directory made anew is a new work item.
                 self._spawn(self._intake, [runner.key])
+
+
+@contextlib.contextmanager
+def _requests_fd(root: Path) -> Iterator[int]:
+    """The `.requests` directory's descriptor; never through a symlink."""
+    fd = os.open(
+        root / layout.REQUESTS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    )
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _list_pokes(root: Path) -> list[str]:
+    try:
+        with _requests_fd(root) as fd:
+            return sorted(e.name for e in os.scandir(fd) if not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _unpoke(root: Path, name: str) -> None:
+    with _requests_fd(root) as fd, contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=fd)
 
 
 def _close_fd(look: Look) -> None:

@@ -42,6 +42,8 @@ KINDS: dict[str, Severity] = {
     "window.error": Severity.CRITICAL,
     "window.daemon_was_down": Severity.WARNING,
     "probe.unavailable": Severity.WARNING,
+    "rollback.manual": Severity.WARNING,  # a person asked for the rollback (who, and why)
+    "rollback.refused": Severity.WARNING,  # a person's request the daemon will not carry out
     "rollback.ok": Severity.WARNING,
     "rollback.failed": Severity.CRITICAL,
     "rollback.unknown": Severity.CRITICAL,

@@ -34,6 +34,12 @@ VERIFY = "verify.jsonl"  # probe rows after a rollback, confirming recovery
 REPORT = "report.md"
 DONE = "done"  # written last: the window is finished for good
 REJECTED = "rejected"  # written instead of starting a window
+ROLLBACK_REQUEST = "rollback.request"  # written by `postdeploy rollback`: a person asks
+ROLLBACK_REFUSED = "rollback.refused"  # the daemon's answer when it will not roll back
+# `<state_dir>/.requests/<repo>~<work_item>`: `postdeploy rollback` leaves one here after it
+# wrote the request, so the daemon learns of it at once, even for a finished window whose
+# directory it no longer watches ("~" is in no valid name, so the split is unambiguous).
+REQUESTS_DIR = ".requests"
 
 KNOWN_META_KEYS = ("branch", "commit", "image", "deployed_by", "url", "mode")
 

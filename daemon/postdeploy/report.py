@@ -29,6 +29,7 @@ class Outcome:
     metadata: dict[str, str] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
     rollback: dict[str, Any] | None = None  # the rollback command's result, if one ran
+    manual_rollback: dict[str, Any] | None = None  # a person's rollback: who, why, result
 
 
 # libyaml's emitter and parser when PyYAML was built with them (its wheels are): the
@@ -64,7 +65,16 @@ def done_record(outcome: Outcome) -> dict[str, Any]:
         "repo": outcome.key.repo,
         "work_item": outcome.key.work_item,
         **({"rollback": outcome.rollback} if outcome.rollback else {}),
+        **({"manual_rollback": outcome.manual_rollback} if outcome.manual_rollback else {}),
     }
+
+
+def manual_line(manual: dict[str, Any]) -> str:
+    """One line about a person's rollback, for the report."""
+    return (
+        f"{manual.get('action')}, asked by {manual.get('requested_by')}: "
+        f"{manual.get('reason') or '(no reason given)'} ({manual.get('detail', '')})"
+    )
 
 
 def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
@@ -112,6 +122,8 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
         verification = rb.get("verification")
         if isinstance(verification, dict):
             lines.append(f"- **After the rollback:** {verification.get('reason', '')}")
+    if outcome.manual_rollback:
+        lines.append(f"- **A person's rollback:** {manual_line(outcome.manual_rollback)}")
     for key, value in sorted(outcome.metadata.items()):
         lines.append(f"- `{key}`: {value}")
     if rows:

@@ -19,13 +19,14 @@ from typing import Any
 import anyio
 import structlog
 
-from postdeploy import layout, metrics
+from postdeploy import layout, manual, metrics, reaction
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
 from postdeploy.probe import Prober
+from postdeploy.reaction import Interrupted
 from postdeploy.report import Outcome, done_record, render_report
-from postdeploy.rollback import RollbackResult, rollback_env, run_command
+from postdeploy.rollback import rollback_env
 from postdeploy.series import ProbeRow, Tally, fold, replay
 from postdeploy.store import ItemStore, ItemVanished, dump_line, parse_json_lines
 from postdeploy.verdict import (
@@ -38,7 +39,6 @@ from postdeploy.verdict import (
     decide_action,
     recovery,
 )
-from postdeploy.verdict import rollback_action as action_for_exit
 from postdeploy.window import Admission, Finish, Probe, Schedule, Wait, admit, missed, next_step
 
 log = structlog.get_logger("postdeploy.window")
@@ -60,20 +60,13 @@ _FINISH_EVENT = {
     Status.MISSED: "window.missed",
     Status.ERROR: "window.error",
 }
-_ROLLBACK_EVENT = {
+ROLLBACK_EVENT = {
     Action.ROLLBACK_OK: "rollback.ok",
     Action.ROLLBACK_FAILED: "rollback.failed",
     Action.ROLLBACK_UNKNOWN: "rollback.unknown",
 }
 
 LATE_TICK_S = 1.0  # a tick starting this late (or after skipped ticks) is logged, with a cause
-WRITE_RETRY_FIRST_S = 0.5  # the first wait after the disk refused a write
-WRITE_RETRY_MAX_S = 30.0  # the longest wait between two tries of a write the disk refused
-
-
-class Interrupted(Exception):
-    """The daemon is shutting down while a write on the reaction path still waits for the
-    disk: the window pauses (nothing more is written) and a restart takes it up again."""
 
 
 class Phase(StrEnum):
@@ -169,6 +162,8 @@ class WindowRunner:
         self._verify_scope = anyio.CancelScope()  # rollback verification; cancelled at shutdown
         self._shutdown = anyio.Event()  # set by stop(None): waits for the disk give up
         self._vanished = False  # the directory was removed (see `vanish`)
+        self._manual: manual.Request | None = None  # a person asked for the rollback
+        self.ended = anyio.Event()  # set when `run` returns, whatever the outcome
         self._unwritten: list[bytes] = []  # rows the disk refused; retried before the next
         # The series as this runner knows it, for the report: the rows read at load and the
         # lines appended since (bytes: not tracked by the cyclic GC). None until loaded.
@@ -208,6 +203,17 @@ class WindowRunner:
             self._stop = verdict
         self._scope.cancel()
         return first
+
+    def request_rollback(self, request: manual.Request) -> bool:
+        """A person asks for the rollback: an observing window ends DEGRADED and rolls back
+        (whatever its repo's rules); False once it has its verdict, or was stopped."""
+        if self.phase is not Phase.OBSERVING or self._stop is not None:
+            return False
+        reason = f"a person asked for the rollback ({request.requested_by})"
+        if request.reason:
+            reason += f": {request.reason}"
+        self._manual = request
+        return self.stop(Verdict(Status.DEGRADED, reason))
 
     @property
     def vanished(self) -> bool:
@@ -261,6 +267,7 @@ class WindowRunner:
             self.phase = Phase.FINISHED
             self.scheduled.set()
             self.store.close()
+            self.ended.set()
 
     # -- observing ----------------------------------------------------------------------
 
@@ -410,6 +417,17 @@ class WindowRunner:
             auto_rollback=self.settings.auto_rollback,
         )
         shadow = self.settings.mode == "shadow" or self.start.metadata.get("mode") == "shadow"
+        manual_result: dict[str, Any] | None = None
+        if self._manual is not None:  # a person decided: no rule of the repo's applies
+            decision, shadow = Decision.ROLLBACK, False
+            await self._event(
+                "rollback.manual",
+                f"{self._manual.requested_by} asked for the rollback: "
+                f"{self._manual.reason or '(no reason given)'}",
+                verdict,
+                status=verdict.status,
+                request=self._manual.to_dict(),
+            )
         action, rollback = Action.NONE, None
         if decision is not Decision.NONE:
             log.critical(
@@ -433,19 +451,25 @@ class WindowRunner:
                 action, rollback = await self._rollback(verdict)
             detail = (rollback or {}).get("detail", "result unknown")
             await self._event(
-                _ROLLBACK_EVENT[action],
+                ROLLBACK_EVENT[action],
                 f"rollback {action}: {detail}; degraded because {verdict.reason}",
                 verdict,
                 status=verdict.status,
                 action_taken=action,
                 rollback=rollback,
             )
+            if self._manual is not None:
+                manual_result = {
+                    **self._manual.to_dict(),
+                    "action": str(action),
+                    **(rollback or {}),
+                }
             if action is Action.ROLLBACK_OK and self.settings.verify_ticks > 0:
                 checked = await self._verify(verdict)
                 if checked is None:
                     return  # shutdown: the verification resumes after the restart
                 rollback = {**(rollback or {}), "verification": checked}
-        await self._finish(verdict, action, rollback)
+        await self._finish(verdict, action, rollback, manual_result)
 
     async def _verify(self, verdict: Verdict) -> dict[str, Any] | None:
         """Probe after ROLLBACK_OK until recovery is confirmed or refuted; None at shutdown.
@@ -486,34 +510,6 @@ class WindowRunner:
             return {"recovered": recovered, "checks": tally.checks_total, "reason": result.reason}
         return None
 
-    async def _durably(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
-        """Run `write` until the disk takes it: a full, read-only or failing disk is retried
-        with backoff (WRITE_RETRY_FIRST_S doubling to WRITE_RETRY_MAX_S), each refusal
-        logged. Raises Interrupted if the daemon shuts down first, ItemVanished if the
-        directory is gone."""
-        delay = WRITE_RETRY_FIRST_S
-        while True:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await write()
-                return
-            except ItemVanished:
-                raise
-            except OSError as exc:
-                log.error(
-                    "window.write_failed",
-                    writing=what,
-                    error=str(exc),
-                    errno=exc.errno,
-                    retry_in_s=delay,
-                    note="retried until the disk takes it; nothing is decided twice",
-                )
-            with anyio.move_on_after(delay):
-                await self._shutdown.wait()
-            if self._shutdown.is_set():
-                raise Interrupted(f"writing {what}")
-            delay = min(delay * 2, WRITE_RETRY_MAX_S)
-
     async def _events_written(self) -> None:
         """Until every event of this window is on disk; Interrupted at shutdown.
 
@@ -530,65 +526,31 @@ class WindowRunner:
             raise Interrupted("waiting for its events to be written")
 
     async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:
-        """Run the rollback command at most once per work item, even across restarts.
-
-        The intent is durable before the command starts (a disk that refuses it delays the
-        command, it never cancels it), and the result is written, retried the same way,
-        after it ends: a crash between the two is the one case that ends ROLLBACK_UNKNOWN."""
-        previous = await self.store.read_json(layout.ROLLBACK_RESULT)
-        if previous is not None:
-            log.info("rollback.already_ran", result=previous)
-            return action_for_exit(previous.get("exit_code")), previous
-        if await self.store.exists(layout.ROLLBACK_INTENT):
-            log.critical(
-                "rollback.unknown",
-                reason="a rollback was started before a restart and its result was never "
-                "recorded; it is not run again: check the service by hand",
-            )
-            metrics.rollback_finished(self.key.repo, str(Action.ROLLBACK_UNKNOWN))
-            return Action.ROLLBACK_UNKNOWN, None
-        argv = list(self.repo.rollback_command or [])
-        intent = {"argv": argv, "started_at": time.time(), "pid": os.getpid()}
-        await self._durably(
-            layout.ROLLBACK_INTENT, partial(self.store.write_json, layout.ROLLBACK_INTENT, intent)
-        )
-        log.warning("rollback.started", argv=argv)
+        """The rollback command, at most once per work item (see `reaction`)."""
         env = rollback_env(
             os.environ,
             self.repo.rollback_env,
             repo=self.key.repo,
             work_item=self.key.work_item,
-            reason=verdict.reason,
+            # A person's rollback passes on their reason, as the contract says.
+            reason=self._manual.reason if self._manual and self._manual.reason else verdict.reason,
             metadata=self.start.metadata,
         )
-        result = await self._run_logged(argv, env)
-        action = action_for_exit(result.exit_code)
-        # Logged before the result is written: journald has it even if the disk never
-        # takes the file and the daemon is stopped (the restart then says ROLLBACK_UNKNOWN).
-        level = log.warning if action is Action.ROLLBACK_OK else log.critical
-        level("rollback.finished", action=str(action), **result.to_dict())
-        metrics.rollback_finished(self.key.repo, str(action))
-        await self._durably(
-            layout.ROLLBACK_RESULT,
-            partial(self.store.write_json, layout.ROLLBACK_RESULT, result.to_dict()),
+        return await reaction.rollback(
+            self.store,
+            list(self.repo.rollback_command or []),
+            env,
+            self.settings.rollback_timeout_s,
+            self._shutdown,
+            manual=self._manual is not None,
         )
-        return action, result.to_dict()
-
-    async def _run_logged(self, argv: list[str], env: dict[str, str]) -> RollbackResult:
-        opener = self.store.opener(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        try:
-            log_fd = await anyio.to_thread.run_sync(opener, layout.ROLLBACK_LOG, 0)
-        except OSError as exc:
-            log.error("rollback.log_unavailable", error=str(exc))
-            log_fd = None
-        try:
-            return await run_command(argv, env, self.settings.rollback_timeout_s, log_fd)
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
 
     async def _finish(
-        self, verdict: Verdict, action: Action, rollback: dict[str, Any] | None = None
+        self,
+        verdict: Verdict,
+        action: Action,
+        rollback: dict[str, Any] | None = None,
+        manual_rollback: dict[str, Any] | None = None,
     ) -> None:
         """Write `report.md`, then `done` (the commit point), retrying while the disk refuses."""
         outcome = Outcome(
@@ -604,6 +566,7 @@ class WindowRunner:
             metadata=self.start.metadata,
             evidence=verdict.evidence,
             rollback=rollback,
+            manual_rollback=manual_rollback,
         )
         finish_event = _FINISH_EVENT.get(verdict.status)
         if finish_event:  # the outbox keeps an event the disk refuses in memory and retries
@@ -616,7 +579,7 @@ class WindowRunner:
                     action_taken=action,
                 )
         await self._events_written()
-        await self._durably("the outcome", partial(self._write_outcome, outcome))
+        await reaction.durably("the outcome", partial(self._write_outcome, outcome), self._shutdown)
         self.completed = True
         metrics.window_finished(self.key.repo, str(verdict.status), str(action))
         level = log.info if verdict.status is Status.HEALTHY else log.warning

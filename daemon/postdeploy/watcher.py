@@ -30,7 +30,7 @@ import structlog
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from postdeploy.layout import ARMED, CANCEL, NAME_RE, ItemKey, valid_name
+from postdeploy.layout import ARMED, CANCEL, NAME_RE, REQUESTS_DIR, ItemKey, valid_name
 
 log = structlog.get_logger("postdeploy.watcher")
 
@@ -128,10 +128,13 @@ class Changes:
     armed: set[ItemKey] = field(default_factory=set)  # `armed` created or renamed into place
     cancel: set[ItemKey] = field(default_factory=set)  # `cancel` created or renamed into place
     repos: set[str] = field(default_factory=set)  # new entries in the state directory
+    requests: set[str] = field(default_factory=set)  # new pokes in `.requests` (see layout)
     overflow: bool = False  # the kernel dropped events: only a full rescan can tell
 
     def __bool__(self) -> bool:
-        return bool(self.items or self.armed or self.cancel or self.repos or self.overflow)
+        return bool(
+            self.items or self.armed or self.cancel or self.repos or self.requests or self.overflow
+        )
 
 
 class Watcher:
@@ -144,6 +147,7 @@ class Watcher:
         self._where: dict[int, tuple[str, ...]] = {}  # wd -> (), (repo,) or (repo, item)
         self._wd: dict[tuple[str, ...], int] = {}
         self._full_reported = False
+        self._requests_wd: int | None = None  # the `.requests` directory (see `watch_requests`)
         self._add(())
 
     def close(self) -> None:
@@ -178,8 +182,11 @@ class Watcher:
         self._wd[parts] = wd
         return True
 
-    def follow_repo(self, repo: str) -> None:
-        self._add((repo,))
+    def watch_requests(self) -> None:
+        """Watch `<root>/.requests`, where `postdeploy rollback` leaves its pokes."""
+        if self._requests_wd is None:
+            with contextlib.suppress(OSError):  # the rescan still finds them
+                self._requests_wd = self._inotify.add_watch(f"{self.root}/{REQUESTS_DIR}", _MASK)
 
     def follow(self, keys: Iterable[ItemKey]) -> None:
         """Watch these item directories (and their repo directories), if not yet watched."""
@@ -203,6 +210,12 @@ class Watcher:
         for event in self._inotify.read(timeout=0):
             if event.mask & F.Q_OVERFLOW:
                 changes.overflow = True
+                continue
+            if event.wd == self._requests_wd:
+                if event.mask & F.IGNORED:
+                    self._requests_wd = None
+                elif event.name:
+                    changes.requests.add(event.name)
                 continue
             parts = self._where.get(event.wd)
             if parts is None:

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
-from postdeploy import layout, runner, store
+from postdeploy import layout, reaction, store
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
@@ -90,7 +90,7 @@ class Faults:
             real(dir_fd, name, data, mode)
 
         monkeypatch.setattr(store, "write_atomic_at", write_atomic_at)
-        monkeypatch.setattr(runner, "WRITE_RETRY_FIRST_S", 0.01)
+        monkeypatch.setattr(reaction, "WRITE_RETRY_FIRST_S", 0.01)
 
     def fail(self, name: str, code: int, times: int) -> None:
         self.plan[name] = (code, times)
