@@ -660,6 +660,7 @@ class Daemon:
         ]
         # The events first: a crash between the two re-emits one (same id, a no-op) rather
         # than losing it, because without window.json the window is "first seen" again.
+        events: list[Event | None] = []
         async with anyio.create_task_group() as tg:
             for (key, arm, _, _), start in zip(arms, starts, strict=True):
                 event = Event(
@@ -671,8 +672,29 @@ class Daemon:
                     evidence=start.schedule.to_dict(),
                     metadata=arm.metadata,
                 )
-                if self.outbox.wants(event):  # else emitting it has nothing to do
+                wanted = self.outbox.wants(event)  # else emitting it has nothing to do
+                events.append(event if wanted else None)
+                if wanted:
                     tg.start_soon(self.outbox.emit, event)
+        # An event the outbox's disk refused is only in memory: with window.json written
+        # after it, a crash would lose it for good. Such a window starts at a later look.
+        held = {
+            key
+            for (key, _, _, _), event in zip(arms, events, strict=True)
+            if event is not None and self.outbox.held_in_memory(event.id)
+        }
+        for key in held:
+            log.warning(
+                "intake.event_unwritten",
+                repo=key.repo,
+                work_item=key.work_item,
+                note="the outbox could not write its window.armed event yet; the window "
+                "starts once it can (next look)",
+            )
+        if held:
+            kept = [i for i, (key, _, _, _) in enumerate(arms) if key not in held]
+            arms = [arms[i] for i in kept]
+            starts = [starts[i] for i in kept]
         errors = await self._write_all(
             layout.WINDOW,
             [

@@ -179,6 +179,11 @@ class Outbox:
                 "alert.emit_failed", kind=event.kind, error=f"{type(exc).__name__}: {exc}"
             )
 
+    def held_in_memory(self, event_id: str) -> bool:
+        """Whether `event_id` was emitted but the disk refused it so far (see `until_written`)."""
+        record = self._records.get(event_id)
+        return record is not None and not record.written
+
     async def until_written(self, event_ids: Iterable[str]) -> None:
         """Wait until none of `event_ids` is held in memory only (the disk refused it at
         emit time and it waits for a retry): a window's `done` is written after its events
