@@ -91,6 +91,12 @@ def _check_conditions(value: list[str]) -> list[str]:
 Conditions = Annotated[list[str], AfterValidator(_check_conditions)]
 
 
+def _some_conditions(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("needs at least one condition (unset it for the built-in rule)")
+    return value
+
+
 class _Table(BaseModel):
     """Base for every TOML table: unknown keys are errors, models are immutable."""
 
@@ -120,7 +126,7 @@ class ProbeOverrides(_Table):
 
     # Conditions in the feature checks' grammar that a health answer must meet. Unset: the
     # built-in rule, HTTP 200 and a JSON object whose "status" is "ok".
-    health_expect: Annotated[Conditions, Field(min_length=1)] | None = None
+    health_expect: Annotated[Conditions, AfterValidator(_some_conditions)] | None = None
     # TLS towards base_url (the health path, the 5xx paths and the feature checks): a CA
     # bundle to trust instead of the system's, and a client certificate with its key (the key
     # may be left out when the certificate file holds it too).
