@@ -758,7 +758,10 @@ def _parse(text: str, path: str) -> tuple[Config | None, list[str]]:
     except ValidationError as exc:
         errors = exc.errors()
     lines = _messages(path, errors)
-    partial, removed = _partial(raw, errors)
+    try:
+        partial, removed = _partial(raw, errors)
+    except RecursionError:  # nested nearly as deep as tomllib allows: report what we have
+        return None, lines
     if partial is None:
         return None, lines
     config, more = _finish(partial, path, removed)

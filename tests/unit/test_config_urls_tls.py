@@ -82,8 +82,12 @@ CREDENTIAL_URLS = [
 ]
 
 
+def _url_keys() -> list[Any]:
+    return [pytest.param(key, text, id=f"{key}-{i}") for i, (key, text) in enumerate(URL_KEYS)]
+
+
 @pytest.mark.parametrize("url", CREDENTIAL_URLS)
-@pytest.mark.parametrize(("key", "template"), URL_KEYS)
+@pytest.mark.parametrize(("key", "template"), _url_keys())
 def test_credentials_in_any_url_are_refused_without_echoing_them(
     key: str, template: str, url: str
 ) -> None:
@@ -119,7 +123,7 @@ URL_CASES: list[tuple[str, str | None]] = [
 
 
 @pytest.mark.parametrize(("url", "message"), URL_CASES)
-@pytest.mark.parametrize(("key", "template"), URL_KEYS)
+@pytest.mark.parametrize(("key", "template"), _url_keys())
 def test_one_url_rule_everywhere(key: str, template: str, url: str, message: str | None) -> None:
     text = template.format(url=url)
     if message is None:
