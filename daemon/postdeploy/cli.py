@@ -53,8 +53,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from postdeploy.config import check_config_file
+
     path = args.path or _config_path(args)
-    config = load_config(path)
+    config, errors, warnings = check_config_file(path)
+    for line in errors + warnings:  # every problem of the file in one run
+        print(line, file=sys.stderr)
+    if config is None:
+        return EXIT_CONFIG
     print(f"{path}: ok ({len(config.repos)} repos, state_dir {config.state_path})")
     return EXIT_OK
 

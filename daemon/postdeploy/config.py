@@ -3,12 +3,24 @@
 Every table forbids unknown keys, so a typo is an error rather than a silently ignored
 setting. `[defaults]` holds the window settings; each `[repos.NAME]` table may override any of
 them, and `Config.window_settings(name)` returns the merged, effective values for one repo.
+
+Loading is one pass that finds every problem: pydantic's (types, ranges, unknown keys) and
+the rules between keys (checked on what remains valid, so a type error never hides them).
+`check_config_file` also finds warnings: things that are valid but look wrong on this host.
+
+What the probe needs is prepared once per load, never per tick: the TLS contexts (building one
+costs up to 100 ms of CPU), the health conditions, and the secret header values.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import ssl
 import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,10 +36,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
+from postdeploy import logs
 from postdeploy.alerts.config import OutboxSettings, Sinks
 from postdeploy.checks import Bound, Condition, ConditionError, parse_condition
 from postdeploy.layout import NAME_RE, valid_name
+from postdeploy.urls import check_http_url
 
 DEFAULT_CONFIG_PATH = "/etc/postdeploy/config.toml"
 
@@ -44,6 +59,42 @@ def _check_argv(argv: list[str]) -> list[str]:
 
 
 Argv = Annotated[list[str], AfterValidator(_check_argv)]
+
+# Every URL key uses the one validator in urls.py (http/https, a host, no credentials).
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+# A URL that paths are appended to: without its trailing slash.
+BaseUrl = Annotated[str, AfterValidator(lambda value: check_http_url(value).rstrip("/"))]
+
+
+def _absolute_path(value: str) -> str:
+    if not Path(value).is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
+def _check_conditions(value: list[str]) -> list[str]:
+    """Every condition parses (the feature checks' grammar); every bad one is named."""
+    problems = []
+    for text in value:
+        try:
+            parse_condition(text)
+        except ConditionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+Conditions = Annotated[list[str], AfterValidator(_check_conditions)]
+
+
+def _some_conditions(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("needs at least one condition (unset it for the built-in rule)")
+    return value
 
 
 class _Table(BaseModel):
@@ -66,6 +117,107 @@ class WindowOverrides(_Table):
     rollback_timeout_s: PositiveFloat | None = None
     mode: Literal["act", "shadow"] | None = None
     verify_ticks: Annotated[int, Field(ge=0)] | None = None
+
+
+class ProbeOverrides(_Table):
+    """How a repo's service is probed: keys `[defaults]` sets and `[repos.NAME]` may override.
+
+    Their effective values (repo over [defaults]) are resolved at load into `ProbeSettings`."""
+
+    # Conditions in the feature checks' grammar that a health answer must meet. Unset: the
+    # built-in rule, HTTP 200 and a JSON object whose "status" is "ok".
+    health_expect: Annotated[Conditions, AfterValidator(_some_conditions)] | None = None
+    # TLS towards base_url (the health path, the 5xx paths and the feature checks): a CA
+    # bundle to trust instead of the system's, and a client certificate with its key (the key
+    # may be left out when the certificate file holds it too).
+    tls_ca_file: AbsolutePath | None = None
+    tls_cert_file: AbsolutePath | None = None
+    tls_key_file: AbsolutePath | None = None
+
+
+PROBE_KEYS = tuple(ProbeOverrides.model_fields)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A repo's effective TLS files; one SSL context is built per distinct triple."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return any((self.ca, self.cert, self.key))
+
+
+class TlsError(ValueError):
+    """A TLS file that cannot be loaded; `key` names the config key it comes from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _no_passphrase() -> str:
+    # Called by OpenSSL for an encrypted key; without it, OpenSSL would prompt on the terminal.
+    raise TlsError(
+        "tls_key_file",
+        "the private key is encrypted; postdeploy cannot ask for a passphrase "
+        "(use an unencrypted key that only the daemon's user can read)",
+    )
+
+
+def _tls_reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if not reason or "PEM lib" in str(exc):
+            return "not a PEM certificate with its matching private key"
+        return reason.replace("_", " ").lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def build_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """The client SSL context for `files`: the CA bundle (else the system's CAs) and the
+    client certificate. Costs ~1 ms with a CA file, 50-100 ms with the system's CAs: build
+    it when the config is loaded or in a worker thread, never per request. Raises TlsError."""
+    try:
+        context = ssl.create_default_context(cafile=files.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError("tls_ca_file", f"{files.ca} cannot be loaded: {_tls_reason(exc)}") from None
+    if files.cert is not None:
+        try:
+            context.load_cert_chain(files.cert, files.key, password=_no_passphrase)
+        except TlsError as exc:  # an encrypted key, perhaps inside the certificate file
+            raise TlsError("tls_key_file" if files.key else "tls_cert_file", str(exc)) from None
+        except (OSError, ssl.SSLError) as exc:
+            key = f" with {files.key}" if files.key else ""
+            message = f"{files.cert}{key} cannot be loaded: {_tls_reason(exc)}"
+            raise TlsError("tls_cert_file", message) from None
+    return context
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What the probe needs for one repo, prepared once per config load."""
+
+    # None: the built-in rule (HTTP 200 and a JSON object whose "status" is "ok").
+    health_expect: tuple[Condition, ...] | None = None
+    # None: the Prober's own context (the system's CAs, no client certificate).
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def of(cls, health_expect: list[str] | None, context: ssl.SSLContext | None) -> ProbeSettings:
+        conditions = None
+        if health_expect is not None:
+            conditions = tuple(parse_condition(text) for text in health_expect)
+        return cls(conditions, context)
+
+
+class Defaults(WindowOverrides, ProbeOverrides):
+    """`[defaults]`: every key a `[repos.NAME]` table may override."""
 
 
 class WindowSettings(_Table):
@@ -115,7 +267,10 @@ class HttpCheck(_Check):
         default_factory=dict
     )  # header name -> environment variable holding its (secret) value
     body: str | None = None
-    expect: list[str] = Field(default_factory=lambda: ["status == 200"])
+    expect: Conditions = Field(default_factory=lambda: ["status == 200"])
+    # The headers to send, secret values included, read once when the config is loaded.
+    _headers: dict[str, str] = PrivateAttr(default_factory=dict)
+    _secret_problem: str | None = PrivateAttr(default=None)
 
     @field_validator("path")
     @classmethod
@@ -132,18 +287,35 @@ class HttpCheck(_Check):
                 raise ValueError(f"{name!r}: header names and values must be ASCII")
         return value
 
-    @field_validator("expect")
-    @classmethod
-    def _conditions(cls, value: list[str]) -> list[str]:
-        problems = []
-        for text in value:
-            try:
-                parse_condition(text)
-            except ConditionError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise ValueError("; ".join(problems))
-        return value
+    @model_validator(mode="after")
+    def _read_secrets(self) -> HttpCheck:
+        """Read the secret header values now, once per config load (a reload reads them
+        again), rather than with blocking I/O on the event loop at every tick. A variable
+        unset now makes the check "cannot be judged" until the next reload."""
+        headers = dict(self.headers)
+        for header, variable in self.headers_env.items():
+            value = logs.secret_value(variable)
+            if value is None:
+                # Our configuration, not the service, is broken: never held against it.
+                self._secret_problem = f"environment variable {variable} is not set"
+                break
+            if not value.isascii():
+                self._secret_problem = f"{variable} is not ASCII: it cannot be a header"
+                break
+            logs.register_secret(value)
+            headers[header] = value
+        self._headers = headers
+        return self
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        """The headers to send, secret values included (never log them)."""
+        return self._headers
+
+    @property
+    def secret_problem(self) -> str | None:
+        """Why the check cannot be sent (a secret variable unset when the config was loaded)."""
+        return self._secret_problem
 
     @property
     def conditions(self) -> list[Condition]:
@@ -154,18 +326,11 @@ class PrometheusCheck(_Check):
     """`type = "prometheus"`: a PromQL query against the operator's Prometheus, bounded."""
 
     type: Literal["prometheus"]
-    url: str
+    url: BaseUrl
     query: Annotated[str, Field(min_length=1)]
     max: float | None = None
     min: float | None = None
     no_data: Literal["ok", "fail"] = "ok"
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _bounded(self) -> PrometheusCheck:
@@ -192,10 +357,10 @@ CheckConfig = Annotated[
 ]
 
 
-class RepoConfig(WindowOverrides):
+class RepoConfig(WindowOverrides, ProbeOverrides):
     """One `[repos.NAME]` table: the service to watch and how to react."""
 
-    base_url: str
+    base_url: BaseUrl
     health_path: str = "/health"
     fivexx_paths: list[str] = Field(default_factory=list)
     self_hosting: bool = False
@@ -204,14 +369,24 @@ class RepoConfig(WindowOverrides):
     checks: list[CheckConfig] = Field(default_factory=list)
     # Something that should always answer (a gateway, a neighbour): when it fails in the same
     # tick as the service, the tick is inconclusive (our own network), never held against it.
-    control_url: str | None = None
+    control_url: HttpUrl | None = None
+    # The effective probe settings, resolved when the config is loaded (see ProbeSettings).
+    _probe: ProbeSettings | None = PrivateAttr(default=None)
 
-    @field_validator("control_url")
-    @classmethod
-    def _control(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+    @property
+    def resolved_probe(self) -> ProbeSettings | None:
+        """The probe settings prepared when the config was loaded, if it was."""
+        return self._probe
+
+    def resolve_probe(self) -> ProbeSettings:
+        """The probe settings; for a repo validated on its own (not through `parse_config`),
+        built from its own keys on the first call (it may read files: not on the event loop).
+        Raises ValueError when its TLS files cannot be loaded."""
+        if self._probe is None:
+            files = TlsFiles(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+            context = build_ssl_context(files) if files.configured else None
+            self._probe = ProbeSettings.of(self.health_expect, context)
+        return self._probe
 
     @field_validator("checks")
     @classmethod
@@ -221,13 +396,6 @@ class RepoConfig(WindowOverrides):
         if duplicates:
             raise ValueError(f"check names must be unique: {', '.join(duplicates)}")
         return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
     @field_validator("health_path")
     @classmethod
@@ -323,7 +491,7 @@ class Config(_Table):
 
     state_dir: Annotated[str, AfterValidator(_state_dir)]
     enabled: bool = True
-    defaults: WindowOverrides = Field(default_factory=WindowOverrides)
+    defaults: Defaults = Field(default_factory=Defaults)
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     alerts: Sinks = Field(default_factory=list)
@@ -366,6 +534,96 @@ class Config(_Table):
         return settings
 
 
+def _tainted(removed: Sequence[tuple[str, ...]], repo: str, keys: Sequence[str]) -> bool:
+    """Whether a rule about `repo` that reads `keys` read a value removed as invalid."""
+    for path in removed:
+        for key in keys:
+            for full in (("defaults", key), ("repos", repo, key)):
+                if full[: len(path)] == path:
+                    return True
+    return False
+
+
+def _effective(config: Config, repo: str, key: str) -> tuple[Any, str]:
+    """The effective value of a `[defaults]`/`[repos.NAME]` key and the table it comes from."""
+    value = getattr(config.repos[repo], key)
+    if value is not None:
+        return value, f"repos.{repo}"
+    return getattr(config.defaults, key), "defaults"
+
+
+TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def _cross_key_problems(
+    config: Config, removed: Sequence[tuple[str, ...]] = ()
+) -> list[tuple[str, str]]:
+    """Rules between keys, checked on each repo's merged (effective) settings. A rule that
+    would read a key removed as invalid (see `_partial`) is skipped: that key is reported."""
+    problems = []
+    for name, repo in config.repos.items():
+        settings = config.window_settings(name)
+        if settings.probe_timeout_s >= settings.interval_s and not _tainted(
+            removed, name, ("probe_timeout_s", "interval_s")
+        ):
+            problems.append(
+                (
+                    f"repos.{name}.probe_timeout_s",
+                    f"{settings.probe_timeout_s:g} must be below interval_s "
+                    f"({settings.interval_s:g}), so that a window's probes never overlap",
+                )
+            )
+        if (
+            settings.auto_rollback
+            and repo.rollback_command is None
+            and not repo.self_hosting
+            and not _tainted(removed, name, ("auto_rollback", "rollback_command", "self_hosting"))
+        ):
+            problems.append(
+                (f"repos.{name}.rollback_command", "auto_rollback is on but it is unset")
+            )
+        key_file, key_at = _effective(config, name, "tls_key_file")
+        if (
+            key_file is not None
+            and _effective(config, name, "tls_cert_file")[0] is None
+            and not _tainted(removed, name, ("tls_cert_file", "tls_key_file"))
+        ):
+            problems.append(
+                (f"{key_at}.tls_key_file", "is set without tls_cert_file (the key's certificate)")
+            )
+    return problems
+
+
+def _resolve_probes(
+    config: Config, removed: Sequence[tuple[str, ...]] = ()
+) -> tuple[dict[str, ProbeSettings], list[tuple[str, str]]]:
+    """Each repo's ProbeSettings, and the TLS files that cannot be loaded. Loading them is
+    the check; one SSL context is built per distinct (ca, cert, key) triple and shared."""
+    built: dict[TlsFiles, ssl.SSLContext | TlsError] = {}
+    resolved: dict[str, ProbeSettings] = {}
+    problems: list[tuple[str, str]] = []
+    for name in config.repos:
+        files = TlsFiles(*(_effective(config, name, key)[0] for key in TLS_KEYS))
+        context = None
+        if files.configured:
+            if _tainted(removed, name, TLS_KEYS) or (files.key and not files.cert):
+                continue  # reported already
+            result = built.get(files)
+            if result is None:
+                try:
+                    result = built[files] = build_ssl_context(files)
+                except TlsError as exc:
+                    result = built[files] = exc
+            if isinstance(result, TlsError):
+                problems.append(
+                    (f"{_effective(config, name, result.key)[1]}.{result.key}", str(result))
+                )
+                continue
+            context = result
+        resolved[name] = ProbeSettings.of(_effective(config, name, "health_expect")[0], context)
+    return resolved, problems
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `lines` are `PATH: dotted.key: message`."""
 
@@ -391,9 +649,9 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 _UNION_TAGS = {"http", "prometheus", "webhook", "telegram", "alertmanager", "command"}
 
 
-def _messages(path: str, error: ValidationError) -> list[str]:
+def _messages(path: str, errors: list[ErrorDetails]) -> list[str]:
     lines = []
-    for item in error.errors():
+    for item in errors:
         loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -405,51 +663,209 @@ def _messages(path: str, error: ValidationError) -> list[str]:
     return lines
 
 
-def _cross_key_problems(config: Config) -> list[tuple[str, str]]:
-    """Rules between keys, checked on each repo's merged (effective) settings."""
-    problems = []
-    for name, repo in config.repos.items():
-        settings = config.window_settings(name)
-        if settings.probe_timeout_s >= settings.interval_s:
-            problems.append(
-                (
-                    f"repos.{name}.probe_timeout_s",
-                    f"{settings.probe_timeout_s:g} must be below interval_s "
-                    f"({settings.interval_s:g}), so that a window's probes never overlap",
-                )
-            )
-        if settings.auto_rollback and repo.rollback_command is None and not repo.self_hosting:
-            problems.append(
-                (f"repos.{name}.rollback_command", "auto_rollback is on but it is unset")
-            )
-    return problems
+# -- one pass: every problem, even behind a type error ----------------------------------------
+
+
+def _placeholder(path: tuple[int | str, ...]) -> str | None:
+    """A stand-in for a required key that is missing or invalid, so that the rest of its
+    table is still checked (no rule between keys reads these two)."""
+    if path == ("state_dir",):
+        return "."
+    if len(path) == 3 and path[0] == "repos" and path[2] == "base_url":
+        return "http://placeholder.invalid"
+    return None
+
+
+def _target(data: dict[str, Any], loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The key path in `data` that the error at `loc` is about: the key itself when it holds
+    a value or a list, the table holding it when it is missing (a required key) or is not
+    a key at all (a union tag). Empty when that is the whole file."""
+    if _placeholder(loc[:3]) is not None:
+        return tuple(str(part) for part in loc[:3])
+    node: Any = data
+    path: list[str] = []
+    for part in loc:
+        if not (isinstance(part, str) and isinstance(node, dict) and part in node):
+            break
+        path.append(part)
+        node = node[part]
+        if not isinstance(node, dict):
+            break
+    return tuple(path)
+
+
+def _remove(data: dict[str, Any], path: tuple[str, ...]) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    placeholder = _placeholder(path)
+    if placeholder is not None:
+        node[path[-1]] = placeholder
+    else:
+        del node[path[-1]]
+
+
+def _partial(
+    raw: dict[str, Any], errors: list[ErrorDetails]
+) -> tuple[Config | None, list[tuple[str, ...]]]:
+    """The config made of what is valid: what each error is about is removed (see
+    `_target`) until the rest validates. The rules between keys are then checked on it
+    (skipping those that read a removed key), so a type error never hides them. Also the
+    list of removed key paths; None when nothing valid is left to check."""
+    data = copy.deepcopy(raw)
+    removed: list[tuple[str, ...]] = []
+    for _ in range(8):  # each round removes something; nesting is shallow
+        round_removed: list[tuple[str, ...]] = []
+        for target in sorted({_target(data, tuple(e["loc"])) for e in errors}, key=len):
+            if not target:
+                return None, removed
+            if not any(target[: len(done)] == done for done in round_removed):
+                _remove(data, target)
+                round_removed.append(target)
+        removed += round_removed
+        try:
+            return Config.model_validate(data), removed
+        except ValidationError as exc:
+            errors = exc.errors()
+    return None, removed
+
+
+def _finish(
+    config: Config, path: str, removed: Sequence[tuple[str, ...]] = ()
+) -> tuple[Config, list[str]]:
+    """The rules between keys and the probe settings' resolution (TLS files loaded)."""
+    problems = _cross_key_problems(config, removed)
+    resolved, tls_problems = _resolve_probes(config, removed)
+    problems += tls_problems
+    for name, settings in resolved.items():
+        config.repos[name]._probe = settings
+    config._source = Path(path)
+    # A problem of [defaults] found through several repos is one line.
+    return config, [f"{path}: {key}: {message}" for key, message in dict.fromkeys(problems)]
+
+
+def _parse(text: str, path: str) -> tuple[Config | None, list[str]]:
+    """The config and every problem found. With problems, the config is partial (see
+    `_partial`, for warnings) or None."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return None, [f"{path}: (toml): {exc}"]
+    except RecursionError:
+        return None, [f"{path}: (toml): nested too deeply"]
+    try:
+        return _finish(Config.model_validate(raw), path)
+    except ValidationError as exc:
+        errors = exc.errors()
+    lines = _messages(path, errors)
+    try:
+        partial, removed = _partial(raw, errors)
+    except RecursionError:  # nested nearly as deep as tomllib allows: report what we have
+        return None, lines
+    if partial is None:
+        return None, lines
+    config, more = _finish(partial, path, removed)
+    return config, lines + more
 
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Parse TOML text into a Config; raises ConfigError with every problem found."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: (toml): {exc}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: (toml): nested too deeply"]) from None
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_messages(path, exc)) from None
-    problems = _cross_key_problems(config)
-    if problems:
-        raise ConfigError([f"{path}: {key}: {message}" for key, message in problems])
-    config._source = Path(path)
+    config, problems = _parse(text, path)
+    if problems or config is None:
+        raise ConfigError(problems)
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate the config file at `path`; raises ConfigError."""
+def _read(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: (file): not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: (file): cannot be read: {exc}"]) from None
-    return parse_config(text, str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at `path`; raises ConfigError."""
+    return parse_config(_read(path), str(path))
+
+
+# -- warnings: valid, but probably not what was meant on this host ----------------------------
+
+
+def _env_references(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, variable name) of every `*_env` key that names an environment variable
+    (`rollback_env` holds values, not names)."""
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            dotted = f"{key}.{name}" if key else name
+            if name.endswith("_env") and name != "rollback_env":
+                if isinstance(value, str):
+                    yield dotted, value
+                elif isinstance(value, dict):
+                    for header, variable in value.items():
+                        yield f"{dotted}.{header}", variable
+            else:
+                yield from _env_references(value, dotted)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _env_references(item, f"{key}[{index}]")
+    elif isinstance(node, dict):
+        for name, item in node.items():
+            yield from _env_references(item, f"{key}.{name}")
+
+
+def program_problem(program: str) -> str | None:
+    """Why `program` (an argv[0]) is not an absolute path to an executable file, or None."""
+    file = Path(program)
+    if not file.is_absolute():
+        return f"{program!r} is not an absolute path: the daemon would search its own PATH"
+    if not file.exists():
+        return f"{program} does not exist"
+    if not file.is_file():
+        return f"{program} is not a file"
+    if not os.access(program, os.X_OK):
+        return f"{program} is not executable"
+    return None
+
+
+def config_warnings(
+    config: Config, path: str, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """`PATH: dotted.key: warning: ...` lines: programs that cannot run as written and
+    secret variables that are unset (in `environ`: this process's environment by default)."""
+    programs = [
+        (f"repos.{name}.rollback_command", repo.rollback_command)
+        for name, repo in config.repos.items()
+    ]
+    programs += [
+        (f"alerts[{index}].argv", getattr(sink, "argv", None))
+        for index, sink in enumerate(config.alerts)
+    ]
+    lines = []
+    for key, argv in programs:
+        problem = program_problem(argv[0]) if argv else None
+        if problem is not None:
+            lines.append(f"{path}: {key}: warning: {problem}")
+    for key, variable in _env_references(config):
+        if logs.secret_value(variable, environ) is None:
+            lines.append(
+                f"{path}: {key}: warning: environment variable {variable} is not set here "
+                "(nor a systemd credential of that name)"
+            )
+    return lines
+
+
+def check_config_file(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[str], list[str]]:
+    """What `postdeploy check-config` reports, in one pass: the config (None when it has
+    errors), every error line, and every warning line."""
+    try:
+        text = _read(path)
+    except ConfigError as exc:
+        return None, exc.lines, []
+    config, errors = _parse(text, str(path))
+    warnings = config_warnings(config, str(path), environ) if config is not None else []
+    return (None if errors else config), errors, warnings

@@ -25,13 +25,17 @@ from typing import Any
 import anyio
 import httpx
 
-from postdeploy import __version__, logs
-from postdeploy.checks import Response, evaluate_all, judge_sample
-from postdeploy.config import HttpCheck, PrometheusCheck, RepoConfig
+from postdeploy import __version__
+from postdeploy.checks import Condition, Response, evaluate_all, judge_sample
+from postdeploy.config import HttpCheck, ProbeSettings, PrometheusCheck, RepoConfig
 from postdeploy.series import ProbeRow
 from postdeploy.transport import ON_SENT, LeanTransport
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
+
+# A request extension: the `ssl.SSLContext` for this request's TLS connection (a repo's
+# `tls_*` files), in place of the transport's default one.
+SSL_CONTEXT = "postdeploy.ssl_context"
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,18 @@ class Answer:
         return self.error is None
 
 
-def health_problem(answer: Answer) -> str | None:
-    """Why a health answer is not healthy, or None: healthy iff HTTP 200 and a JSON object
-    whose "status" is "ok"."""
+def health_problem(
+    answer: Answer, expect: tuple[Condition, ...] | list[Condition] | None = None
+) -> str | None:
+    """Why a health answer is not healthy, or None. Healthy iff every condition of `expect`
+    (the repo's `health_expect`) holds; without them, iff HTTP 200 and a JSON object whose
+    "status" is "ok"."""
     if not answer.answered:
         return answer.error
+    if expect is not None:
+        response = Response(answer.code, answer.latency_ms, answer.body or b"")
+        result = evaluate_all(list(expect), response)
+        return None if result.ok else result.detail
     if answer.code != 200:
         return f"HTTP {answer.code}"
     try:
@@ -173,6 +184,7 @@ class Prober:
         service: str | None = None,
         urgent: bool = False,
         on_sent: Callable[[], object] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> Answer:
         """GET `url` within `timeout` seconds overall; never raises for network trouble."""
         return await self.request(
@@ -183,6 +195,7 @@ class Prober:
             service=service,
             urgent=urgent,
             on_sent=on_sent,
+            ssl_context=ssl_context,
         )
 
     async def request(
@@ -197,13 +210,20 @@ class Prober:
         service: str | None = None,
         urgent: bool = False,
         on_sent: Callable[[], object] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> Answer:
         """One request within `timeout` seconds overall (connect, headers and body).
 
         `urgent` (a tick's health request) takes a global slot of the urgent class, so it
         never waits behind the non-urgent requests in flight or queued (see the class).
-        `on_sent` is called once the request is written to its connection."""
+        `on_sent` is called once the request is written to its connection. `ssl_context`
+        (built once per config load) replaces the default one for a TLS connection."""
         target = self._url(url)
+        extensions: dict[str, Any] = {}
+        if on_sent is not None:
+            extensions[ON_SENT] = on_sent
+        if ssl_context is not None:
+            extensions[SSL_CONTEXT] = ssl_context
         limiter = self._urgent_limiter if urgent else self._limiter
         # The service's slot first: a request waiting on a busy service holds no global slot.
         async with self._service_limiter(target, service), limiter:
@@ -216,7 +236,7 @@ class Prober:
                         target,
                         headers={**HEADERS, **headers} if headers else HEADERS,
                         content=content,
-                        extensions={ON_SENT: on_sent} if on_sent is not None else None,
+                        extensions=extensions or None,
                     )
                     return await self._send(request, read_body, start, got)
                 except (httpx.HTTPError, OSError) as exc:
@@ -272,6 +292,10 @@ class Prober:
         the health requests' connects would queue behind the others'. Like the wait for a
         request slot, that wait is not part of a request's own `timeout`."""
         ts = time.time()
+        settings = repo.resolved_probe  # prepared when the config was loaded
+        if settings is None:  # a repo validated on its own: once, off the event loop
+            settings = await anyio.to_thread.run_sync(repo.resolve_probe)
+        tls = settings.ssl_context  # for every request to base_url
         answers: dict[str, Answer] = {}
         checks: dict[str, dict[str, Any]] = {}
         control: list[Answer] = []
@@ -285,14 +309,18 @@ class Prober:
         async def fetch(path: str) -> None:
             await after_health()
             answers[path] = await self.get(
-                repo.base_url + path, timeout, read_body=False, service=repo.base_url
+                repo.base_url + path,
+                timeout,
+                read_body=False,
+                service=repo.base_url,
+                ssl_context=tls,
             )
 
         async def check(spec: HttpCheck | PrometheusCheck) -> None:
             await after_health()
             deadline = spec.timeout_s or timeout
             if isinstance(spec, HttpCheck):
-                checks[spec.name] = await self._http_check(repo, spec, deadline)
+                checks[spec.name] = await self._http_check(repo, spec, deadline, tls)
             else:
                 checks[spec.name] = await self._prometheus_check(spec, deadline)
 
@@ -316,32 +344,28 @@ class Prober:
                     service=repo.base_url,
                     urgent=True,
                     on_sent=health_out.set,
+                    ssl_context=tls,
                 )
             finally:
                 health_out.set()
-        return _row(repo, answers, checks, control, tick, scheduled_ts, ts, catch_up)
+        return _row(repo, settings, answers, checks, control, tick, scheduled_ts, ts, catch_up)
 
     async def _http_check(
-        self, repo: RepoConfig, spec: HttpCheck, timeout: float
+        self, repo: RepoConfig, spec: HttpCheck, timeout: float, tls: ssl.SSLContext | None
     ) -> dict[str, Any]:
-        headers = dict(spec.headers)
-        for header, variable in spec.headers_env.items():
-            value = logs.secret_value(variable)
-            if value is None:
-                # Our configuration, not the service, is broken: never held against it.
-                return {"ok": None, "detail": f"environment variable {variable} is not set"}
-            if not value.isascii():
-                return {"ok": None, "detail": f"{variable} is not ASCII: it cannot be a header"}
-            logs.register_secret(value)
-            headers[header] = value
+        # The secret header values were read when the config was loaded, not now.
+        if spec.secret_problem is not None:
+            # Our configuration, not the service, is broken: never held against it.
+            return {"ok": None, "detail": spec.secret_problem}
         body = spec.body.encode() if spec.body is not None else None
         answer = await self.request(
             spec.method,
             repo.base_url + spec.path,
             timeout,
-            headers=headers,
+            headers=spec.request_headers,
             content=body,
             service=repo.base_url,
+            ssl_context=tls,
         )
         response = Response(answer.code, answer.latency_ms, answer.body or b"", answer.error)
         result = evaluate_all(spec.conditions, response)
@@ -396,6 +420,7 @@ def prometheus_values(answer: Answer) -> list[float]:
 
 def _row(
     repo: RepoConfig,
+    settings: ProbeSettings,
     answers: dict[str, Answer],
     checks: dict[str, dict[str, Any]],
     control: list[Answer],
@@ -406,7 +431,7 @@ def _row(
 ) -> ProbeRow:
     """Fold one tick's answers into its series row."""
     health = answers[repo.health_path]
-    problem = health_problem(health)
+    problem = health_problem(health, settings.health_expect)
     parts = [f"health {'ok' if problem is None else problem}"]
     codes: dict[str, int] = {}
     fivexx = 0

@@ -138,7 +138,7 @@ CASES: dict[str, tuple[str, str]] = {
         url = "127.0.0.1:9090"
         query = "up"
         """,
-        "repos.prom-url.checks[0].url: must start with http:// or https://",
+        "repos.prom-url.checks[0].url: must be an http:// or https:// URL with a host",
     ),
     "prom-query": (
         """
@@ -229,7 +229,7 @@ CASES: dict[str, tuple[str, str]] = {
         """
         control_url = "gateway.internal"
         """,
-        "repos.control-url.control_url: must start with http:// or https://",
+        "repos.control-url.control_url: must be an http:// or https:// URL with a host",
     ),
 }
 

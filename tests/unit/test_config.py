@@ -475,7 +475,9 @@ def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
     result = run_cli("check-config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert str(path) in result.stdout
-    assert result.stderr == ""
+    # Only warnings (the example's programs and secrets do not exist on this host): see
+    # test_config_urls_tls.py for them.
+    assert all(": warning: " in line for line in result.stderr.splitlines()), result.stderr
 
 
 def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path) -> None:

@@ -7,13 +7,13 @@ Secrets never live in the file: a sink names the environment variable that holds
 from __future__ import annotations
 
 import re
-import urllib.parse
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from postdeploy.alerts.template import check_template
+from postdeploy.urls import check_http_url
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SINK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -29,15 +29,7 @@ RESERVED_LABELS = frozenset({"alertname", "repo", "work_item", "kind", "severity
 
 
 def _http_url(value: str) -> str:
-    if any(c.isspace() for c in value):
-        raise ValueError("must not contain whitespace")
-    try:
-        parts = urllib.parse.urlsplit(value)
-    except ValueError as exc:
-        raise ValueError(f"is not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    return value.rstrip("/")
+    return check_http_url(value).rstrip("/")
 
 
 def _env_name(value: str) -> str:
