@@ -54,8 +54,19 @@ class Waiter:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.out: list[str] = []
+        # Both pipes are read by threads of their own (communicate() would race the stderr
+        # reader for the same pipe).
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_out, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        self.out.append(self.proc.stdout.read())
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -80,13 +91,14 @@ class Waiter:
     def finish(self) -> tuple[int, str, list[str]]:
         """Exit code, stdout, stderr lines."""
         try:
-            out, _ = self.proc.communicate(timeout=DEADLINE_S)
+            self.proc.wait(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
             raise AssertionError(f"the command did not finish: {self.lines}") from None
-        self._reader.join(DEADLINE_S)
-        return self.proc.returncode, out, self.lines
+        for reader in self._readers:
+            reader.join(DEADLINE_S)
+        return self.proc.returncode, "".join(self.out), self.lines
 
 
 def _cli(pd: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -198,7 +210,7 @@ def test_wait_before_the_item_exists(pd: Harness) -> None:
     code, out, lines = waiter.finish()
     assert code == 0, lines
     assert out.startswith("HEALTHY / NONE: ")
-    assert "shop/w1: window open: waiting for its ticks of 5" in lines
+    assert "shop/w1: window open: waiting for its ticks of 5" in lines, "\n".join(lines)
     assert _tick_lines(lines)
 
 
