@@ -1,6 +1,8 @@
 """The `postdeploy` command line; thin: each command calls into the package.
 
-Exit codes: 0 success, 1 failure, 2 invalid config or usage.
+Exit codes: 0 success, 1 failure, 2 invalid config or usage; `wait`, `arm --wait` and
+`rollback` also use 3 (no verdict, or refused) and 124 (timed out): see `postdeploy.wait`.
+`cancel` exits 3 when the window already finished (or was rejected): nothing is written.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from postdeploy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_con
 from postdeploy.layout import ItemKey, valid_name
 from postdeploy.store import ItemStore
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_NO_EFFECT = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """A bad argument: the message is printed and the command exits 2, having written nothing."""
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -28,10 +34,20 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(_config_path(args))
 
 
-def _state_root(args: argparse.Namespace) -> Path:
+def _state_root(args: argparse.Namespace, config: Config | None = None) -> Path:
+    """`--state-dir` if given, else the config's `state_dir`."""
     if getattr(args, "state_dir", None):
         return Path(args.state_dir).absolute()
-    return _load(args).state_path
+    return (config or _load(args)).state_path
+
+
+def _existing_root(args: argparse.Namespace, config: Config | None = None) -> Path:
+    """The state directory, which must exist: a command never creates it (the daemon does,
+    and a typo in `--state-dir` must not quietly start a state directory nobody watches)."""
+    root = _state_root(args, config)
+    if not root.is_dir():
+        raise UsageError(f"the state directory {root} does not exist (is the daemon installed?)")
+    return root
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -68,14 +84,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _item(args: argparse.Namespace) -> ItemKey:
     for name in (args.repo, args.work_item):
         if not valid_name(name):
-            raise SystemExit(
-                f"postdeploy: invalid name {name!r}: must match {layout.NAME_RE.pattern}"
-            )
+            raise UsageError(f"invalid name {name!r}: must match {layout.NAME_RE.pattern}")
     return ItemKey(args.repo, args.work_item)
 
 
+def _known_repo(config: Config, repo: str) -> None:
+    if repo not in config.repos:
+        raise UsageError(
+            f"no [repos.{repo}] table in the config: nothing would watch this window "
+            f"(the daemon would reject it)"
+        )
+
+
+def _finished(root: Path, key: ItemKey) -> tuple[dict[str, object] | None, str | None]:
+    """The item's `done` object and `rejected` reason, where they exist (read, never written)."""
+    from postdeploy import wait
+
+    try:
+        seen = wait.look(root, key)
+    except (OSError, layout.UnsafePath):
+        return None, None
+    return seen.done, seen.rejected
+
+
 def cmd_arm(args: argparse.Namespace) -> int:
+    """Write `armed`; with `--wait`, then wait as `wait` does. Every check comes before the
+    first write: a bad name, a bad --meta, an unknown repo or a missing state directory
+    writes nothing at all (exit 2)."""
     key = _item(args)
+    if not args.wait and (args.timeout is not None or args.json):
+        raise UsageError("--timeout and --json go with --wait")
     metadata: dict[str, str] = {}
     for pair in args.meta:
         name, sep, value = pair.partition("=")
@@ -93,23 +131,115 @@ def cmd_arm(args: argparse.Namespace) -> int:
     except layout.ArmedError as exc:
         print(f"postdeploy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    store = ItemStore(_state_root(args), key)
+    config = _load(args)
+    _known_repo(config, key.repo)
+    root = _existing_root(args, config)
+    store = ItemStore(root, key)
+    done, rejected = _finished(root, key)
+    if not config.enabled:
+        _warn(
+            f"the kill switch is thrown (enabled = false in {_config_path(args)}): "
+            f"this window will finish DISABLED, unjudged"
+        )
+    if done is not None:
+        _warn(
+            f"{key} already finished ({done.get('status')} / {done.get('action_taken')}): "
+            f"arming it again changes nothing; nothing written"
+        )
+    elif rejected is not None:
+        _warn(f"{key} was rejected: {rejected}; fix `armed`, then delete `rejected`")
     try:
-        store.root.mkdir(parents=True, exist_ok=True)  # like `mkdir -p` in a deploy script
-        if store.path.is_dir() and store.exists_sync(layout.ARMED):
-            print(f"postdeploy: {key} is already armed; left unchanged", file=sys.stderr)
+        if done is not None:
+            pass  # finished for good: nothing to write
+        elif store.path.is_dir() and store.exists_sync(layout.ARMED):
+            _warn(f"{key} is already armed; left unchanged")
         else:
             store.write_atomic_sync(layout.ARMED, data, create_dirs=True)
     except (OSError, layout.UnsafePath) as exc:
         print(f"postdeploy: cannot arm {key}: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    print(store.path / layout.ARMED)
-    return EXIT_OK
+    print(store.path / layout.ARMED, flush=True)
+    if not args.wait:
+        return EXIT_OK
+    from postdeploy import wait
+
+    return wait.wait_for_verdict(
+        root,
+        key,
+        timeout=args.timeout,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+        max_ticks_hint=config.window_settings(key.repo).max_ticks,
+    )
+
+
+def _warn(text: str) -> None:
+    print(f"postdeploy: warning: {text}", file=sys.stderr, flush=True)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait for the item's verdict (read-only). With `--state-dir`, no config is read at all,
+    so a user who may only read the state directory can wait."""
+    from postdeploy import wait
+
+    key = _item(args)
+    config = None if args.state_dir else _load(args)
+    root = _existing_root(args, config)
+    hint = None
+    if config is not None:
+        if key.repo in config.repos:
+            hint = config.window_settings(key.repo).max_ticks
+        elif _finished(root, key) == (None, None):
+            _known_repo(config, key.repo)  # nothing will ever finish it: say so now
+    return wait.wait_for_verdict(
+        root,
+        key,
+        timeout=args.timeout,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+        max_ticks_hint=hint,
+    )
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """A person's rollback: write `rollback.request`, then wait for the daemon's answer."""
+    from postdeploy import wait
+
+    key = _item(args)
+    config = _load(args)
+    _known_repo(config, key.repo)
+    root = _existing_root(args, config)
+    return wait.request_rollback(
+        root,
+        key,
+        reason=args.reason,
+        timeout=args.timeout,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     key = _item(args)
-    store = ItemStore(_state_root(args), key)
+    root = _state_root(args)
+    store = ItemStore(root, key)
+    done, rejected = _finished(root, key)
+    if done is not None:
+        print(
+            f"postdeploy: {key} already finished ({done.get('status')} / "
+            f"{done.get('action_taken')}): cancel changes nothing; nothing written",
+            file=sys.stderr,
+        )
+        return EXIT_NO_EFFECT
+    if rejected is not None:
+        print(
+            f"postdeploy: {key} was rejected ({rejected}): there is no window to cancel; "
+            f"nothing written",
+            file=sys.stderr,
+        )
+        return EXIT_NO_EFFECT
     try:
         if not store.exists_sync(layout.ARMED):
             print(f"postdeploy: {key} is not armed", file=sys.stderr)
@@ -141,6 +271,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     key = _item(args)
     config = _load(args)
+    if args.json:
+        from postdeploy import status
+
+        shown = status.item_json(config.state_path, key, config)
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return EXIT_OK if shown.get("state") not in ("missing", "unreadable") else EXIT_FAIL
     return view.print_show(config.state_path, key, config)
 
 
@@ -148,6 +284,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from postdeploy import demo
 
     return demo.run(keep=args.keep)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
+    return value
+
+
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 124)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="the outcome as the `done` object, with repo and item"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     arm.add_argument("work_item")
     arm.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
     arm.add_argument("--state-dir", help="the state directory (default: from the config)")
+    arm.add_argument("--wait", action="store_true", help="then wait for the verdict, as `wait`")
+    _wait_options(arm)
     arm.set_defaults(func=cmd_arm)
+
+    wait = sub.add_parser(
+        "wait",
+        parents=[common],
+        help="wait for a window's verdict (exit 0 healthy, 1 degraded, 3 no verdict, 124 timeout)",
+    )
+    wait.add_argument("repo")
+    wait.add_argument("work_item")
+    wait.add_argument(
+        "--state-dir", help="the state directory (default: from the config, which is then not read)"
+    )
+    _wait_options(wait)
+    wait.set_defaults(func=cmd_wait)
+
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="a person's rollback: ask the daemon, wait for it"
+    )
+    rollback.add_argument("repo")
+    rollback.add_argument("work_item")
+    rollback.add_argument("--reason", default="a person asked for the rollback", metavar="TEXT")
+    rollback.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 124)"
+    )
+    rollback.set_defaults(func=cmd_rollback)
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a window (writes `cancel`)")
     cancel.add_argument("repo")
@@ -184,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", parents=[common], help="one window's timeline and report")
     show.add_argument("repo")
     show.add_argument("work_item")
+    show.add_argument(
+        "--json", action="store_true", help="the window as JSON: done, window.json, series summary"
+    )
     show.set_defaults(func=cmd_show)
 
     check = sub.add_parser("check-config", parents=[common], help="validate a config file")
@@ -205,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
+        return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"postdeploy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -85,6 +85,24 @@ def fold_series(store: ItemStore, keep: int | None) -> SeriesView:
     return SeriesView(tally, list(kept), accepted)
 
 
+def metadata_of(store: ItemStore, start: dict[str, Any] | None) -> dict[str, str]:
+    """The deploy's metadata: from `window.json` once the daemon recorded it, else parsed
+    from `armed` (which may be invalid, or mid-write: then none)."""
+    if start is not None and isinstance(start.get("metadata"), dict):
+        return {str(k): str(v) for k, v in start["metadata"].items()}
+    try:
+        data = store.read_sync(layout.ARMED, limit=layout.MAX_ARMED_BYTES + 1)
+        return layout.parse_armed(data or b"")
+    except (OSError, layout.UnsafePath, layout.ArmedError):
+        return {}
+
+
+def shadow_mode(settings: WindowSettings | None, metadata: dict[str, str]) -> bool:
+    """Whether the window runs in shadow mode (judges, runs nothing), as the daemon decides."""
+    configured = settings is not None and settings.mode == "shadow"
+    return configured or metadata.get("mode") == "shadow"
+
+
 def _schedule(store: ItemStore, settings: WindowSettings | None) -> tuple[dict[str, Any], bool]:
     """The window's schedule (armed_at, initial_delay_s, interval_s, max_ticks) and whether
     the daemon has recorded it; before that it is predicted from the sentinel and config."""
@@ -113,6 +131,7 @@ def window_state(
     """One open window as the status view shows it."""
     key = store.key
     start, seen = _schedule(store, settings)
+    metadata = metadata_of(store, start if seen else None)
     series = fold_series(store, keep)
     tally = series.tally
     failing = [r.detail for r in series.rows if r.failed][-1:]
@@ -144,6 +163,9 @@ def window_state(
             if check.streak > 0
         },
         "seen_by_daemon": seen,
+        "commit": metadata.get("commit"),
+        "mode": "shadow" if shadow_mode(settings, metadata) else "act",
+        "metadata": metadata,
         "cancel_requested": store.exists_sync(layout.CANCEL),
         "probes": [
             {
@@ -212,6 +234,10 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         except (OSError, layout.UnsafePath):
             continue  # removed or replaced while we looked: the next run will see it
     recent.sort(key=lambda r: str(r.get("finished_at") or ""), reverse=True)
+    for r in recent[:RECENT]:  # the deploy's commit, for the listed ones only
+        start = read_json(ItemStore(root, ItemKey(r["repo"], r["work_item"])), layout.WINDOW)
+        meta = start.get("metadata") if start is not None else None
+        r["commit"] = meta.get("commit") if isinstance(meta, dict) else None
     active.sort(key=lambda a: (a.get("armed_at") or 0.0, a["repo"], a["work_item"]))
     return {
         "enabled": config.enabled,
@@ -233,3 +259,71 @@ def _deliveries(root: Path) -> dict[str, Any]:
         return {"pending": None, "expired": None, "error": str(exc), "items": []}
     expired = sum(1 for item in items if item.get("expired"))
     return {"pending": len(items) - expired, "expired": expired, "items": items[:RECENT]}
+
+
+def _series_summary(store: ItemStore) -> dict[str, Any]:
+    """What `show --json` says of the series: counts, the rules' inputs, latencies."""
+    view = fold_series(store, None)
+    tally = view.tally
+    latencies = sorted(r.latency_ms for r in view.rows if r.health_ok)
+    summary: dict[str, Any] = {
+        "rows": view.accepted,
+        "checks_total": tally.checks_total,
+        "checks_failed": tally.checks_failed,
+        "last_tick": tally.last_tick,
+        "health_streak": tally.streak,
+        "fivexx": tally.sum_fivexx,
+        "fivexx_total": tally.sum_total,
+        "fivexx_ratio": round(tally.fivexx_ratio, 4),
+        "first_ts": view.rows[0].ts if view.rows else None,
+        "last_ts": view.rows[-1].ts if view.rows else None,
+        "latency_ms": None,
+        "failed_ticks": [r.tick for r in view.rows if r.failed],
+    }
+    if latencies:
+        summary["latency_ms"] = {
+            "min": round(latencies[0], 1),
+            "median": round(latencies[len(latencies) // 2], 1),
+            "max": round(latencies[-1], 1),
+        }
+    return summary
+
+
+def item_json(root: Path, key: ItemKey, config: Config | None = None) -> dict[str, Any]:
+    """`show --json`: one work item. `state` is finished, open, rejected, not-armed, missing
+    or unreadable; `done` and `window` are those files' objects (or null), `series` a summary
+    of `series.jsonl`, `metadata` the deploy's."""
+    store = ItemStore(root, key)
+    out: dict[str, Any] = {"repo": key.repo, "work_item": key.work_item, "path": str(store.path)}
+    try:
+        with open_item_dir(root, key) as dfd:
+            kinds = {n: layout.lstat_kind(dfd, n) for n in (layout.ARMED, layout.DONE)}
+            kinds[layout.REJECTED] = layout.lstat_kind(dfd, layout.REJECTED)
+    except FileNotFoundError:
+        return {**out, "state": "missing"}
+    except (OSError, layout.UnsafePath) as exc:
+        return {**out, "state": "unreadable", "error": str(exc)}
+    done = read_json(store, layout.DONE) if kinds[layout.DONE] else None
+    window = read_json(store, layout.WINDOW)
+    rejected = _rejected(store)["reason"] if kinds[layout.REJECTED] else None
+    if kinds[layout.DONE]:
+        state = "finished"
+    elif rejected is not None:
+        state = "rejected"
+    elif kinds[layout.ARMED]:
+        state = "open"
+    else:
+        state = "not-armed"
+    settings = settings_for(config, key.repo) if config is not None else None
+    metadata = metadata_of(store, window) if kinds[layout.ARMED] or window else {}
+    return {
+        **out,
+        "state": state,
+        "done": done,
+        "rejected": rejected,
+        "window": window,
+        "metadata": metadata,
+        "mode": "shadow" if shadow_mode(settings, metadata) else "act",
+        "series": _series_summary(store),
+        "rollback": read_json(store, layout.ROLLBACK_RESULT),
+    }

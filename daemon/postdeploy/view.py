@@ -45,6 +45,11 @@ GAP_MARK = "·"  # a tick number that has no row: skipped (too late) or missed w
 SPARK_WIDTH = 20
 SHOW_MAX_ROWS = 500
 BAR_WIDTH = 16
+# Names never break mid-word: a name too long for its column is cut with an ellipsis (the
+# whole name is in `status --json` and `show`). At least 18 columns, even at 80 wide.
+NAME_COLUMN: dict[str, Any] = {"overflow": "ellipsis", "no_wrap": True, "min_width": 18}
+NARROW = 100  # below this many columns, the status view makes room for the names
+COMMIT_CHARS = 10  # a commit is shown this long (a short hash)
 
 
 # -- small formatters ---------------------------------------------------------------------
@@ -129,7 +134,7 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> Text:
     return Text("█" * done, style="cyan") + Text("░" * (width - done), style="dim")
 
 
-def _progress(w: dict[str, Any], now: float) -> Text:
+def _progress(w: dict[str, Any], now: float, width: int = BAR_WIDTH) -> Text:
     """A bar for the time elapsed toward the window's end, then ticks done and time."""
     ticks = f"tick {w['ticks']}/{w['max_ticks'] if w['max_ticks'] is not None else '?'}"
     armed, ends = w.get("armed_at"), w.get("ends_at")
@@ -137,7 +142,9 @@ def _progress(w: dict[str, Any], now: float) -> Text:
         return Text(ticks)
     total = ends - armed
     elapsed = min(max(0.0, now - armed), total)
-    return bar(elapsed / total) + Text(f"\n{ticks}\n{duration(elapsed)} of {duration(total)}")
+    return bar(elapsed / total, width) + Text(
+        f"\n{ticks}\n{duration(elapsed)} of {duration(total)}"
+    )
 
 
 def _verdict_so_far(w: dict[str, Any]) -> Text:
@@ -167,32 +174,44 @@ def _verdict_so_far(w: dict[str, Any]) -> Text:
     return text
 
 
-def _open_windows(snapshot: dict[str, Any], now: float) -> Table:
+def _open_windows(snapshot: dict[str, Any], now: float, width: int = 100) -> Table:
+    # Below 100 columns the bar and the sparkline give up room to the names.
+    bar_width, spark_width = (BAR_WIDTH, SPARK_WIDTH) if width >= NARROW else (10, 12)
     table = Table(
         title=f"Open windows ({snapshot['active_count']})",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         expand=True,
     )
-    table.add_column("repo / work item", ratio=2, overflow="fold")
-    table.add_column("window", width=BAR_WIDTH + 2)
-    table.add_column("probes (latency)", width=SPARK_WIDTH + 1)
+    table.add_column("repo / work item", ratio=2, **NAME_COLUMN)
+    table.add_column("window", width=bar_width + 2)
+    table.add_column("probes (latency)", width=spark_width + 1)
     table.add_column("verdict so far", ratio=3, overflow="fold")
     for w in snapshot["active"]:
         who = Text(f"{w['repo']}\n{w['work_item']}\narmed {ago(w.get('armed_at'), now)}")
+        if w.get("commit"):
+            who.append(f"\ncommit {str(w['commit'])[:COMMIT_CHARS]}", style="dim")
+        if w.get("mode") == "shadow":
+            who.append("\nshadow mode", style="magenta")
         if not w.get("seen_by_daemon", True):
             who.append("\nnot yet taken up", style="yellow")
         if w.get("cancel_requested"):
             who.append("\ncancel requested", style="yellow")
-        table.add_row(who, _progress(w, now), sparkline(w.get("probes", [])), _verdict_so_far(w))
+        table.add_row(
+            who,
+            _progress(w, now, bar_width),
+            sparkline(w.get("probes", []), spark_width),
+            _verdict_so_far(w),
+        )
     if not snapshot["active"]:
         table.add_row(Text("none", style="dim"), "", "", "")
     return table
 
 
-def _recent(snapshot: dict[str, Any], now: float) -> Table:
+def _recent(snapshot: dict[str, Any], now: float, width: int = 100) -> Table:
     table = Table(title="Recent outcomes", title_justify="left", box=box.SIMPLE_HEAD, expand=True)
-    table.add_column("repo / work item", ratio=2, overflow="fold")
+    # rich shares out ratio columns without minding min_width: a bigger share when narrow.
+    table.add_column("repo / work item", ratio=2 if width >= NARROW else 3, **NAME_COLUMN)
     table.add_column("outcome", no_wrap=True)
     table.add_column("finished", no_wrap=True)
     table.add_column("reason", ratio=5, overflow="fold")
@@ -200,8 +219,11 @@ def _recent(snapshot: dict[str, Any], now: float) -> Table:
         total, failed = r.get("checks_total"), r.get("checks_failed")
         outcome = styled(r["status"], STATUS_STYLE) + "\n" + styled(r["action_taken"], ACTION_STYLE)
         checks = f"\n{failed}/{total} checks failed" if total is not None else ""
+        who = Text(f"{r['repo']}/{r['work_item']}")
+        if r.get("commit"):
+            who.append(f"\ncommit {str(r['commit'])[:COMMIT_CHARS]}", style="dim")
         table.add_row(
-            f"{r['repo']}/{r['work_item']}",
+            who,
             outcome,
             ago(_epoch(r.get("finished_at")), now),
             Text(str(r.get("reason") or "")) + Text(checks, style="dim"),
@@ -215,7 +237,7 @@ def _rejected(snapshot: dict[str, Any]) -> Table:
     table = Table(
         title="Rejected sentinels", title_justify="left", box=box.SIMPLE_HEAD, expand=True
     )
-    table.add_column("repo / work item", ratio=2, overflow="fold")
+    table.add_column("repo / work item", ratio=2, **NAME_COLUMN)
     table.add_column("reason", ratio=5, overflow="fold")
     for r in snapshot["rejected"]:
         table.add_row(f"{r['repo']}/{r['work_item']}", Text(r["reason"], style="yellow"))
@@ -233,8 +255,8 @@ def render(snapshot: dict[str, Any], console: Console) -> None:
     header.append(f", state dir {snapshot.get('state_dir', '?')}, ")
     header.append(f"{snapshot['active_count']} open windows", style="bold")
     console.print(header)
-    console.print(_open_windows(snapshot, now))
-    console.print(_recent(snapshot, now))
+    console.print(_open_windows(snapshot, now, console.width))
+    console.print(_recent(snapshot, now, console.width))
     if snapshot.get("rejected"):
         console.print(_rejected(snapshot))
     deliveries = snapshot.get("deliveries") or {}

@@ -167,9 +167,15 @@ def test_arm_is_idempotent(pd: Harness) -> None:
     assert armed.stat().st_mtime_ns == mtime
 
 
-def test_arm_works_before_the_daemon_ever_ran(pd: Harness) -> None:
-    """A deploy that arms before the daemon first created the state directory still arms."""
+def test_arm_before_the_daemon_ever_ran_is_refused(pd: Harness) -> None:
+    """`arm` says no when nothing will watch: before the daemon first created the state
+    directory, it exits 2 and creates nothing (a typo in the path must not start a state
+    directory nobody watches). Once the daemon has run, it arms."""
     pd.configure()
     assert not pd.state.exists()
-    armed = pd.arm("shop", "w1")
-    assert armed.is_file()
+    refused = pd.cli("arm", "shop", "w1", "--config", str(pd.config_path))
+    assert refused.returncode == 2, refused
+    assert "does not exist" in refused.stderr
+    assert not pd.state.exists()
+    pd.start()
+    assert pd.arm("shop", "w1").is_file()
