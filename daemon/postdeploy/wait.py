@@ -503,6 +503,27 @@ def write_request(dfd: int, body: dict[str, Any]) -> bool:
     return True
 
 
+def poke(root: Path, key: ItemKey) -> None:
+    """Tell the daemon about a request: an empty `<root>/.requests/<repo>~<item>` (see
+    `layout.REQUESTS_DIR`); nothing is followed through a symlink."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    root_fd = os.open(root, flags)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(layout.REQUESTS_DIR, 0o2775, dir_fd=root_fd)
+        requests_fd = os.open(layout.REQUESTS_DIR, flags, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+    try:
+        name = f"{key.repo}~{key.work_item}"
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664, dir_fd=requests_fd
+        )
+        os.close(fd)
+    finally:
+        os.close(requests_fd)
+
+
 def request_rollback(
     root: Path,
     key: ItemKey,
@@ -542,6 +563,14 @@ def request_rollback(
     if not written:
         _say(err, f"postdeploy: rollback of {key} refused: someone else asked first")
         return EXIT_NO_VERDICT
+    try:
+        poke(root, key)
+    except OSError as exc:
+        _say(
+            err,
+            f"postdeploy: warning: cannot notify the daemon ({root / layout.REQUESTS_DIR}: "
+            f"{exc}); it finds the request at its next rescan",
+        )
     _say(
         err, f"{key}: rollback requested ({path / layout.ROLLBACK_REQUEST}); waiting for the daemon"
     )

@@ -2,14 +2,15 @@
 (on a self-hosting repo too), a second request refused, a request made while the daemon was
 down, and a request for a HEALTHY window refused.
 
-`ask` writes what `postdeploy rollback` writes (the request, then the poke); the CLI's own
-end-to-end tests drive it through the real command line.
+Every request goes through the real command line (`postdeploy rollback`), which writes the
+request, notifies the daemon and waits for its answer: exit 0 ROLLBACK_OK, 3 refused.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import subprocess
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +18,22 @@ if TYPE_CHECKING:
     from conftest import Harness
 
 
-def ask(pd: Harness, repo: str, item: str, reason: str, who: str = "alice") -> None:
-    request = {"reason": reason, "requested_by": who, "at": time.time()}
-    (pd.item(repo, item) / "rollback.request").write_text(json.dumps(request))
-    pokes = pd.state / ".requests"
-    pokes.mkdir(exist_ok=True)
-    (pokes / f"{repo}~{item}").touch()
+def ask(
+    pd: Harness, repo: str, item: str, reason: str, who: str = "alice", timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """`postdeploy rollback REPO ITEM --reason TEXT` as `who` (through $SUDO_USER)."""
+    return pd.cli(
+        "rollback",
+        repo,
+        item,
+        "--reason",
+        reason,
+        "--timeout",
+        str(timeout),
+        "--config",
+        str(pd.config_path),
+        env={"SUDO_USER": who},
+    )
 
 
 def wait_answer(pd: Harness, repo: str, item: str) -> dict[str, Any]:
@@ -50,7 +61,9 @@ def test_finished_alert_only_window_is_rolled_back_once_on_request(pd: Harness) 
     run.wait_for("window.finished", work_item="w1")
     assert pd.done("shop", "w1")["action_taken"] == "ALERT_ONLY"
     assert pd.hook_calls() == []
-    ask(pd, "shop", "w1", "checkout is broken", who="alice")
+    result = ask(pd, "shop", "w1", "checkout is broken", who="alice")
+    assert result.returncode == 0, result.stderr
+    assert "ROLLBACK_OK" in result.stdout
     answer = wait_answer(pd, "shop", "w1")
     assert answer["action"] == "ROLLBACK_OK"
     assert (answer["requested_by"], answer["reason"]) == ("alice", "checkout is broken")
@@ -62,11 +75,15 @@ def test_finished_alert_only_window_is_rolled_back_once_on_request(pd: Harness) 
     run.wait_for("rollback.manual_finished", work_item="w1")
     poke = pd.state / ".requests" / "shop~w1"
     pd.wait_until("the poke is removed once answered", lambda: not poke.exists())
-    # A second request, whoever asks, is refused and runs nothing.
-    (pd.item("shop", "w1") / "rollback.request").unlink()
-    ask(pd, "shop", "w1", "again", who="bob")
+    # A second request, whoever asks, is refused and runs nothing: by the command line...
+    again = ask(pd, "shop", "w1", "again", who="bob")
+    assert again.returncode == 3
+    assert "refused" in again.stderr
+    # ... and by the daemon itself, for a request written past the command line's checks.
+    (pd.item("shop", "w1") / "rollback.request").write_text('{"reason": "by hand"}')
+    (pd.state / ".requests" / "shop~w1").touch()
     refused = pd.item("shop", "w1") / "rollback.refused"
-    pd.wait_until("the refusal", refused.exists)
+    pd.wait_until("the daemon's refusal", refused.exists)
     assert "already ran" in refused.read_text()
     assert len(pd.hook_calls()) == 1
 
@@ -83,7 +100,8 @@ def test_open_window_on_a_self_hosting_repo_ends_degraded_and_rolls_back(
     run = pd.start()
     pd.touch_armed("infra", "w1")
     pd.wait_rows("infra", "w1", 1)
-    ask(pd, "infra", "w1", "bad migration", who="carol")
+    result = ask(pd, "infra", "w1", "bad migration", who="carol")
+    assert result.returncode == 0, result.stderr
     answer = wait_answer(pd, "infra", "w1")
     assert answer["action"] == "ROLLBACK_OK"
     done = pd.done("infra", "w1")
@@ -96,14 +114,25 @@ def test_open_window_on_a_self_hosting_repo_ends_degraded_and_rolls_back(
 def test_request_made_while_the_daemon_was_down_is_answered_after_the_restart(
     pd: Harness,
 ) -> None:
+    """The command line asks while the daemon is down, and keeps waiting: the restarted
+    daemon answers it, and the hook runs once."""
     pd.configure({"shop": pd.repo(rollback_command=pd.hook("ok"))})
     pd.service.set(health="fail")
     run = pd.start()
     pd.touch_armed("shop", "w1")
     run.wait_for("window.finished", work_item="w1")
     run.stop()
-    ask(pd, "shop", "w1", "seen in the dashboards")
+    results: list[subprocess.CompletedProcess[str]] = []
+    asking = threading.Thread(
+        target=lambda: results.append(ask(pd, "shop", "w1", "seen in the dashboards"))
+    )
+    asking.start()
+    poke = pd.state / ".requests" / "shop~w1"  # written after the request
+    pd.wait_until("the request is written", poke.exists)
     pd.start()
+    asking.join(60)
+    [result] = results
+    assert result.returncode == 0, result.stderr
     assert wait_answer(pd, "shop", "w1")["action"] == "ROLLBACK_OK"
     assert len(pd.hook_calls()) == 1
 
@@ -113,9 +142,9 @@ def test_request_for_a_healthy_window_is_refused(pd: Harness) -> None:
     run = pd.start()
     pd.touch_armed("shop", "w1")
     run.wait_for("window.finished", work_item="w1", status="HEALTHY")
-    ask(pd, "shop", "w1", "just in case")
-    answer = wait_answer(pd, "shop", "w1")
-    assert "ended HEALTHY" in answer["refused"]
+    result = ask(pd, "shop", "w1", "just in case")
+    assert result.returncode == 3
+    assert "HEALTHY" in result.stderr
     assert pd.hook_calls() == []
     assert "manual_rollback" not in pd.done("shop", "w1")
 
