@@ -234,7 +234,7 @@ class Daemon:
             self.notifier.ready("reload failed; old config in force")
             return
         logs.register_config_secrets(new)
-        self.config = new
+        old, self.config = self.config, new
         self.outbox.reconfigure(new.alerts, new.outbox)
         for runner in self.runners.values():
             if runner.key.repo in new.repos:
@@ -250,7 +250,12 @@ class Daemon:
             for runner in list(self.runners.values()):
                 runner.stop(intake.DISABLED)
         self.notifier.ready("config reloaded")
-        log.info("config.reloaded", enabled=new.enabled, repos=sorted(new.repos))
+        log.info(
+            "config.reloaded",
+            enabled=new.enabled,
+            repos=sorted(new.repos),
+            changed=config_changes(old, new),
+        )
 
     # -- discovery ------------------------------------------------------------------------
 
@@ -1014,6 +1019,30 @@ def _requests_fd(root: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def config_changes(old: Config, new: Config, limit: int = 50) -> list[str]:
+    """The dotted keys whose values differ between two configs (names only, never values:
+    a header's literal value could be something nobody wants in a log)."""
+    changed: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if len(changed) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                where = f"{path}.{key}" if path else str(key)
+                if key not in a:
+                    changed.append(f"{where} (added)")
+                elif key not in b:
+                    changed.append(f"{where} (removed)")
+                else:
+                    walk(a[key], b[key], where)
+        elif a != b:
+            changed.append(path)
+
+    walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
+    return changed
 
 
 def _list_pokes(root: Path) -> list[str]:

@@ -372,6 +372,8 @@ class WindowRunner:
             self.key.repo, not row.failed, row.latency_ms / 1000, row.ts - row.scheduled_ts
         )
         log.debug("probe", tick=row.tick, ok=not row.failed, detail=row.detail)
+        if row.failed and not row.inconclusive:
+            log.info("probe.failed", tick=row.tick, streak=self._streak_text(), detail=row.detail)
         if row.inconclusive:
             log.warning("probe.inconclusive", tick=row.tick, detail=row.detail)
             with anyio.CancelScope(shield=True):
@@ -386,6 +388,24 @@ class WindowRunner:
                 await self._event(
                     "probe.unavailable", f"no answer at all from {self.repo.base_url}: {row.detail}"
                 )
+
+    def _streak_text(self) -> str:
+        """How close the window is to its verdict, as journald shows it before the verdict:
+        `health failed 1 of 3`, and each failing feature check's own streak."""
+        th = thresholds(self.settings, self.repo)
+        parts = []
+        if self.tally.streak:
+            parts.append(f"health failed {self.tally.streak} of {th.fail_threshold}")
+        for name, check in sorted(self.tally.checks.items()):
+            if check.streak:
+                need = th.for_check(name)
+                parts.append(f"check {name!r} failed {check.streak} of {need}")
+        if self.tally.sum_total:
+            parts.append(
+                f"5xx {self.tally.sum_fivexx}/{self.tally.sum_total} "
+                f"(over {th.fivexx_threshold:g} after {th.min_samples})"
+            )
+        return "; ".join(parts) or "no rule near its threshold"
 
     async def _append(self, row: ProbeRow) -> None:
         line = dump_line(row.to_dict())
