@@ -67,11 +67,8 @@ def _install() -> None:
         except (FileNotFoundError, ValueError):
             return None
 
-    io_seed, io_rate, io_log = (io_fault.split(":", 2) + ["", "", ""])[:3] if io_fault else [
-        "0",
-        "0",
-        "",
-    ]
+    io_seed, _, io_rest = io_fault.partition(":")
+    io_rate, _, io_log = io_rest.partition(":")
     io_rng = random.Random(int(io_seed or 0))
     io_errnos = [errno.ENOSPC, errno.EROFS, errno.EIO]
 
@@ -80,7 +77,7 @@ def _install() -> None:
         if not io_fault:
             return
         with lock:
-            hit_now = io_rng.random() < float(io_rate)
+            hit_now = io_rng.random() < float(io_rate or 0)
             code = io_rng.choice(io_errnos)
         if not hit_now:
             return
