@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+BASE_STAMP := $(VENV)/.installed-base-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 .PHONY: all test lint demo chaos bench clean
 
@@ -12,7 +13,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* && touch $@ $(BASE_STAMP)
+
+# The demo needs the package alone (no test or lint tools); a venv made for the tests has it.
+$(BASE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -22,7 +30,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/postdeploy demo
 
 # The crash-consistency suite's long mode (at least 100 SIGKILLs); `make test` runs its short mode.
@@ -34,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache daemon/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache daemon/*.egg-info build dist

@@ -156,9 +156,13 @@ def run(keep: bool = False) -> int:
         checkout.stop()
     ok = _summary(console, root, finished)
     if keep:
-        console.print(f"\nstate kept in {root}")
+        console.print(
+            f"Each window's files are in {root}/<repo>/<work_item>/: armed, series.jsonl, "
+            "report.md, done."
+        )
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+        console.print("The demo's files are removed; `postdeploy demo --keep` keeps them.")
     return 0 if ok else 1
 
 
@@ -176,10 +180,6 @@ def _summary(console: Console, root: Path, finished: dict[str, dict[str, Any]]) 
             escape(str(done.get("reason", ""))),
         )
     console.print(table)
-    console.print(
-        f"Each window's files are in {root}/<repo>/<work_item>/: armed, series.jsonl, "
-        "report.md, done."
-    )
     expected = {"catalog": ("HEALTHY", "NONE"), "checkout": ("DEGRADED", "ROLLBACK_OK")}
     return all(
         (finished.get(repo, {}).get("status"), finished.get(repo, {}).get("action_taken")) == want

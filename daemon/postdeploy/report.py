@@ -30,6 +30,8 @@ class Outcome:
     evidence: dict[str, Any] = field(default_factory=dict)
     rollback: dict[str, Any] | None = None  # the rollback command's result, if one ran
     manual_rollback: dict[str, Any] | None = None  # a person's rollback: who, why, result
+    ticks_missed: int = 0  # due ticks never probed (the daemon was down or stalled)
+    verification: list[ProbeRow] = field(default_factory=list)  # probes after a rollback
 
 
 # libyaml's emitter and parser when PyYAML was built with them (its wheels are): the
@@ -60,6 +62,7 @@ def done_record(outcome: Outcome) -> dict[str, Any]:
         "reason": outcome.reason,
         "checks_total": outcome.checks_total,
         "checks_failed": outcome.checks_failed,
+        "ticks_missed": outcome.ticks_missed,
         "window_s": _number(outcome.window_s),
         "finished_at": iso(outcome.finished_at),
         "repo": outcome.key.repo,
@@ -111,9 +114,14 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
         lines.append(f"- **Armed at:** {iso(outcome.armed_at)}")
     lines.append(f"- **Finished at:** {iso(outcome.finished_at)}")
     lines.append(
-        f"- **Checks:** {outcome.checks_total} probed, {outcome.checks_failed} failed "
+        f"- **Ticks:** {outcome.checks_total} probed, {outcome.checks_failed} failed "
         f"(window {_number(outcome.window_s)} s)"
     )
+    if outcome.ticks_missed:
+        lines.append(
+            f"- **Not probed:** {outcome.ticks_missed} of the window's ticks (the daemon was "
+            "down or stalled: see `window.resumed` and `tick.skipped` in its log)"
+        )
     if outcome.rollback:
         rb = outcome.rollback
         lines.append(
@@ -127,14 +135,23 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
     for key, value in sorted(outcome.metadata.items()):
         lines.append(f"- `{key}`: {value}")
     if rows:
-        lines += ["", "## Probes", "", "| tick | time (UTC) | health | 5xx | latency ms | detail |"]
-        lines.append("| ---: | --- | --- | --- | ---: | --- |")
-        for row in rows:
-            tick = f"{row.tick}{' (catch-up)' if row.catch_up else ''}"
-            health = f"{row.health_code} {'ok' if row.health_ok else 'FAIL'}"
-            detail = row.detail.replace("|", "\\|")
-            lines.append(
-                f"| {tick} | {iso(row.ts)[11:19]} | {health} | {row.fivexx}/{row.total} "
-                f"| {row.latency_ms:.1f} | {detail} |"
-            )
+        lines += ["", "## Probes", ""]
+        lines += _probe_table(rows)
+    if outcome.verification:
+        lines += ["", "## After the rollback: verification probes", ""]
+        lines += _probe_table(outcome.verification)
     return "\n".join(lines) + "\n"
+
+
+def _probe_table(rows: list[ProbeRow]) -> list[str]:
+    lines = ["| tick | time (UTC) | health | 5xx | latency ms | detail |"]
+    lines.append("| ---: | --- | --- | --- | ---: | --- |")
+    for row in rows:
+        tick = f"{row.tick}{' (catch-up)' if row.catch_up else ''}"
+        health = f"{row.health_code} {'ok' if row.health_ok else 'FAIL'}"
+        detail = row.detail.replace("|", "\\|")
+        lines.append(
+            f"| {tick} | {iso(row.ts)[11:19]} | {health} | {row.fivexx}/{row.total} "
+            f"| {row.latency_ms:.1f} | {detail} |"
+        )
+    return lines

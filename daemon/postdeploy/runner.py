@@ -8,6 +8,7 @@ verdict runs the reaction that `verdict.decide_action` chose and writes `report.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from postdeploy.probe import Prober
 from postdeploy.reaction import Interrupted
 from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.rollback import rollback_env
-from postdeploy.series import ProbeRow, Tally, fold, replay
+from postdeploy.series import ProbeRow, Tally, fold, replay, ticks_missed
 from postdeploy.store import ItemStore, ItemVanished, dump_line, parse_json_lines
 from postdeploy.verdict import (
     Action,
@@ -587,6 +588,7 @@ class WindowRunner:
             evidence=verdict.evidence,
             rollback=rollback,
             manual_rollback=manual_rollback,
+            ticks_missed=ticks_missed(self.tally, self.start.schedule.max_ticks),
         )
         finish_event = _FINISH_EVENT.get(verdict.status)
         if finish_event:  # the outbox keeps an event the disk refuses in memory and retries
@@ -653,6 +655,10 @@ class WindowRunner:
             await self.store.append_lines(layout.SERIES, self._unwritten)
             self._unwritten.clear()
         rows = await self._series_rows()
+        if outcome.rollback and "verification" in outcome.rollback:
+            verified = (await self.store.read_lines(layout.VERIFY)).rows
+            checked = [r for r in map(ProbeRow.from_dict, verified) if r is not None]
+            outcome = dataclasses.replace(outcome, verification=checked)
         report = render_report(outcome, rows)
         await self.store.write_atomic(layout.REPORT, report.encode())
         await self.store.write_json(layout.DONE, done_record(outcome))

@@ -194,3 +194,13 @@ def replay(raw_rows: Iterable[Any]) -> Tally:
         row = ProbeRow.from_dict(raw) if isinstance(raw, dict) else None
         tally = replace(tally, ignored=tally.ignored + 1) if row is None else fold(tally, row)
     return tally
+
+
+def ticks_missed(tally: Tally, max_ticks: int) -> int:
+    """How many of the window's due ticks were never probed: the daemon was down (a restart
+    does not invent them; a catch-up probe stands in for every tick after the last one) or
+    stalled (a tick whose successor was due is skipped). Ticks after a verdict were never due.
+    """
+    probed = tally.checks_total - (1 if tally.catch_up_done else 0)
+    due = max_ticks if tally.catch_up_done else min(tally.last_tick + 1, max_ticks)
+    return max(0, due - probed)

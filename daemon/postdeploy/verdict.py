@@ -127,7 +127,7 @@ def healthy(tally: Tally, th: Thresholds) -> Verdict:
     """The verdict of a window whose last tick passed without tripping a rule."""
     ratio = f"{tally.fivexx_ratio:.3f} ({tally.sum_fivexx}/{tally.sum_total})"
     reason = (
-        f"{tally.checks_total} checks passed the rules: longest health-failure streak "
+        f"{tally.checks_total} ticks passed the rules: longest health-failure streak "
         f"{tally.max_streak} (threshold {th.fail_threshold}), 5xx ratio {ratio} "
         f"(threshold {th.fivexx_threshold:g}, min_samples {th.min_samples})"
     )
@@ -171,10 +171,10 @@ def recovery(tally: Tally, th: Thresholds, wanted: int) -> Verdict:
     if tripped is None and not last_failed and tally.checks_total >= min(wanted, 1):
         reason = f"recovered: {tally.checks_total} probes after the rollback, last one passed"
         return Verdict(Status.HEALTHY, reason, _evidence(tally, th))
-    why = tripped.reason if tripped else f"the last of {tally.checks_total} probes failed"
     last = tally.recent[-1].detail if tally.recent else "no probe"
+    why = tripped.reason if tripped else f"the last of {tally.checks_total} probes failed"
+    if "; last: " not in why:  # a health verdict's reason names the last probe already
+        why += f"; last: {last}"
     return Verdict(
-        Status.DEGRADED,
-        f"still degraded after the rollback: {why}; last: {last}",
-        _evidence(tally, th),
+        Status.DEGRADED, f"still degraded after the rollback: {why}", _evidence(tally, th)
     )

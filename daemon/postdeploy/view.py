@@ -218,7 +218,7 @@ def _recent(snapshot: dict[str, Any], now: float, width: int = 100) -> Table:
     for r in snapshot["recent"]:
         total, failed = r.get("checks_total"), r.get("checks_failed")
         outcome = styled(r["status"], STATUS_STYLE) + "\n" + styled(r["action_taken"], ACTION_STYLE)
-        checks = f"\n{failed}/{total} checks failed" if total is not None else ""
+        checks = f"\n{failed}/{total} ticks failed" if total is not None else ""
         who = Text(f"{r['repo']}/{r['work_item']}")
         if r.get("commit"):
             who.append(f"\ncommit {str(r['commit'])[:COMMIT_CHARS]}", style="dim")

@@ -33,3 +33,15 @@ def test_config_reloaded_says_what_changed(pd: Harness) -> None:
     line = run.wait_for("config.reloaded")
     assert "repos.shop.fail_threshold" in line["changed"]
     assert "repos.web (added)" in line["changed"]
+
+
+def test_first_start_without_a_state_dir_logs_no_error(pd: Harness) -> None:
+    """The daemon makes the state directory before anything reads it: a first start on a
+    new host logs no error (it used to log `outbox.unreadable`)."""
+    pd.configure({"shop": pd.repo()})
+    assert not pd.state.exists()
+    run = pd.start()
+    pd.touch_armed("shop", "w1")
+    run.wait_for("window.finished", work_item="w1")
+    assert run.stop() == 0
+    assert [line for line in run.lines if line.get("level") in ("error", "critical")] == []

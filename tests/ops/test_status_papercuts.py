@@ -72,7 +72,7 @@ def _state(tmp_path: Path) -> Path:
             {
                 "status": "HEALTHY",
                 "action_taken": "NONE",
-                "reason": "30 checks passed the rules",
+                "reason": "30 ticks passed the rules",
                 "checks_total": 30,
                 "checks_failed": 0,
                 "finished_at": "2026-11-27T07:00:00+00:00",

@@ -259,3 +259,24 @@ def test_garbage_changes_nothing_but_the_ignored_count(
     dirty = replay(mixed)
     assert replace(dirty, ignored=0) == replace(clean, ignored=0)
     assert dirty.ignored == clean.ignored + len(garbage)
+
+
+@pytest.mark.parametrize(
+    ("ticks", "catch_up", "max_ticks", "missed"),
+    [
+        ((), False, 10, 0),  # nothing probed yet (or MISSED): nothing was due to this runner
+        ((0, 1, 2), False, 10, 0),  # a DEGRADED verdict at tick 2: later ticks never due
+        ((0, 1, 2, 3, 4, 5, 6, 7, 8, 9), False, 10, 0),  # the whole window
+        ((0, 1, 5, 6), False, 10, 3),  # down (or stalled) over ticks 2-4
+        ((0, 1), True, 10, 8),  # ended while down: one catch-up probe for ticks 2-9
+        ((0, 1, 2, 3, 4, 5, 6, 7, 8, 9), True, 10, 0),  # every tick in, then a catch-up row
+        ((9,), False, 10, 9),  # first seen late: only the last tick was still due
+    ],
+)
+def test_ticks_missed(ticks: tuple[int, ...], catch_up: bool, max_ticks: int, missed: int) -> None:
+    from postdeploy.series import ticks_missed
+
+    rows = [make_row(t) for t in ticks]
+    if catch_up:
+        rows.append(make_row((ticks[-1] if ticks else -1) + 1, catch_up=True))
+    assert ticks_missed(replay([r.to_dict() for r in rows]), max_ticks) == missed

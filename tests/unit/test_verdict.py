@@ -138,7 +138,7 @@ def test_healthy_reason_names_measured_values_and_thresholds() -> None:
     tally = replay(rows(FAIL, OK, (True, 2, 1), OK))
     verdict = healthy(tally, TH)
     assert verdict.status is Status.HEALTHY
-    assert "4 checks" in verdict.reason
+    assert "4 ticks" in verdict.reason
     assert "streak 1 (threshold 3)" in verdict.reason
     assert "0.125 (1/8)" in verdict.reason
     assert "threshold 0.2" in verdict.reason
@@ -260,3 +260,32 @@ def test_decide_action_table_covers_every_status() -> None:
 )
 def test_rollback_action(exit_code: int | None, expected: Action) -> None:
     assert rollback_action(exit_code) is expected
+
+
+def test_still_degraded_reason_names_the_last_probe_once() -> None:
+    """After a rollback, a health streak's reason already ends with "last: ..."; the
+    recovery verdict must not repeat it."""
+    from postdeploy.series import ProbeRow, Tally, fold
+    from postdeploy.verdict import Status, Thresholds, recovery
+
+    tally = Tally()
+    for tick in range(3):
+        row = ProbeRow.from_dict(
+            {
+                "tick": tick,
+                "scheduled_ts": 1.0,
+                "ts": 1.0,
+                "health_ok": False,
+                "health_code": 503,
+                "total": 0,
+                "fivexx": 0,
+                "latency_ms": 1.0,
+                "detail": "health HTTP 503",
+            }
+        )
+        assert row is not None
+        tally = fold(tally, row)
+    verdict = recovery(tally, Thresholds(3, 0.2, 6), 3)
+    assert verdict.status is Status.DEGRADED
+    assert verdict.reason.count("last:") == 1
+    assert verdict.reason.startswith("still degraded after the rollback: health failed 3")
