@@ -563,7 +563,10 @@ class Daemon:
             return
         waiting = self._waiting.pop(key, None)
         if isinstance(decision, Settled):
-            self._settle(key)
+            if result.kinds[layout.REJECTED] and not result.kinds[layout.DONE]:
+                self._park_rejected(key)
+            else:
+                self._settle(key)
             if decision.armed_at is not None:
                 # A finished window still counts when deciding which window is current.
                 self._note_armed(key, decision.armed_at)
@@ -604,6 +607,12 @@ class Daemon:
                 error=f"{type(exc).__name__}: {exc}",
                 exc_info=exc,
             )
+
+    def _park_rejected(self, key: ItemKey) -> None:
+        """A rejected item is not settled for good: deleting `rejected` (after fixing
+        `armed`) asks for another look, which the next rescan makes. It is not watched."""
+        if self._watcher is not None:
+            self._watcher.unfollow(key)
 
     def _settle(self, key: ItemKey) -> None:
         self._settled.add(key)
@@ -647,7 +656,7 @@ class Daemon:
         )
         for (key, _, _), error in zip(rejects, errors, strict=True):
             if error is None:
-                self._settle(key)
+                self._park_rejected(key)
             else:
                 self._intake_failed(key, error)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 META_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 MAX_ARMED_BYTES = 64 * 1024
+SEED_ARMED_TEXT = "armed"  # the seed's writer's `armed` content: no metadata
 
 # Files of one work item's directory.
 ARMED = "armed"  # written by the deploy side
@@ -134,7 +135,8 @@ class ArmedError(ValueError):
 def parse_armed(data: bytes) -> dict[str, str]:
     """Parse the content of `armed` into metadata; raises ArmedError with the reason.
 
-    Empty or whitespace-only content means no metadata. Otherwise it must be a JSON object of
+    Empty or whitespace-only content, or the exact text `armed` (what the seed's own writer
+    puts there, with or without a trailing newline), means no metadata. Otherwise a JSON object of
     at most 64 KiB whose keys match META_KEY_RE and whose values are strings.
     """
     if len(data) > MAX_ARMED_BYTES:
@@ -143,8 +145,8 @@ def parse_armed(data: bytes) -> dict[str, str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ArmedError(f"armed is not UTF-8: {exc}") from None
-    if not text.strip():
-        return {}
+    if not text.strip() or text.rstrip("\r\n") == SEED_ARMED_TEXT:
+        return {}  # nothing, or what the seed's own writer puts there
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:

@@ -3,6 +3,7 @@ state directory, a supersede storm, a work item directory deleted mid-window."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,3 +92,27 @@ def test_deleted_work_item_ends_its_window_and_the_name_can_be_armed_again(
     assert pd.hook_calls() == []
     assert len(run.find("window.armed", work_item="w1")) == 2
     assert not run.find("window.write_failed")
+
+
+def test_deleting_rejected_retries_the_item_without_a_restart(pd: Harness) -> None:
+    """The README's promise: fix `armed`, delete `rejected`, and the daemon looks again within
+    its rescan interval (before: a rejected item was never looked at until a restart)."""
+    pd.configure({"shop": pd.repo()})
+    run = pd.start()
+    pd.touch_armed("shop", "w1", "{not json")
+    rejected = pd.item("shop", "w1") / "rejected"
+    pd.wait_until("the rejection", rejected.exists)
+    pd.touch_armed("shop", "w1", '{"commit": "abc1234"}')
+    rejected.unlink()
+    run.wait_for("window.finished", work_item="w1", status="HEALTHY")
+    assert json.loads((pd.item("shop", "w1") / "window.json").read_text())["metadata"] == {
+        "commit": "abc1234"
+    }
+
+
+def test_the_seed_writers_armed_text_means_no_metadata(pd: Harness) -> None:
+    pd.configure({"shop": pd.repo()})
+    run = pd.start()
+    pd.touch_armed("shop", "w1", "armed\n")
+    run.wait_for("window.finished", work_item="w1", status="HEALTHY")
+    assert not (pd.item("shop", "w1") / "rejected").exists()

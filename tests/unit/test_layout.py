@@ -106,6 +106,9 @@ def padded(obj: dict[str, str], size: int) -> bytes:
         ('{"deployed_by": "Zoë ✓"}'.encode(), {"deployed_by": "Zoë ✓"}),
         (json.dumps({"k" * 64: "v"}).encode(), {"k" * 64: "v"}),
         (padded({"url": "x"}, MAX_ARMED_BYTES), {"url": "x"}),  # exactly 64 KiB
+        (b"armed", {}),  # what the seed's own writer puts there
+        (b"armed\n", {}),
+        (b"armed\r\n", {}),
     ],
     ids=lambda v: repr(v)[:40] if isinstance(v, bytes) else None,
 )
@@ -140,6 +143,9 @@ def test_parse_armed_accepts(data: bytes, expected: dict[str, str]) -> None:
         (b'{"mode": "prod"}', "must be 'act' or 'shadow'"),
         (b'{"mode": ""}', "must be 'act' or 'shadow'"),
         (b'{"mode": "ACT"}', "must be 'act' or 'shadow'"),
+        (b"armed!", "not valid JSON"),  # only the seed's exact text means nothing
+        (b"ARMED", "not valid JSON"),
+        (b"armed armed", "not valid JSON"),
     ],
     ids=lambda v: repr(v)[:40] if isinstance(v, bytes) else None,
 )
