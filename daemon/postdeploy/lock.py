@@ -13,7 +13,6 @@ the rollback hook or any other child (the descriptor is close-on-exec).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -35,7 +34,9 @@ class StateLock:
 
     def acquire(self) -> None:
         """Take the lock without waiting; LockHeld names the holder's pid."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        # Read-only: a file held open for writing would make a read-only remount of the
+        # state directory's file system fail (EBUSY). flock works on any descriptor.
+        flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
@@ -55,15 +56,19 @@ class StateLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:  # the holder's pid, for the message a second daemon prints
+            out = os.open(self.path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.write(out, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(out)
+        except OSError:
+            pass  # the lock holds all the same; the message then names no pid
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
             os.close(fd)
 
 
