@@ -33,6 +33,7 @@ from postdeploy.transport import (
     MAX_INFORMATIONAL,
     SSL_CONTEXT,
     LeanTransport,
+    announces_missing_body,
     check_heads,
     no_answer_to_us,
 )
@@ -309,6 +310,21 @@ async def test_clean_answers_still_keep_the_connection(transport: LeanTransport)
         reply = await fetch(transport, "GET", server.url("/last"))
         assert reply.body == b"GET /last conn=0 n=4"
         assert len(server.conns) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (204, [], False),
+        (204, [(b"content-length", b"0")], False),
+        (204, [(b"content-length", b"5")], True),
+        (204, [(b"transfer-encoding", b"chunked")], True),
+        (304, [(b"content-length", b"5")], False),  # the resource's length: normal
+        (200, [(b"content-length", b"5")], False),
+    ],
+)
+def test_a_204_in_doubt(status: int, headers: list[tuple[bytes, bytes]], expected: bool) -> None:
+    assert announces_missing_body(status, headers) is expected
 
 
 # --------------------------------------------------------------------------------------------
