@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from postdeploy import __version__
 from postdeploy.checks import Condition, Response, evaluate_all, judge_sample
 from postdeploy.config import HttpCheck, ProbeSettings, PrometheusCheck, RepoConfig
 from postdeploy.series import ProbeRow
-from postdeploy.transport import ON_SENT, LeanTransport
+from postdeploy.transport import ON_SENT, RESOLVING, LeanTransport
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
 
@@ -102,6 +103,8 @@ def _error_text(exc: Exception) -> str:
     kind = kinds.get(type(exc), type(exc).__name__)
     text = str(exc).strip()
     root = _root_cause(exc)
+    if isinstance(root, socket.gaierror):  # its errno is getaddrinfo's, not an OS error number
+        return f"name resolution failed: {_short(root.strerror or str(root))}"
     if isinstance(root, OSError) and not isinstance(root, ssl.SSLError) and root.errno:
         text = os.strerror(root.errno)  # "Connection reset by peer", "Connection refused"
     return f"{kind}: {_short(text)}" if text else kind
@@ -229,6 +232,7 @@ class Prober:
         async with self._service_limiter(target, service), limiter:
             start = time.perf_counter()
             got: list[Answer] = []  # the answer once it is in, even if draining the body fails
+            request: httpx.Request | None = None
             with anyio.move_on_after(timeout):
                 try:
                     request = httpx.Request(
@@ -245,7 +249,11 @@ class Prober:
                     return Answer(0, _elapsed_ms(start), error=_error_text(exc))
             if got:
                 return got[0]
-            return Answer(0, _elapsed_ms(start), error=f"timed out after {timeout:g}s")
+            # The transport marks a request still waiting on DNS: say so (it never reached
+            # the target).
+            resolving = request is not None and request.extensions.get(RESOLVING)
+            stage = "name resolution " if resolving else ""
+            return Answer(0, _elapsed_ms(start), error=f"{stage}timed out after {timeout:g}s")
 
     async def _send(
         self, request: httpx.Request, read_body: bool, start: float, got: list[Answer]

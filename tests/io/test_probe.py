@@ -422,8 +422,8 @@ HOSTILE = {
     "endless-header": Hostile(
         partial(served, endless_header),
         LONG_TIMEOUT_S,
-        "protocol error: Receive buffer too long",
-        "protocol error: Receive buffer too long",
+        "protocol error: response head over 65536 bytes",
+        "protocol error: response head over 65536 bytes",
         0,
     ),
     # Reset and refused: the cause is checked precisely in test_network_errors_name_the_cause.
