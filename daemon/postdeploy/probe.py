@@ -30,14 +30,9 @@ from postdeploy import __version__
 from postdeploy.checks import Condition, Response, evaluate_all, judge_sample
 from postdeploy.config import HttpCheck, ProbeSettings, PrometheusCheck, RepoConfig
 from postdeploy.series import ProbeRow
-from postdeploy.transport import ON_SENT, RESOLVING, LeanTransport
+from postdeploy.transport import ON_SENT, RESOLVING, SSL_CONTEXT, LeanTransport
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
-
-# A request extension: the `ssl.SSLContext` for this request's TLS connection (a repo's
-# `tls_*` files), in place of the transport's default one.
-SSL_CONTEXT = "postdeploy.ssl_context"
-
 
 @dataclass(frozen=True)
 class Answer:

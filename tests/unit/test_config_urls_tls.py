@@ -433,7 +433,6 @@ async def test_without_tls_settings_the_private_ca_is_not_trusted(
     assert "certificate verify failed" in detail, detail
 
 
-@pytest.mark.xfail(strict=False, reason="needs the transport's ssl_context extension")
 async def test_a_private_ca_and_a_client_certificate(
     prober: Prober, tls_server: tuple[str, bool], pki: Pki
 ) -> None:
