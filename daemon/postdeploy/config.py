@@ -323,6 +323,8 @@ class Config(_Table):
 
     state_dir: Annotated[str, AfterValidator(_state_dir)]
     enabled: bool = True
+    # Finished windows older than this are removed (their whole directory); 0 keeps them.
+    retention_days: NonNegativeFloat = 90.0
     defaults: WindowOverrides = Field(default_factory=WindowOverrides)
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postdeploy import alerts, layout
+from postdeploy import alerts, history, layout
 from postdeploy.config import Config, WindowSettings
 from postdeploy.layout import ItemKey, open_item_dir
 from postdeploy.series import ProbeRow, Tally, fold
 from postdeploy.store import ItemStore
-from postdeploy.watcher import scan_state_dir
 
 RECENT = 20  # finished windows listed, newest first
 SPARK_POINTS = 24  # probe rows kept per open window for the sparkline
@@ -188,13 +187,39 @@ def settings_for(config: Config, repo: str) -> WindowSettings | None:
     return config.window_settings(repo) if repo in config.repos else None
 
 
+def _finished_index(root: Path) -> tuple[dict[str, dict[str, history.Entry]], dict[ItemKey, Any]]:
+    """The daemon's history journals: the index `history.scan` checks directories against,
+    and each indexed window's `done` fields."""
+    index: dict[str, dict[str, history.Entry]] = {}
+    done: dict[ItemKey, Any] = {}
+    for repo, journal in history.read_journals(root).items():
+        entries = index[repo] = {}
+        for name, record in journal.records.items():
+            entries[name] = history.Entry(record.dir_id, record.armed_at, record.finished_ts)
+            done[ItemKey(repo, name)] = record.done
+    return index, done
+
+
 def collect(config: Config, now: float | None = None) -> dict[str, Any]:
-    """The `status --json` object."""
+    """The `status --json` object.
+
+    A finished window the daemon has indexed (`history`) is read from its repo's journal,
+    as long as its directory is still the one indexed; every other directory is opened."""
     root: Path = config.state_path
     active: list[dict[str, Any]] = []
-    recent: list[dict[str, Any]] = []
+    recent: list[tuple[ItemKey, dict[str, Any]]] = []
     rejected: list[dict[str, Any]] = []
-    items: list[ItemKey] = scan_state_dir(root).items if root.is_dir() else []
+    items: list[ItemKey] = []
+    if root.is_dir():
+        index, done = _finished_index(root)
+        for repo in history.scan(root, {}, index).repos:
+            listing = repo.listing
+            for name in sorted(repo.seen):
+                key = ItemKey(repo.repo, name)
+                if listing is not None and name not in listing.live:
+                    recent.append((key, _recent(key, done.get(key))))
+                else:
+                    items.append(key)
     for key in sorted(items):
         store = ItemStore(root, key)
         try:
@@ -204,14 +229,15 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                     for n in (layout.ARMED, layout.DONE, layout.REJECTED)
                 }
             if kinds[layout.DONE]:
-                recent.append(_recent(key, read_json(store, layout.DONE)))
+                recent.append((key, _recent(key, read_json(store, layout.DONE))))
             elif kinds[layout.REJECTED]:
                 rejected.append(_rejected(store))
             elif kinds[layout.ARMED] == "file":
                 active.append(window_state(store, settings_for(config, key.repo)))
         except (OSError, layout.UnsafePath):
             continue  # removed or replaced while we looked: the next run will see it
-    recent.sort(key=lambda r: str(r.get("finished_at") or ""), reverse=True)
+    recent.sort(key=lambda kr: kr[0])  # ties in finished_at: in name order, as ever
+    recent.sort(key=lambda kr: str(kr[1].get("finished_at") or ""), reverse=True)
     active.sort(key=lambda a: (a.get("armed_at") or 0.0, a["repo"], a["work_item"]))
     return {
         "enabled": config.enabled,
@@ -219,7 +245,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "now": time.time() if now is None else now,
         "active": active,
         "active_count": len(active),
-        "recent": recent[:RECENT],
+        "recent": [r for _, r in recent[:RECENT]],
         "rejected": rejected[:RECENT],
         "deliveries": _deliveries(root),
     }
