@@ -13,7 +13,6 @@ waits in a heap until it can be quiet, then joins the batch due with it.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import math
@@ -161,7 +160,7 @@ class Daemon:
             state_dir=str(self.root),
             enabled=self.config.enabled,
             repos=sorted(self.config.repos),
-            work_items_found=found + len(self.history),
+            work_items_found=found,
             finished_windows=len(self.history),
             open_windows=len(self.runners),
             startup_ms=round((time.monotonic() - started) * 1000, 1),
@@ -296,12 +295,13 @@ class Daemon:
             history.scan, self.root, h.listings, h.index, only_repo, observing
         )
         items = h.merge(found)
+        finished = len(h)  # before intake indexes more of them
         for path, problem in found.problems:
             self._report_once(path, problem)
         for key in found.cancelled:
             self._cancel(key)
         await self._intake(items)
-        return len(items)
+        return len(items) + finished
 
     # -- history: the index of finished windows, and retention ----------------------------
 
@@ -337,33 +337,54 @@ class Daemon:
                     self.history.add(key, record)
         queued, untidy = self.history.take_queued(), self.history.take_untidy()
         if queued or untidy:
-            await anyio.to_thread.run_sync(self._journal_write, queued, untidy)
+            failed = await anyio.to_thread.run_sync(self._journal_write, queued, untidy)
+            for repo, exc in failed:
+                log.warning(
+                    "history.journal_failed",
+                    repo=repo,
+                    error=f"{type(exc).__name__}: {exc}",
+                    note="the journal is rewritten at the next sweep; a window it lacks is "
+                    "looked at once after a restart",
+                )
+                self.history.untidy.add(repo)
 
     def _journal_write(
         self, queued: dict[str, list[history.Record]], untidy: dict[str, dict[str, Any]]
-    ) -> None:
-        """Append the queued lines, then rewrite the untidy journals (blocking)."""
+    ) -> list[tuple[str, Exception]]:
+        """Append the queued lines, then rewrite the untidy journals (blocking); failures."""
+        failed: list[tuple[str, Exception]] = []
         for repo, records in queued.items():
-            with contextlib.suppress(FileNotFoundError):  # the repo directory is gone
+            try:
                 self.history.writer.append(repo, records)
+            except FileNotFoundError:
+                pass  # the repo directory is gone, and its windows with it
+            except (OSError, layout.UnsafePath) as exc:
+                failed.append((repo, exc))
         for repo, keep in untidy.items():
-            self.history.writer.compact(repo, keep)
+            try:
+                self.history.writer.compact(repo, keep)
+            except (OSError, layout.UnsafePath) as exc:
+                failed.append((repo, exc))
+        return failed
 
     async def _sweep_loop(self) -> None:
         """Remove finished windows past `retention_days`: at start-up (after READY), then
         hourly (see `history.sweep_every_s`). Each sweep also lists every repo directory
         again at the next rescan (a safety net under the listings kept)."""
+        first = True
         while True:
             try:
-                await self._sweep()
+                await self._sweep(relist=not first)  # start-up has just listed everything
             except Exception as exc:
                 log.error(
                     "history.sweep_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
                 )
+            first = False
             await anyio.sleep(history.sweep_every_s(self.config.retention_days))
 
-    async def _sweep(self) -> None:
-        self.history.relist_all()
+    async def _sweep(self, *, relist: bool) -> None:
+        if relist:
+            self.history.relist_all()
         days = self.config.retention_days
         now = time.time()
         removed: list[ItemKey] = []

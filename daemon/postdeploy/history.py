@@ -4,12 +4,12 @@ A finished window (`done` in its directory) never changes again, yet without an 
 rescan, every start-up and every `postdeploy status` would list and open all of them: with
 20,000 on disk READY took 2.3 s and an idle daemon used 2.8 % of a core. So:
 
-- **The index.** Each repo directory holds a journal, `<state_dir>/<repo>/.finished.jsonl`:
-  one JSON line per finished window (its name, its directory's identity, its `armed` time,
-  and the few `done` fields `status` shows). The daemon appends a line when it sees a window
-  finished (its own runner ending, or a look at a directory with `done`). It is a cache, not
-  the truth: a missing, torn or corrupt journal costs one look at each directory it lacks,
-  which appends the lines again; it never loses a window.
+- **The index.** Each repo directory holds a journal, `<state_dir>/<repo>/.finished.tsv`:
+  one line per finished window (its name, its directory's identity, its `armed` time, and
+  the few `done` fields `status` shows; see `Record`). The daemon appends a line when it
+  sees a window finished (its own runner ending, or a look at a directory with `done`). It
+  is a cache, not the truth: a missing, torn or corrupt journal costs one look at each
+  directory it lacks, which appends the lines again; it never loses a window.
 - **Identity.** A directory can be deleted and made again under the same name to arm a new
   deploy. An entry therefore only counts while the directory under that name is the same one:
   same device, inode and ctime (`DirId`). The ctime catches an inode number reused at once by
@@ -45,13 +45,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, Protocol
 
 from postdeploy import layout
 from postdeploy.layout import NAME_RE, ItemKey, valid_name
-from postdeploy.store import parse_json_lines, read_at, write_atomic_at
+from postdeploy.store import read_at, write_atomic_at
 
-JOURNAL = ".finished.jsonl"  # hidden: scans, inotify and intake skip it
+JOURNAL = ".finished.tsv"  # hidden: scans, inotify and intake skip it
 SWEEP_EVERY_S = 3600.0  # retention sweeps (and full listings) at most this far apart
 MIN_SWEEP_EVERY_S = 1.0  # a tiny retention (tests) sweeps at most this often
 SWEEP_BATCH = 100  # item directories removed per worker-thread hop
@@ -68,58 +68,93 @@ def dir_id(st: os.stat_result) -> DirId:
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One finished window, as a journal line holds it."""
+class Record(NamedTuple):
+    """One finished window, as a journal line holds it.
+
+    A line is tab-separated, so that reading 20,000 of them costs a split each rather than a
+    JSON parse (0.28 s against 0.04 s): `work_item, dev, ino, ctime_ns, armed_at,
+    finished_ts, sort_key, done`, `-` for a missing number or `done`. `sort_key` is
+    `done.finished_at` as `status` sorts by it; `done` is the JSON of the DONE_FIELDS,
+    parsed only for the windows `status` shows. Neither can hold a raw tab or newline: JSON
+    escapes them, and a `sort_key` holding one is written as a JSON string."""
 
     work_item: str
     dir_id: DirId
     armed_at: float | None  # `armed`'s mtime: a finished window still counts for supersede
     finished_ts: float | None  # `done.finished_at` in epoch seconds; None if unreadable
-    done: dict[str, Any] | None  # DONE_FIELDS of `done`; None if `done` is unreadable
+    sort_key: str  # str(done.finished_at or ""): the order `status` lists windows in
+    done_json: str | None  # JSON of DONE_FIELDS of `done`; None if `done` is unreadable
+
+    @property
+    def done(self) -> dict[str, Any] | None:
+        """The DONE_FIELDS of `done`, or None (unreadable, or a corrupt journal column)."""
+        if self.done_json is None:
+            return None
+        try:
+            value = json.loads(self.done_json)
+        except (ValueError, RecursionError):
+            return None
+        return value if isinstance(value, dict) else None
 
     def to_line(self) -> bytes:
-        value = {
-            "work_item": self.work_item,
-            "dev": self.dir_id[0],
-            "ino": self.dir_id[1],
-            "ctime_ns": self.dir_id[2],
-            "armed_at": self.armed_at,
-            "finished_ts": self.finished_ts,
-            "done": self.done,
-        }
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        key = self.sort_key
+        if key.startswith('"') or any(c in key for c in "\t\n\r"):
+            key = json.dumps(key)
+        fields = (
+            self.work_item,
+            *(str(x) for x in self.dir_id),
+            _num(self.armed_at),
+            _num(self.finished_ts),
+            key,
+            self.done_json if self.done_json is not None else "-",
+        )
+        return "\t".join(fields).encode() + b"\n"
 
     @staticmethod
-    def from_dict(value: dict[str, Any]) -> Record | None:
-        """The record of a journal line, or None if the line is not one."""
-        name, done = value.get("work_item"), value.get("done")
-        ids = [value.get(k) for k in ("dev", "ino", "ctime_ns")]
-        times = [value.get(k) for k in ("armed_at", "finished_ts")]
-        if not (isinstance(name, str) and valid_name(name)):
+    def from_line(raw: bytes) -> Record | None:
+        """The record of a journal line (without its newline), or None if it is not one."""
+        try:
+            fields = raw.decode("utf-8").split("\t", 7)
+            name, dev, ino, ctime, armed_at, finished, key, done = fields
+            # The name is not checked against NAME_RE here (a third of the cost): an entry
+            # only ever counts when a listed, valid item directory has its name.
+            if not (dev.isdigit() and ino.isdigit() and ctime.isdigit()):
+                return None
+            if key.startswith('"'):
+                key = json.loads(key)
+                if not isinstance(key, str):
+                    return None
+            return Record(
+                name,
+                (int(dev), int(ino), int(ctime)),
+                _parse_num(armed_at),
+                _parse_num(finished),
+                key,
+                None if done == "-" else done,
+            )
+        except (ValueError, RecursionError):  # UnicodeDecodeError, too few fields, bad float
             return None
-        dev, ino, ctime = (x if type(x) is int else -1 for x in ids)
-        if min(dev, ino, ctime) < 0:
-            return None
-        armed_at, finished = (float(x) if _is_number(x) else None for x in times)
-        if any(x is not None and not _is_number(x) for x in times):
-            return None
-        if done is not None and not isinstance(done, dict):
-            return None
-        return Record(name, (dev, ino, ctime), armed_at, finished, done)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+def _num(x: float | None) -> str:
+    return "-" if x is None else repr(float(x))
+
+
+def _parse_num(text: str) -> float | None:
+    if text == "-":
+        return None
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"{text} is not a finite number")
+    return x
+
+
+class Entry(NamedTuple):
     """What the daemon keeps in memory of a finished window (a Record without `done`)."""
 
     dir_id: DirId
     armed_at: float | None
     finished_ts: float | None
-
-
-def _is_number(x: object) -> TypeGuard[int | float]:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def finished_ts(value: object) -> float | None:
@@ -146,9 +181,16 @@ def record_from_done(
         except (ValueError, RecursionError):
             value = None
     if not isinstance(value, dict):
-        return Record(work_item, did, armed_at, None, None)
+        return Record(work_item, did, armed_at, None, "", None)
     kept = {k: value.get(k) for k in DONE_FIELDS}
-    return Record(work_item, did, armed_at, finished_ts(value.get("finished_at")), kept)
+    return Record(
+        work_item,
+        did,
+        armed_at,
+        finished_ts(value.get("finished_at")),
+        str(value.get("finished_at") or ""),
+        json.dumps(kept),  # ASCII only: no raw tab or newline can be in it
+    )
 
 
 # -- decisions (pure) -----------------------------------------------------------------------
@@ -165,11 +207,11 @@ class Journal:
 
 def parse_journal(data: bytes) -> Journal:
     """Parse a journal; the last line about a work item wins; pure."""
-    parsed = parse_json_lines(data)
+    complete, _, tail = data.rpartition(b"\n")
     records: dict[str, Record] = {}
-    untidy = bool(parsed.bad_lines or parsed.torn_bytes)
-    for row in parsed.rows:
-        record = Record.from_dict(row)
+    untidy = bool(tail)  # a torn last line (a crash mid-append)
+    for raw in complete.split(b"\n") if complete else ():
+        record = Record.from_line(raw)
         if record is None:
             untidy = True
             continue
@@ -265,10 +307,17 @@ def _entry_problem(entry: os.DirEntry[str]) -> tuple[str | None, os.stat_result 
     return None, st
 
 
+class Indexed(Protocol):
+    """An index entry as `scan` needs it: an `Entry` (the daemon) or a `Record` (status)."""
+
+    @property
+    def dir_id(self) -> DirId: ...
+
+
 def scan(
     root: Path,
     listings: Mapping[str, Listing],
-    index: Mapping[str, Mapping[str, Entry]],
+    index: Mapping[str, Mapping[str, Indexed]],
     only_repo: str | None = None,
     watched: frozenset[ItemKey] = frozenset(),
 ) -> Scan:
@@ -325,7 +374,7 @@ def scan(
 
 
 def _list_repo(
-    root: Path, repo: str, repo_fd: int, finished: Mapping[str, Entry], found: Scan
+    root: Path, repo: str, repo_fd: int, finished: Mapping[str, Indexed], found: Scan
 ) -> RepoScan:
     # The directory's own stat before the listing: a change during it makes the mtime newer.
     st = os.fstat(repo_fd)
@@ -453,14 +502,17 @@ class JournalWriter:
     def append(self, repo: str, records: Sequence[Record]) -> None:
         """Append lines (one write, not fsynced: the journal is a cache)."""
         data = b"".join(r.to_line() for r in records)
-        flags = layout.open_file_flags(os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
+        flags = layout.open_file_flags(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
         with self._lock:
             repo_fd = _open_repo(self.root, repo)
             try:
                 fd = os.open(JOURNAL, flags, 0o664, dir_fd=repo_fd)
                 try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
                         raise OSError(f"{JOURNAL} is not a regular file")
+                    if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                        data = b"\n" + data  # after a torn line: never glued to it
                     os.write(fd, data)
                 finally:
                     os.close(fd)

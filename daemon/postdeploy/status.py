@@ -12,6 +12,7 @@ finished_at}]) are always there; the other keys are extras for the terminal view
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import time
@@ -187,37 +188,27 @@ def settings_for(config: Config, repo: str) -> WindowSettings | None:
     return config.window_settings(repo) if repo in config.repos else None
 
 
-def _finished_index(root: Path) -> tuple[dict[str, dict[str, history.Entry]], dict[ItemKey, Any]]:
-    """The daemon's history journals: the index `history.scan` checks directories against,
-    and each indexed window's `done` fields."""
-    index: dict[str, dict[str, history.Entry]] = {}
-    done: dict[ItemKey, Any] = {}
-    for repo, journal in history.read_journals(root).items():
-        entries = index[repo] = {}
-        for name, record in journal.records.items():
-            entries[name] = history.Entry(record.dir_id, record.armed_at, record.finished_ts)
-            done[ItemKey(repo, name)] = record.done
-    return index, done
-
-
 def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     """The `status --json` object.
 
-    A finished window the daemon has indexed (`history`) is read from its repo's journal,
-    as long as its directory is still the one indexed; every other directory is opened."""
+    A finished window the daemon has indexed (`history`) is not opened while its directory
+    is still the one indexed: its journal line says when it finished, and only the `done`
+    fields of the RECENT windows shown are parsed. Every other directory is opened."""
     root: Path = config.state_path
     active: list[dict[str, Any]] = []
-    recent: list[tuple[ItemKey, dict[str, Any]]] = []
+    # (sort key, item, its record if indexed, else its `done` as read)
+    finished: list[tuple[str, ItemKey, history.Record | None, dict[str, Any] | None]] = []
     rejected: list[dict[str, Any]] = []
     items: list[ItemKey] = []
     if root.is_dir():
-        index, done = _finished_index(root)
+        index = {repo: j.records for repo, j in history.read_journals(root).items()}
         for repo in history.scan(root, {}, index).repos:
             listing = repo.listing
-            for name in sorted(repo.seen):
+            records = index.get(repo.repo, {})
+            for name in repo.seen:
                 key = ItemKey(repo.repo, name)
-                if listing is not None and name not in listing.live:
-                    recent.append((key, _recent(key, done.get(key))))
+                if listing is not None and name not in listing.live and name in records:
+                    finished.append((records[name].sort_key, key, records[name], None))
                 else:
                     items.append(key)
     for key in sorted(items):
@@ -229,15 +220,24 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                     for n in (layout.ARMED, layout.DONE, layout.REJECTED)
                 }
             if kinds[layout.DONE]:
-                recent.append((key, _recent(key, read_json(store, layout.DONE))))
+                done = read_json(store, layout.DONE)
+                finished.append((str((done or {}).get("finished_at") or ""), key, None, done))
             elif kinds[layout.REJECTED]:
                 rejected.append(_rejected(store))
             elif kinds[layout.ARMED] == "file":
                 active.append(window_state(store, settings_for(config, key.repo)))
         except (OSError, layout.UnsafePath):
             continue  # removed or replaced while we looked: the next run will see it
-    recent.sort(key=lambda kr: kr[0])  # ties in finished_at: in name order, as ever
-    recent.sort(key=lambda kr: str(kr[1].get("finished_at") or ""), reverse=True)
+    # Newest first; the same finishing time in name order. Only the windows that can be
+    # among the RECENT shown are sorted (a sort of 20,000 took longer than the rest).
+    if len(finished) > RECENT:
+        cut = heapq.nlargest(RECENT, (f[0] for f in finished))[-1]
+        finished = [f for f in finished if f[0] >= cut]
+    finished.sort(key=lambda f: (f[1].repo, f[1].work_item))
+    finished.sort(key=lambda f: f[0], reverse=True)
+    recent = [
+        _recent(key, _done(root, key, record, done)) for _, key, record, done in finished[:RECENT]
+    ]
     active.sort(key=lambda a: (a.get("armed_at") or 0.0, a["repo"], a["work_item"]))
     return {
         "enabled": config.enabled,
@@ -245,10 +245,22 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "now": time.time() if now is None else now,
         "active": active,
         "active_count": len(active),
-        "recent": [r for _, r in recent[:RECENT]],
+        "recent": recent,
         "rejected": rejected[:RECENT],
         "deliveries": _deliveries(root),
     }
+
+
+def _done(
+    root: Path, key: ItemKey, record: history.Record | None, done: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A finished window's `done`: from its journal record, or from the file if the record's
+    column is unreadable (a damaged journal)."""
+    if record is None:
+        return done
+    if record.done_json is not None and record.done is not None:
+        return record.done
+    return read_json(ItemStore(root, key), layout.DONE)
 
 
 def _deliveries(root: Path) -> dict[str, Any]:
