@@ -72,7 +72,7 @@ class Record(NamedTuple):
     """One finished window, as a journal line holds it.
 
     A line is tab-separated, so that reading 20,000 of them costs a split each rather than a
-    JSON parse (0.28 s against 0.04 s): `work_item, dev, ino, ctime_ns, armed_at,
+    JSON parse (about 0.3 s against 0.06 s): `work_item, dev, ino, ctime_ns, armed_at,
     finished_ts, sort_key, done`, `-` for a missing number or `done`. `sort_key` is
     `done.finished_at` as `status` sorts by it; `done` is the JSON of the DONE_FIELDS,
     parsed only for the windows `status` shows. Neither can hold a raw tab or newline: JSON
