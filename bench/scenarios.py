@@ -21,9 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import harness
 from bench.analysis import Arrivals, SeriesReader, join, percentile, spread, summary
 from bench.harness import (
     DAEMON_CORE,
@@ -81,6 +83,9 @@ class Sizes:
     origins_window_s: float = 20
     profile_windows: int = 400
     profile_s: float = 20
+    history_n: int = 20000
+    history_repos: int = 20
+    history_idle_s: float = 30
 
 
 FULL = Sizes()
@@ -110,6 +115,9 @@ QUICK = replace(
     origins_window_s=15,
     profile_windows=300,
     profile_s=10,
+    history_n=2000,
+    history_repos=10,
+    history_idle_s=10,
 )
 
 
@@ -1264,6 +1272,123 @@ def profile(ctx: Ctx) -> Result:
     )
 
 
+# -- history --------------------------------------------------------------------------------
+
+
+def _finished_on_disk(state: Path, repos: list[str], n: int, now: float) -> None:
+    """`n` finished windows spread over `repos`: `armed` and `done` only, written directly
+    (the daemon never saw them run), finished over the last 30 days (inside the default
+    retention of 90 days, so no sweep removes any while we measure)."""
+    for i in range(n):
+        repo = repos[i % len(repos)]
+        d = state / repo / f"item-{i:05d}"
+        d.mkdir(parents=True)
+        finished = now - 60.0 - 30 * 86400.0 * (i / n)
+        armed = d / "armed"
+        armed.write_bytes(b"")
+        os.utime(armed, (finished - 900.0, finished - 900.0))
+        done = {
+            "status": "HEALTHY",
+            "action_taken": "NONE",
+            "reason": "30 ticks, none failed",
+            "checks_total": 30,
+            "checks_failed": 0,
+            "window_s": 900,
+            "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(timespec="seconds"),
+        }
+        (d / "done").write_text(json.dumps(done) + "\n")
+
+
+def _status_wall_s(config: Path, runs: int = 3) -> list[float]:
+    """Wall time of `postdeploy status --json` (a fresh interpreter each run)."""
+    env = {**os.environ, **harness.DAEMON_ENV}
+    env.pop("POSTDEPLOY_CONFIG", None)
+    walls = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "postdeploy", "status", "--json", "--config", str(config)],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        walls.append(time.perf_counter() - t)
+    return walls
+
+
+def _history_run(config: Path, d: Path, idle_s: float) -> dict[str, Any]:
+    """One daemon start: spawn to READY, idle CPU over `idle_s`, RSS, `status` wall time."""
+    spawned = time.time()
+    daemon = Daemon(config, d)
+    try:
+        ready_s = daemon.wait_ready() - spawned
+        time.sleep(3.0)  # past the start-up's background work (the first sweep)
+        cpu = CpuMeter(daemon.meter).start()
+        mem = Sampler(daemon.meter)
+        time.sleep(idle_s)
+        cpu.stop()
+        memory = mem.stop()
+        status = _status_wall_s(config)
+        problems = _problems(daemon)
+    finally:
+        daemon.stop()
+    return {
+        "spawn_to_ready_s": round(ready_s, 3),
+        "idle_cpu_percent": round(cpu.percent, 3),
+        "idle_seconds": round(cpu.seconds, 1),
+        "rss_max_mb": memory["rss_max_mb"],
+        "status_wall_s": [round(x, 3) for x in status],
+        "status_median_s": round(statistics.median(status), 3),
+        **problems,
+    }
+
+
+def history(ctx: Ctx) -> Result:
+    """20,000 finished windows on disk against none: READY, idle CPU, RSS, `status`."""
+    z = ctx.sizes
+    n, idle_s = z.history_n, z.history_idle_s
+    runs: dict[str, dict[str, Any]] = {}
+    with ctx.scratch("history") as d:
+        state = d / "state"
+        wins = windows(z.history_repos, [9], tag="h")  # nothing listens: no window is open
+        config = d / "config.toml"
+        write_config(
+            config, state, wins, defaults(interval_s=5.0, window_s=900.0, probe_timeout_s=2.0)
+        )
+        runs["empty"] = _history_run(config, d, idle_s)
+        t = time.time()
+        _finished_on_disk(state, [w.repo for w in wins], n, time.time())
+        made_s = time.time() - t
+        runs["history_first_start"] = _history_run(config, d, idle_s)
+        runs["history_restart"] = _history_run(config, d, idle_s)
+    empty, first, again = runs["empty"], runs["history_first_start"], runs["history_restart"]
+
+    def row(r: dict[str, Any]) -> str:
+        return (
+            f"READY {r['spawn_to_ready_s']:.2f} s, CPU {r['idle_cpu_percent']:.2f} %, "
+            f"RSS {r['rss_max_mb']:.0f} MB, status {r['status_median_s']:.2f} s"
+        )
+
+    return Result(
+        "history",
+        f"{n} finished windows: first start {row(first)}; restart {row(again)}; none: {row(empty)}",
+        "with history as without (restart): READY, CPU, status within 2x",
+        bool(
+            again["spawn_to_ready_s"] <= 2 * empty["spawn_to_ready_s"]
+            and again["idle_cpu_percent"] <= max(0.2, 2 * empty["idle_cpu_percent"])
+            and again["status_median_s"] <= 2 * empty["status_median_s"]
+        ),
+        {
+            "finished_windows": n,
+            "repos": z.history_repos,
+            "made_on_disk_s": round(made_s, 1),
+            **runs,
+            "note": "first start: a state directory whose windows finished before this "
+            "daemon version (no index yet); restart: the same with the index written",
+        },
+    )
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "httpx": httpx_alone,
     "idle": idle,
@@ -1275,6 +1400,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "detection": detection,
     "ceiling": ceiling,
     "origins": origins,
+    "history": history,
     "profile": profile,
 }
 DEFAULT = [name for name in SCENARIOS if name != "profile"]

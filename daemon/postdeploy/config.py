@@ -491,6 +491,8 @@ class Config(_Table):
 
     state_dir: Annotated[str, AfterValidator(_state_dir)]
     enabled: bool = True
+    # Finished windows older than this are removed (their whole directory); 0 keeps them.
+    retention_days: NonNegativeFloat = 90.0
     defaults: Defaults = Field(default_factory=Defaults)
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)

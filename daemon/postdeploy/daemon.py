@@ -31,7 +31,17 @@ import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import gitreport, intake, layout, logs, manual, metrics, reaction, watcher
+from postdeploy import (
+    gitreport,
+    history,
+    intake,
+    layout,
+    logs,
+    manual,
+    metrics,
+    reaction,
+    watcher,
+)
 from postdeploy.alerts import Outbox
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
@@ -49,6 +59,7 @@ from postdeploy.window import Schedule
 
 log = structlog.get_logger("postdeploy.daemon")
 
+JOURNAL_EVERY_S = 0.5  # lines of finished windows are appended to the journal at most this often
 BATCH_EVERY_S = 0.005  # due `armed` files are taken in together, at most this often
 # New windows start once no intake batch is being recorded, so that starting the windows of
 # one batch (a log line and a task each) does not hold up the writes of the next: in a burst
@@ -81,7 +92,11 @@ class Daemon:
             max_body_bytes=config.daemon.max_body_bytes,
         )
         self.outbox = Outbox(self.root, config.alerts, config.outbox)
-        self._settled: set[ItemKey] = set()  # finished or rejected: never looked at again
+        self._settled: set[ItemKey] = set()  # finished, but not indexable: never looked at again
+        # Finished windows: indexed (and journalled) so that none is looked at again.
+        self.history = history.History(self.root)
+        self._just_finished: list[ItemKey] = []  # windows whose runner wrote `done`
+        self._journal_due = anyio.Event()  # set when the history has lines to write
         self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
         self._intaking: set[ItemKey] = set()
         self._waiting: dict[ItemKey, _Waiting] = {}  # new `armed` files not quiet yet
@@ -91,6 +106,7 @@ class Daemon:
         self._recording = 0  # intake batches looking at or writing their directories
         self._recorded = anyio.Event()  # set (and replaced) whenever _recording drops to 0
         self._reported: set[tuple[str, str]] = set()
+        self._sweep_refused: set[tuple[str, str]] = set()  # left alone once: not tried again
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
         self._watch_scope: anyio.CancelScope | None = None
@@ -132,6 +148,8 @@ class Daemon:
                 await self.startup()
                 outer.start_soon(self._watch)
                 outer.start_soon(self._rescan_loop)
+                outer.start_soon(self._journal_loop)
+                outer.start_soon(self._sweep_loop)  # after READY: it never delays it
                 await self._should_exit.wait()
                 await self.shutdown()
             outer.cancel_scope.cancel()
@@ -161,7 +179,13 @@ class Daemon:
                 note="inotify cannot be used (fs.inotify.max_user_instances?); sentinels are "
                 f"found by the rescan every {self.config.daemon.rescan_interval_s:g}s",
             )
+        # The index of finished windows first: the scan then skips every one of them.
+        journals = await anyio.to_thread.run_sync(history.read_journals, self.root)
+        self.history.load(journals)
         found = await self._rescan()
+        # A finished window still counts when deciding which window is current.
+        for repo, (armed_at, work_item) in self.history.latest_armed().items():
+            self._note_armed(ItemKey(repo, work_item), armed_at)
         while self._waiting:  # sentinels written just before: each is taken in once quiet
             await self._quiet_pass.wait()
         # READY means every window found is taken up and scheduled (its next step known).
@@ -176,6 +200,7 @@ class Daemon:
             enabled=self.config.enabled,
             repos=sorted(self.config.repos),
             work_items_found=found,
+            finished_windows=len(self.history),
             open_windows=len(self.runners),
             startup_ms=round((time.monotonic() - started) * 1000, 1),
         )
@@ -310,17 +335,154 @@ class Daemon:
             log.error("rescan.failed", state_dir=str(self.root), error=str(exc))
 
     async def _rescan(self, only_repo: str | None = None) -> int:
-        """Scan the state directory and take in every work item found; returns how many."""
+        """Scan the state directory and take in every work item found that is not finished
+        (see `history`: a repo directory that did not change is not even listed); returns
+        how many were found."""
         observing = frozenset(k for k, r in self.runners.items() if r.phase is Phase.OBSERVING)
-        found = await watcher.scan(self.root, only_repo, observing)
+        h = self.history
+        found = await anyio.to_thread.run_sync(
+            history.scan, self.root, h.listings, h.index, only_repo, observing
+        )
+        items = h.merge(found)
+        finished = len(h)  # before intake indexes more of them
         for path, problem in found.problems:
             self._report_once(path, problem)
         for key in found.cancelled:
             self._cancel(key)
         if only_repo is None and self.ready.is_set():
             self._spawn(self._take_requests)  # in case inotify missed one
-        await self._intake(found.items)
-        return len(found.items)
+        await self._intake(items)
+        return len(items) + finished
+
+    # -- history: the index of finished windows, and retention ----------------------------
+
+    def _window_finished(self, key: ItemKey) -> None:
+        """A runner wrote `done`: the window goes into the history index (by `_journal_loop`)."""
+        if self._watcher is not None:
+            self._watcher.unfollow(key)
+        self._just_finished.append(key)
+        self._journal_due.set()
+
+    async def _journal_loop(self) -> None:
+        """Index the windows that finished and append their journal lines, a batch at a time
+        (at most every JOURNAL_EVERY_S: windows often finish together)."""
+        while True:
+            await self._journal_due.wait()
+            self._journal_due = anyio.Event()
+            try:
+                await self._write_journal()
+            except Exception as exc:  # a cache: a failure costs a look after a restart
+                log.warning(
+                    "history.journal_failed",
+                    state_dir=str(self.root),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            await anyio.sleep(JOURNAL_EVERY_S)
+
+    async def _write_journal(self) -> None:
+        keys, self._just_finished = self._just_finished, []
+        if keys:
+            found = await anyio.to_thread.run_sync(history.look_finished, self.root, keys)
+            for key, record in found:
+                if key not in self.runners:  # not armed again meanwhile
+                    self.history.add(key, record)
+        queued, untidy = self.history.take_queued(), self.history.take_untidy()
+        if queued or untidy:
+            failed = await anyio.to_thread.run_sync(self._journal_write, queued, untidy)
+            for repo, exc in failed:
+                log.warning(
+                    "history.journal_failed",
+                    repo=repo,
+                    error=f"{type(exc).__name__}: {exc}",
+                    note="the journal is rewritten at the next sweep; a window it lacks is "
+                    "looked at once after a restart",
+                )
+                self.history.untidy.add(repo)
+
+    def _journal_write(
+        self, queued: dict[str, list[history.Record]], untidy: dict[str, dict[str, Any]]
+    ) -> list[tuple[str, Exception]]:
+        """Append the queued lines, then rewrite the untidy journals (blocking); failures."""
+        failed: list[tuple[str, Exception]] = []
+        for repo, records in queued.items():
+            try:
+                self.history.writer.append(repo, records)
+            except FileNotFoundError:
+                pass  # the repo directory is gone, and its windows with it
+            except (OSError, layout.UnsafePath) as exc:
+                failed.append((repo, exc))
+        for repo, keep in untidy.items():
+            try:
+                self.history.writer.compact(repo, keep)
+            except (OSError, layout.UnsafePath) as exc:
+                failed.append((repo, exc))
+        return failed
+
+    async def _sweep_loop(self) -> None:
+        """Remove finished windows past `retention_days`: at start-up (after READY), then
+        hourly (see `history.sweep_every_s`). Each sweep also lists every repo directory
+        again at the next rescan (a safety net under the listings kept)."""
+        first = True
+        while True:
+            try:
+                await self._sweep(relist=not first)  # start-up has just listed everything
+            except Exception as exc:
+                log.error(
+                    "history.sweep_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                )
+            first = False
+            await anyio.sleep(history.sweep_every_s(self.config.retention_days))
+
+    async def _sweep(self, *, relist: bool) -> None:
+        if relist:
+            self.history.relist_all()
+        days = self.config.retention_days
+        now = time.time()
+        removed: list[ItemKey] = []
+        for repo in list(self.history.index):
+            entries = self.history.index.get(repo, {})
+            due = [
+                name
+                for name in history.due_for_removal(entries, now, days)
+                if (repo, name) not in self._sweep_refused
+            ]
+            for start in range(0, len(due), history.SWEEP_BATCH):
+                batch = [(n, entries[n].dir_id) for n in due[start : start + history.SWEEP_BATCH]]
+                outcomes = await anyio.to_thread.run_sync(
+                    history.remove_items, self.root, repo, batch
+                )
+                for (name, did), outcome in zip(batch, outcomes, strict=True):
+                    key = ItemKey(repo, name)
+                    entry = entries.get(name)
+                    if outcome.removed:
+                        if entry is not None and entry.dir_id == did:
+                            self.history.forget(key)
+                        removed.append(key)
+                        finished = entry.finished_ts if entry is not None else None
+                        log.debug(
+                            "history.removed",
+                            repo=repo,
+                            work_item=name,
+                            finished_at=iso(finished) if finished is not None else None,
+                        )
+                    elif outcome.problem:
+                        self._sweep_refused.add((repo, name))
+                        log.warning(
+                            "history.kept",
+                            repo=repo,
+                            work_item=name,
+                            problem=outcome.problem,
+                            note="past retention_days, but left alone",
+                        )
+        if removed:
+            log.info(
+                "history.swept",
+                removed=len(removed),
+                retention_days=days,
+                work_items=[str(key) for key in removed[:20]],
+                finished_windows=len(self.history),
+            )
+            self._journal_due.set()
 
     def _report_once(self, path: str, problem: str) -> None:
         if (path, problem) not in self._reported:
@@ -562,8 +724,15 @@ class Daemon:
             self._push_due(key, time.monotonic() + decision.delay)
             return
         waiting = self._waiting.pop(key, None)
+        if not isinstance(decision, Settled):
+            self.history.forget(key)  # a directory made anew under a finished window's name
         if isinstance(decision, Settled):
-            if result.kinds[layout.REJECTED] and not result.kinds[layout.DONE]:
+            if result.finished is not None:  # `done`: indexed, never looked at again
+                if self._watcher is not None:
+                    self._watcher.unfollow(key)
+                self.history.add(key, result.finished)
+                self._journal_due.set()
+            elif result.kinds[layout.REJECTED] and not result.kinds[layout.DONE]:
                 self._park_rejected(key)
             else:
                 self._settle(key)
@@ -1012,7 +1181,7 @@ class Daemon:
                 self._contenders.pop(runner.key.repo, None)
             metrics.open_windows(len(self.runners))
             if runner.completed:
-                self._settle(runner.key)
+                self._window_finished(runner.key)
             elif runner.vanished:
                 # The name is free again: a directory made anew is a new work item.
                 self._spawn(self._intake, [runner.key])

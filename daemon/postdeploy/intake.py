@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import anyio
 
-from postdeploy import layout
+from postdeploy import history, layout
 from postdeploy.layout import ArmedError, ItemKey, open_item_dir, parse_armed
 from postdeploy.runner import WindowStart
 from postdeploy.store import read_at, read_fd
@@ -67,6 +67,7 @@ class Look:
     window: bytes | None = None  # window.json, if it is a regular file (a window to resume)
     series: bytes | None = None  # series.jsonl (b"" if absent); None if not read
     fd: int | None = None  # the directory, kept open for intake's writes (see `look_all`)
+    finished: history.Record | None = None  # with `done`: the window for the history index
 
 
 # -- decisions ------------------------------------------------------------------------------
@@ -251,7 +252,9 @@ def look(
             if kinds[layout.ARMED] == "file":  # its mtime still counts for supersede
                 st = os.lstat(layout.ARMED, dir_fd=dfd)
             ok = st is not None and stat.S_ISREG(st.st_mode)
-            return Look(kinds, st if ok else None, seen_at=time.time())
+            # A finished window is recorded in the history index: never looked at again.
+            finished = history.look_record(key.work_item, dfd) if kinds[layout.DONE] else None
+            return Look(kinds, st if ok else None, seen_at=time.time(), finished=finished)
         # Kept open for the intake's write (window.json or rejected) into this directory.
         fd = os.dup(dfd)
         try:

@@ -34,6 +34,7 @@ from postdeploy.transport import ON_SENT, RESOLVING, SSL_CONTEXT, LeanTransport
 
 HEADERS = {"User-Agent": f"postdeploy/{__version__}", "Accept-Encoding": "identity"}
 
+
 @dataclass(frozen=True)
 class Answer:
     """One HTTP request's result; `code` is 0 when no answer came."""

@@ -12,6 +12,7 @@ finished_at}]) are always there; the other keys are extras for the terminal view
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import time
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postdeploy import alerts, layout
+from postdeploy import alerts, history, layout
 from postdeploy.config import Config, WindowSettings
 from postdeploy.layout import ItemKey, open_item_dir
 from postdeploy.series import ProbeRow, Tally, fold
 from postdeploy.store import ItemStore
-from postdeploy.watcher import scan_state_dir
 
 RECENT = 20  # finished windows listed, newest first
 SPARK_POINTS = 24  # probe rows kept per open window for the sparkline
@@ -211,12 +211,28 @@ def settings_for(config: Config, repo: str) -> WindowSettings | None:
 
 
 def collect(config: Config, now: float | None = None) -> dict[str, Any]:
-    """The `status --json` object."""
+    """The `status --json` object.
+
+    A finished window the daemon has indexed (`history`) is not opened while its directory
+    is still the one indexed: its journal line says when it finished, and only the `done`
+    fields of the RECENT windows shown are parsed. Every other directory is opened."""
     root: Path = config.state_path
     active: list[dict[str, Any]] = []
-    recent: list[dict[str, Any]] = []
+    # (sort key, item, its record if indexed, else its `done` as read)
+    finished: list[tuple[str, ItemKey, history.Record | None, dict[str, Any] | None]] = []
     rejected: list[dict[str, Any]] = []
-    items: list[ItemKey] = scan_state_dir(root).items if root.is_dir() else []
+    items: list[ItemKey] = []
+    if root.is_dir():
+        index = {repo: j.records for repo, j in history.read_journals(root).items()}
+        for repo in history.scan(root, {}, index).repos:
+            listing = repo.listing
+            records = index.get(repo.repo, {})
+            for name in repo.seen:
+                key = ItemKey(repo.repo, name)
+                if listing is not None and name not in listing.live and name in records:
+                    finished.append((records[name].sort_key, key, records[name], None))
+                else:
+                    items.append(key)
     for key in sorted(items):
         store = ItemStore(root, key)
         try:
@@ -226,15 +242,25 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                     for n in (layout.ARMED, layout.DONE, layout.REJECTED)
                 }
             if kinds[layout.DONE]:
-                recent.append(_recent(key, read_json(store, layout.DONE)))
+                done = read_json(store, layout.DONE)
+                finished.append((str((done or {}).get("finished_at") or ""), key, None, done))
             elif kinds[layout.REJECTED]:
                 rejected.append(_rejected(store))
             elif kinds[layout.ARMED] == "file":
                 active.append(window_state(store, settings_for(config, key.repo)))
         except (OSError, layout.UnsafePath):
             continue  # removed or replaced while we looked: the next run will see it
-    recent.sort(key=lambda r: str(r.get("finished_at") or ""), reverse=True)
-    for r in recent[:RECENT]:  # the deploy's commit, for the listed ones only
+    # Newest first; the same finishing time in name order. Only the windows that can be
+    # among the RECENT shown are sorted (a sort of 20,000 took longer than the rest).
+    if len(finished) > RECENT:
+        cut = heapq.nlargest(RECENT, (f[0] for f in finished))[-1]
+        finished = [f for f in finished if f[0] >= cut]
+    finished.sort(key=lambda f: (f[1].repo, f[1].work_item))
+    finished.sort(key=lambda f: f[0], reverse=True)
+    recent = [
+        _recent(key, _done(root, key, record, done)) for _, key, record, done in finished[:RECENT]
+    ]
+    for r in recent:  # the deploy's commit, for the listed ones only
         start = read_json(ItemStore(root, ItemKey(r["repo"], r["work_item"])), layout.WINDOW)
         meta = start.get("metadata") if start is not None else None
         r["commit"] = meta.get("commit") if isinstance(meta, dict) else None
@@ -245,10 +271,22 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "now": time.time() if now is None else now,
         "active": active,
         "active_count": len(active),
-        "recent": recent[:RECENT],
+        "recent": recent,
         "rejected": rejected[:RECENT],
         "deliveries": _deliveries(root),
     }
+
+
+def _done(
+    root: Path, key: ItemKey, record: history.Record | None, done: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A finished window's `done`: from its journal record, or from the file if the record's
+    column is unreadable (a damaged journal)."""
+    if record is None:
+        return done
+    if record.done_json is not None and record.done is not None:
+        return record.done
+    return read_json(ItemStore(root, key), layout.DONE)
 
 
 def _deliveries(root: Path) -> dict[str, Any]:

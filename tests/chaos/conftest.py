@@ -690,6 +690,8 @@ class Auditor:
             if repo.name.startswith(".") or not repo.is_dir(follow_symlinks=False):
                 continue
             for item in os.scandir(repo.path):
+                if item.name.startswith("."):
+                    continue  # the daemon's own files (.finished.tsv, .baseline.jsonl)
                 path = Path(item.path) / "done"
                 key = ItemKey(repo.name, item.name)
                 try:
