@@ -65,7 +65,9 @@ def _child_env() -> dict[str, str]:
 class Run:
     """One `postdeploy run` process and the log lines it printed."""
 
-    def __init__(self, config_path: Path, stderr_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, stderr_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self._stderr = stderr_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "postdeploy", "run", "--config", str(config_path)],
@@ -73,7 +75,7 @@ class Run:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             cwd=config_path.parent,
-            env=_child_env(),
+            env={**_child_env(), **(env or {})},
         )
         self.stderr_path = stderr_path
         self.lines: list[dict[str, Any]] = []
@@ -257,9 +259,9 @@ class Harness:
 
     # -- processes
 
-    def start(self) -> Run:
-        """Start `postdeploy run` and wait for `daemon.ready`."""
-        run = Run(self.config_path, self.tmp / f"daemon-{len(self.runs)}.stderr")
+    def start(self, env: dict[str, str] | None = None) -> Run:
+        """Start `postdeploy run` (with `env` added to its environment); wait for READY."""
+        run = Run(self.config_path, self.tmp / f"daemon-{len(self.runs)}.stderr", env)
         self.runs.append(run)
         run.wait_ready()
         return run

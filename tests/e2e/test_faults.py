@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -116,3 +117,37 @@ def test_the_seed_writers_armed_text_means_no_metadata(pd: Harness) -> None:
     pd.touch_armed("shop", "w1", "armed\n")
     run.wait_for("window.finished", work_item="w1", status="HEALTHY")
     assert not (pd.item("shop", "w1") / "rejected").exists()
+
+
+def test_a_hung_dns_lookup_delays_no_other_window(pd: Harness, tmp_path: Path) -> None:
+    """One repo's host name takes 120 s to resolve (libc's getaddrinfo hangs: an LD_PRELOAD
+    shim): its window fails its ticks with "name resolution timed out", and the four other
+    repos' windows probe every tick, none skipped or late (before: the lookups filled the
+    thread pool the series appends share, and healthy windows lost most of their ticks)."""
+    from support.dns_shim import HUNG_NAME, build_hung_dns_shim
+
+    shim = build_hung_dns_shim(tmp_path)
+    port = pd.service.url.rsplit(":", 1)[1]
+    healthy = [f"ok{i}" for i in range(4)]
+    pd.configure(
+        {
+            "hung": pd.repo(
+                base_url=f"http://{HUNG_NAME}:{port}", fail_threshold=100, fivexx_paths=[]
+            ),
+            **{name: pd.repo() for name in healthy},
+        },
+        defaults={"window_s": 2.0},
+    )
+    run = pd.start(env={"LD_PRELOAD": str(shim)})
+    for name in ["hung", *healthy]:
+        pd.touch_armed(name, "w1")
+    for name in ["hung", *healthy]:
+        run.wait_for("window.finished", work_item="w1", repo=name)
+    for name in healthy:
+        done = pd.done(name, "w1")
+        assert (done["status"], done["checks_total"], done["ticks_missed"]) == ("HEALTHY", 10, 0)
+        assert not run.find("tick.skipped", repo=name)
+        assert not run.find("tick.late", repo=name)
+    rows = pd.rows("hung", "w1")
+    assert len(rows) == 10
+    assert all("name resolution timed out" in row["detail"] for row in rows)

@@ -36,6 +36,7 @@ import pytest
 
 from postdeploy.probe import Prober
 from postdeploy.transport import SSL_CONTEXT, Address, LeanTransport, ThreadedResolver
+from support.dns_shim import build_hung_dns_shim
 
 DEADLINE_S = 20.0  # only reached when something is broken
 NO_EXPIRY_S = 3600.0
@@ -329,30 +330,6 @@ async def test_lookups_of_one_name_share_one_thread_and_one_answer() -> None:
 # The real thing: libc's getaddrinfo hanging, in a subprocess (LD_PRELOAD)
 # --------------------------------------------------------------------------------------------
 
-SHIM = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <netdb.h>
-#include <string.h>
-#include <unistd.h>
-
-int hung_lookups = 0; /* read by the test script through ctypes */
-
-typedef int (*gai_fn)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
-
-int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
-                struct addrinfo **res) {
-    static gai_fn real = 0;
-    if (!real) real = (gai_fn)dlsym(RTLD_NEXT, "getaddrinfo");
-    if (node && strcmp(node, "hung.test") == 0
-        && !(hints && (hints->ai_flags & AI_NUMERICHOST))) {
-        __atomic_fetch_add(&hung_lookups, 1, __ATOMIC_SEQ_CST);
-        sleep(120); /* a DNS server that never answers */
-        return EAI_AGAIN;
-    }
-    return real(node, service, hints, res);
-}
-"""
 
 SCRIPT = r"""
 import asyncio, ctypes, json, sys
@@ -417,19 +394,7 @@ def test_libc_lookup_hanging_in_a_real_process(tmp_path: Path) -> None:
     requests to 127.0.0.1 and to "localhost" (a real lookup). All of it completes; the 40
     requests and a Prober's cost one lookup, and the Prober says it was DNS that timed
     out. The process then exits at once, the hung lookup's thread notwithstanding."""
-    compiler = shutil.which("cc")
-    if compiler is None:
-        pytest.skip("no C compiler (cc) to build the getaddrinfo shim")
-    source, shim = tmp_path / "shim.c", tmp_path / "shim.so"
-    source.write_text(SHIM)
-    built = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S * 3,
-    )
-    if built.returncode != 0:
-        pytest.skip(f"the getaddrinfo shim does not build here: {built.stderr.strip()}")
+    shim = build_hung_dns_shim(tmp_path)
     script = tmp_path / "probe_hung.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "LD_PRELOAD": str(shim)}
