@@ -37,6 +37,10 @@ def test_a_rollback_that_fixes_the_service_is_verified(pd: Harness) -> None:
     assert verification["recovered"] is True and verification["checks"] == 3
     verify_rows = (pd.item("shop", "r1") / "verify.jsonl").read_text().splitlines()
     assert len(verify_rows) == 3
+    # The report shows the verification probes too, in a table of their own.
+    report = (pd.item("shop", "r1") / "report.md").read_text()
+    after = report.split("## After the rollback: verification probes", 1)[1]
+    assert after.count("| 200 ok |") == 3
 
 
 def test_a_rollback_that_does_not_fix_the_service_says_so_and_is_not_repeated(
@@ -51,6 +55,7 @@ def test_a_rollback_that_does_not_fix_the_service_says_so_and_is_not_repeated(
     line = run.wait_for("rollback.verification", work_item="r1")
     assert line["recovered"] is False and line["level"] == "critical", line
     assert "still degraded after the rollback" in line["reason"]
+    assert line["reason"].count("last:") == 1
     run.wait_for("window.finished", work_item="r1")
     done = pd.done("shop", "r1")
     assert (done["status"], done["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
