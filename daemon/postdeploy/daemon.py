@@ -21,7 +21,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +43,7 @@ from postdeploy import (
     watcher,
 )
 from postdeploy.alerts import Outbox
+from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
 from postdeploy.intake import Arm, Look, Quiet, Reject, Resume, Settled
@@ -78,20 +79,42 @@ class _Waiting:
     spare: intake.Spare | None = None  # window.json's temporary file, made during the wait
 
 
+WatcherFactory = Callable[[Path], watcher.Watcher]
+
+
 class Daemon:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    """The daemon. Its parts that talk to the outside world are parameters, each with the
+    production default, so a test can build one in-process: `prober` (give it an
+    `httpx.MockTransport`), `outbox` (the event sink), `watcher` (a factory; one that raises
+    OSError leaves discovery to the rescan), `clock` (the windows' clocks) and
+    `handle_signals` (off in a test: `stop()` ends `serve()`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None = None,
+        *,
+        prober: Prober | None = None,
+        outbox: Outbox | None = None,
+        watcher_factory: WatcherFactory = watcher.Watcher,
+        clock: Clock = SYSTEM,
+        handle_signals: bool = True,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.root: Path = config.state_path
+        self._watcher_factory = watcher_factory
+        self._clock = clock
+        self._handle_signals = handle_signals
         self.runners: dict[ItemKey, WindowRunner] = {}
         # Each repo's open windows that are not superseded yet (see `_supersede`).
         self._contenders: dict[str, dict[ItemKey, WindowRunner]] = {}
         self.notifier = Notifier()
-        self.prober = Prober(
+        self.prober = prober or Prober(
             max_inflight=config.daemon.max_inflight_requests,
             max_body_bytes=config.daemon.max_body_bytes,
         )
-        self.outbox = Outbox(self.root, config.alerts, config.outbox)
+        self.outbox = outbox or Outbox(self.root, config.alerts, config.outbox)
         self._settled: set[ItemKey] = set()  # finished, but not indexable: never looked at again
         # Finished windows: indexed (and journalled) so that none is looked at again.
         self.history = history.History(self.root)
@@ -109,6 +132,7 @@ class Daemon:
         self._sweep_refused: set[tuple[str, str]] = set()  # left alone once: not tried again
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
+        self._reload_wanted = anyio.Event()  # set by SIGHUP
         self._watch_scope: anyio.CancelScope | None = None
         self._closing = False
         self._windows: anyio.abc.TaskGroup | None = None
@@ -139,7 +163,9 @@ class Daemon:
 
     async def _serve(self) -> int:
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._signals)
+            if self._handle_signals:
+                outer.start_soon(self._signals)
+            outer.start_soon(self._reloader)
             outer.start_soon(self.outbox.run)
             async with anyio.create_task_group() as windows:
                 self._windows = windows
@@ -170,7 +196,7 @@ class Daemon:
         except OSError as exc:
             log.error("requests.unavailable", path=str(self.requests_dir), error=str(exc))
         try:  # before the first scan: whatever arrives during it raises an event
-            self._watcher = watcher.Watcher(self.root)
+            self._watcher = self._watcher_factory(self.root)
             self._watcher.watch_requests()
         except OSError as exc:
             log.error(
@@ -223,17 +249,28 @@ class Daemon:
         if spares:
             await anyio.to_thread.run_sync(intake.drop_spares, spares)
 
+    def stop(self) -> None:
+        """Ask `serve()` to shut down, as SIGTERM does."""
+        self._should_exit.set()
+
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    self._reload_wanted.set()  # the reloader task does it
                 elif self._should_exit.is_set():
                     log.critical("daemon.forced_exit", signal=signal.Signals(signum).name)
                     os._exit(1)
                 else:
                     log.info("daemon.signal", signal=signal.Signals(signum).name)
                     self._should_exit.set()
+
+    async def _reloader(self) -> None:
+        """Reload the config each time SIGHUP asked for it (several at once: once)."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = anyio.Event()
+            await self.reload()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval_s
@@ -964,6 +1001,7 @@ class Daemon:
             go=self.ready,
             running_since=self.started_at,
             until_written=self.outbox.until_written,
+            clock=self._clock,
         )
         if stop is not None:
             runner.stop(stop)

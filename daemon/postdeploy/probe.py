@@ -136,7 +136,15 @@ class Prober:
     requests (one per window ticking), never for secondary work.
     """
 
-    def __init__(self, *, max_inflight: int = 256, max_body_bytes: int = 65536) -> None:
+    def __init__(
+        self,
+        *,
+        max_inflight: int = 256,
+        max_body_bytes: int = 65536,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport`: where requests go (default: a `LeanTransport`); tests pass an
+        `httpx.MockTransport` to run the daemon in-process without a network."""
         # asyncio's semaphores, not anyio's limiters: an anyio limiter yields to the event loop
         # on every acquire, even a free one, and each request takes two. Two plain semaphores
         # (one per class, see the class docstring) rather than a priority semaphore: nothing
@@ -148,7 +156,7 @@ class Prober:
         # One TLS context for every connection: building one costs 100+ ms of CPU (it loads
         # the CA bundle), which would stall the event loop.
         self._tls = ssl.create_default_context()
-        self._transport = LeanTransport(ssl_context=self._tls)
+        self._transport = transport or LeanTransport(ssl_context=self._tls)
         self._urls: dict[str, httpx.URL] = {}
 
     def _service_limiter(self, url: httpx.URL, service: str | None) -> asyncio.Semaphore:

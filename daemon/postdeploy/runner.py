@@ -21,6 +21,7 @@ import anyio
 import structlog
 
 from postdeploy import layout, manual, metrics, reaction
+from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
@@ -133,6 +134,7 @@ class WindowRunner:
         go: anyio.Event | None = None,
         running_since: float | None = None,
         until_written: UntilWritten = _written_at_once,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.key: ItemKey = store.key
         self.store = store
@@ -171,8 +173,9 @@ class WindowRunner:
         self._loaded_rows: list[dict[str, Any]] | None = None
         self._appended: list[bytes] = []
         # The schedule's wall-clock times become monotonic deadlines once, here.
-        self._wall0 = time.time()
-        self._mono0 = time.monotonic()
+        self._clock = clock
+        self._wall0 = clock.time()
+        self._mono0 = clock.monotonic()
 
     @property
     def sort_key(self) -> tuple[float, str]:
@@ -181,7 +184,7 @@ class WindowRunner:
 
     def now(self) -> float:
         """Schedule time: wall time at load, advanced by the monotonic clock."""
-        return self._wall0 + (time.monotonic() - self._mono0)
+        return self._wall0 + (self._clock.monotonic() - self._mono0)
 
     def reconfigure(self, repo: RepoConfig, settings: WindowSettings) -> None:
         """Take a reloaded config; the schedule stays as recorded."""

@@ -1,0 +1,181 @@
+"""The daemon built in-process: its network is an `httpx.MockTransport`, everything else real
+(files, inotify, the rollback hook as a subprocess). Intake, supersede, reload and the
+reaction get tests that take milliseconds; what needs a process of its own (signals, SIGKILL,
+journald, systemd's notify socket) stays in the subprocess suites.
+
+Each test opens its task group inside the test (pytest-asyncio runs async fixtures in their
+own task, so a task group must never span a fixture's setup and teardown).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from postdeploy.config import Config, load_config
+from postdeploy.daemon import Daemon
+from postdeploy.probe import Prober
+
+DEADLINE_S = 30.0
+
+HOOK = f"""#!{sys.executable}
+import os, sys
+with open(sys.argv[1], "a") as f:
+    f.write(os.environ["POSTDEPLOY_WORK_ITEM"] + "\\n")
+"""
+
+
+class Service:
+    """What the mock network answers: health ok or failing, per host."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+        self.requests = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if request.url.host in self.failing:
+            return httpx.Response(503, json={"status": "down"})
+        return httpx.Response(200, json={"status": "ok"})
+
+
+def write_config(tmp: Path, extra: str = "") -> Path:
+    hook = tmp / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    path = tmp / "config.toml"
+    path.write_text(
+        f"""
+state_dir = "state"
+[defaults]
+window_s = 0.6
+interval_s = 0.1
+initial_delay_s = 0.02
+probe_timeout_s = 0.05
+fail_threshold = 2
+[daemon]
+rescan_interval_s = 0.2
+[repos.shop]
+base_url = "http://shop.test"
+fivexx_paths = []
+auto_rollback = true
+rollback_command = ["{hook}", "{tmp / "hook-calls"}"]
+{extra}
+"""
+    )
+    return path
+
+
+@asynccontextmanager
+async def running(config: Config, service: Service, path: Path) -> AsyncIterator[Daemon]:
+    prober = Prober(transport=httpx.MockTransport(service))
+    daemon = Daemon(config, str(path), prober=prober, handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        codes: list[int] = []
+
+        async def serve() -> None:
+            codes.append(await daemon.serve())
+
+        tg.start_soon(serve)
+        with anyio.fail_after(DEADLINE_S):
+            await daemon.ready.wait()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+    assert codes == [0]
+
+
+def arm(root: Path, repo: str, item: str, mtime: float | None = None) -> Path:
+    directory = root / repo / item
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "armed").touch()
+    if mtime is not None:
+        os.utime(directory / "armed", (mtime, mtime))
+    return directory
+
+
+async def until(what: str, check: Callable[[], bool]) -> None:
+    with anyio.fail_after(DEADLINE_S):
+        while not check():
+            await anyio.sleep(0.01)
+
+
+def done(directory: Path) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads((directory / "done").read_text())
+    return value
+
+
+async def test_healthy_and_degraded_windows_with_the_rollback(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    config = load_config(path)
+    service = Service()
+    service.failing.add("shop.test")
+    async with running(config, service, path) as daemon:
+        item = arm(daemon.root, "shop", "w1")
+        await until("the verdict", lambda: (item / "done").exists())
+    result = done(item)
+    assert (result["status"], result["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    assert (tmp_path / "hook-calls").read_text() == "w1\n"
+    assert service.requests >= 2
+
+
+async def test_a_newer_window_supersedes_an_older_one(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    service = Service()
+    async with running(load_config(path), service, path) as daemon:
+        old = arm(daemon.root, "shop", "a-old")
+        await until("the old window's first tick", lambda: (old / "series.jsonl").exists())
+        new = arm(daemon.root, "shop", "b-new")
+        await until("both verdicts", lambda: (old / "done").exists() and (new / "done").exists())
+    assert done(old)["status"] == "SUPERSEDED"
+    assert "superseded by b-new" in done(old)["reason"]
+    assert done(new)["status"] == "HEALTHY"
+
+
+async def test_a_reload_takes_new_thresholds_for_the_open_window(tmp_path: Path) -> None:
+    """A reload raising fail_threshold keeps an open window with failing health going: it
+    ends DEGRADED only after the new threshold's run of failures."""
+    path = write_config(tmp_path)
+    service = Service()
+    service.failing.add("shop.test")
+    async with running(load_config(path), service, path) as daemon:
+        path.write_text(path.read_text().replace("fail_threshold = 2", "fail_threshold = 4"))
+        await daemon.reload()
+        item = arm(daemon.root, "shop", "w1")
+        await until("the verdict", lambda: (item / "done").exists())
+    result = done(item)
+    assert result["status"] == "DEGRADED"
+    assert result["checks_total"] == 4
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "rescan-only"])
+async def test_intake_with_and_without_inotify(tmp_path: Path, inotify: bool) -> None:
+    """Without inotify (a watcher that cannot be made: the kernel's limit is used up),
+    the rescan alone finds new sentinels."""
+    path = write_config(tmp_path)
+
+    def no_watcher(_: Path) -> Any:
+        raise OSError(24, "Too many open files (inotify instances)")
+
+    prober = Prober(transport=httpx.MockTransport(Service()))
+    config = load_config(path)
+    kwargs: dict[str, Any] = {} if inotify else {"watcher_factory": no_watcher}
+    daemon = Daemon(config, str(path), prober=prober, handle_signals=False, **kwargs)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.serve)
+        with anyio.fail_after(DEADLINE_S):
+            await daemon.ready.wait()
+        item = arm(daemon.root, "shop", "w1")
+        await until("the verdict", lambda: (item / "done").exists())
+        daemon.stop()
+    assert done(item)["status"] == "HEALTHY"
