@@ -13,7 +13,6 @@ waits in a heap until it can be quiet, then joins the batch due with it.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import math
@@ -21,7 +20,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,17 +31,16 @@ import anyio.abc
 import structlog
 
 from postdeploy import (
-    gitreport,
     history,
     intake,
     layout,
     logs,
-    manual,
     metrics,
-    reaction,
     watcher,
 )
 from postdeploy.alerts import Outbox
+from postdeploy.approvals import Approvals
+from postdeploy.archive import Archive
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.events import Event
@@ -51,16 +49,15 @@ from postdeploy.layout import ItemKey, UnsafePath
 from postdeploy.lock import LockHeld, StateLock
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
+from postdeploy.registry import Registry
 from postdeploy.report import iso
-from postdeploy.rollback import rollback_env
-from postdeploy.runner import ROLLBACK_EVENT, Phase, WindowRunner, WindowStart
+from postdeploy.runner import Phase, WindowRunner
 from postdeploy.store import ItemStore
 from postdeploy.verdict import Status, Verdict
-from postdeploy.window import Schedule
+from postdeploy.window import WindowStart
 
 log = structlog.get_logger("postdeploy.daemon")
 
-JOURNAL_EVERY_S = 0.5  # lines of finished windows are appended to the journal at most this often
 BATCH_EVERY_S = 0.005  # due `armed` files are taken in together, at most this often
 # New windows start once no intake batch is being recorded, so that starting the windows of
 # one batch (a log line and a task each) does not hold up the writes of the next: in a burst
@@ -106,21 +103,34 @@ class Daemon:
         self._watcher_factory = watcher_factory
         self._clock = clock
         self._handle_signals = handle_signals
-        self.runners: dict[ItemKey, WindowRunner] = {}
-        # Each repo's open windows that are not superseded yet (see `_supersede`).
-        self._contenders: dict[str, dict[ItemKey, WindowRunner]] = {}
         self.notifier = Notifier()
         self.prober = prober or Prober(
             max_inflight=config.daemon.max_inflight_requests,
             max_body_bytes=config.daemon.max_body_bytes,
         )
         self.outbox = outbox or Outbox(self.root, config.alerts, config.outbox)
+        self.ready = anyio.Event()
+        self.started_at = time.time()  # wall time: a window that ended before was missed
+        self.registry = Registry(
+            config=lambda: self.config,
+            prober=self.prober,
+            outbox=self.outbox,
+            ready=self.ready,
+            clock=clock,
+            started_at=self.started_at,
+            ended=self._window_ended,
+        )
+        self.runners = self.registry.runners  # the open windows, by work item
         self._settled: set[ItemKey] = set()  # finished, but not indexable: never looked at again
         # Finished windows: indexed (and journalled) so that none is looked at again.
         self.history = history.History(self.root)
-        self._just_finished: list[ItemKey] = []  # windows whose runner wrote `done`
-        self._journal_due = anyio.Event()  # set when the history has lines to write
-        self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
+        self.archive = Archive(
+            self.root,
+            self.history,
+            config=lambda: self.config,
+            runners=self.runners,
+            unfollow=self._unfollow,
+        )
         self._intaking: set[ItemKey] = set()
         self._waiting: dict[ItemKey, _Waiting] = {}  # new `armed` files not quiet yet
         self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
@@ -129,18 +139,22 @@ class Daemon:
         self._recording = 0  # intake batches looking at or writing their directories
         self._recorded = anyio.Event()  # set (and replaced) whenever _recording drops to 0
         self._reported: set[tuple[str, str]] = set()
-        self._sweep_refused: set[tuple[str, str]] = set()  # left alone once: not tried again
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
         self._reload_wanted = anyio.Event()  # set by SIGHUP
         self._watch_scope: anyio.CancelScope | None = None
         self._closing = False
         self._windows: anyio.abc.TaskGroup | None = None
-        self.ready = anyio.Event()
         self._lock = StateLock(self.root)
-        self.started_at = time.time()  # wall time: a window that ended before was missed
-        self.requests_dir = self.root / layout.REQUESTS_DIR
-        self._requesting: set[ItemKey] = set()  # people's rollback requests being handled
+        self.approvals = Approvals(
+            self.root,
+            config=lambda: self.config,
+            runners=self.runners,
+            emit=self.outbox.emit,
+            spawn=self._spawn,
+            report=self._report_once,
+            shutdown=self._should_exit,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -174,8 +188,8 @@ class Daemon:
                 await self.startup()
                 outer.start_soon(self._watch)
                 outer.start_soon(self._rescan_loop)
-                outer.start_soon(self._journal_loop)
-                outer.start_soon(self._sweep_loop)  # after READY: it never delays it
+                outer.start_soon(self.archive.journal_loop)
+                outer.start_soon(self.archive.sweep_loop)  # after READY: it never delays it
                 await self._should_exit.wait()
                 await self.shutdown()
             outer.cancel_scope.cancel()
@@ -192,9 +206,9 @@ class Daemon:
         if self.config.metrics.address is not None:
             metrics.serve(self.config.metrics.address)
         try:
-            await anyio.to_thread.run_sync(self._make_requests_dir)
+            await anyio.to_thread.run_sync(self.approvals.make_dir)
         except OSError as exc:
-            log.error("requests.unavailable", path=str(self.requests_dir), error=str(exc))
+            log.error("requests.unavailable", path=str(self.approvals.dir), error=str(exc))
         try:  # before the first scan: whatever arrives during it raises an event
             self._watcher = self._watcher_factory(self.root)
             self._watcher.watch_requests()
@@ -211,14 +225,14 @@ class Daemon:
         found = await self._rescan()
         # A finished window still counts when deciding which window is current.
         for repo, (armed_at, work_item) in self.history.latest_armed().items():
-            self._note_armed(ItemKey(repo, work_item), armed_at)
+            self.registry.note_armed(ItemKey(repo, work_item), armed_at)
         while self._waiting:  # sentinels written just before: each is taken in once quiet
             await self._quiet_pass.wait()
         # READY means every window found is taken up and scheduled (its next step known).
         for runner in list(self.runners.values()):
             await runner.scheduled.wait()
         self.ready.set()
-        self._spawn(self._take_requests)  # people's rollbacks asked for while it was down
+        self._spawn(self.approvals.take)  # people's rollbacks asked for while it was down
         self.notifier.ready(f"watching {len(self.runners)} open windows")
         log.info(
             "daemon.ready",
@@ -339,7 +353,7 @@ class Daemon:
                     else:
                         changes.items.add(key)
                 if changes.requests:
-                    self._spawn(self._take_requests)
+                    self._spawn(self.approvals.take)
                 fresh = [key for key in changes.armed if self._expect_quiet(key)]
                 if fresh:
                     self._spawn(self._make_spares, fresh)
@@ -387,139 +401,13 @@ class Daemon:
         for key in found.cancelled:
             self._cancel(key)
         if only_repo is None and self.ready.is_set():
-            self._spawn(self._take_requests)  # in case inotify missed one
+            self._spawn(self.approvals.take)  # in case inotify missed one
         await self._intake(items)
         return len(items) + finished
 
-    # -- history: the index of finished windows, and retention ----------------------------
-
-    def _window_finished(self, key: ItemKey) -> None:
-        """A runner wrote `done`: the window goes into the history index (by `_journal_loop`)."""
+    def _unfollow(self, key: ItemKey) -> None:
         if self._watcher is not None:
             self._watcher.unfollow(key)
-        self._just_finished.append(key)
-        self._journal_due.set()
-
-    async def _journal_loop(self) -> None:
-        """Index the windows that finished and append their journal lines, a batch at a time
-        (at most every JOURNAL_EVERY_S: windows often finish together)."""
-        while True:
-            await self._journal_due.wait()
-            self._journal_due = anyio.Event()
-            try:
-                await self._write_journal()
-            except Exception as exc:  # a cache: a failure costs a look after a restart
-                log.warning(
-                    "history.journal_failed",
-                    state_dir=str(self.root),
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-            await anyio.sleep(JOURNAL_EVERY_S)
-
-    async def _write_journal(self) -> None:
-        keys, self._just_finished = self._just_finished, []
-        if keys:
-            found = await anyio.to_thread.run_sync(history.look_finished, self.root, keys)
-            for key, record in found:
-                if key not in self.runners:  # not armed again meanwhile
-                    self.history.add(key, record)
-        queued, untidy = self.history.take_queued(), self.history.take_untidy()
-        if queued or untidy:
-            failed = await anyio.to_thread.run_sync(self._journal_write, queued, untidy)
-            for repo, exc in failed:
-                log.warning(
-                    "history.journal_failed",
-                    repo=repo,
-                    error=f"{type(exc).__name__}: {exc}",
-                    note="the journal is rewritten at the next sweep; a window it lacks is "
-                    "looked at once after a restart",
-                )
-                self.history.untidy.add(repo)
-
-    def _journal_write(
-        self, queued: dict[str, list[history.Record]], untidy: dict[str, dict[str, Any]]
-    ) -> list[tuple[str, Exception]]:
-        """Append the queued lines, then rewrite the untidy journals (blocking); failures."""
-        failed: list[tuple[str, Exception]] = []
-        for repo, records in queued.items():
-            try:
-                self.history.writer.append(repo, records)
-            except FileNotFoundError:
-                pass  # the repo directory is gone, and its windows with it
-            except (OSError, layout.UnsafePath) as exc:
-                failed.append((repo, exc))
-        for repo, keep in untidy.items():
-            try:
-                self.history.writer.compact(repo, keep)
-            except (OSError, layout.UnsafePath) as exc:
-                failed.append((repo, exc))
-        return failed
-
-    async def _sweep_loop(self) -> None:
-        """Remove finished windows past `retention_days`: at start-up (after READY), then
-        hourly (see `history.sweep_every_s`). Each sweep also lists every repo directory
-        again at the next rescan (a safety net under the listings kept)."""
-        first = True
-        while True:
-            try:
-                await self._sweep(relist=not first)  # start-up has just listed everything
-            except Exception as exc:
-                log.error(
-                    "history.sweep_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
-                )
-            first = False
-            await anyio.sleep(history.sweep_every_s(self.config.retention_days))
-
-    async def _sweep(self, *, relist: bool) -> None:
-        if relist:
-            self.history.relist_all()
-        days = self.config.retention_days
-        now = time.time()
-        removed: list[ItemKey] = []
-        for repo in list(self.history.index):
-            entries = self.history.index.get(repo, {})
-            due = [
-                name
-                for name in history.due_for_removal(entries, now, days)
-                if (repo, name) not in self._sweep_refused
-            ]
-            for start in range(0, len(due), history.SWEEP_BATCH):
-                batch = [(n, entries[n].dir_id) for n in due[start : start + history.SWEEP_BATCH]]
-                outcomes = await anyio.to_thread.run_sync(
-                    history.remove_items, self.root, repo, batch
-                )
-                for (name, did), outcome in zip(batch, outcomes, strict=True):
-                    key = ItemKey(repo, name)
-                    entry = entries.get(name)
-                    if outcome.removed:
-                        if entry is not None and entry.dir_id == did:
-                            self.history.forget(key)
-                        removed.append(key)
-                        finished = entry.finished_ts if entry is not None else None
-                        log.debug(
-                            "history.removed",
-                            repo=repo,
-                            work_item=name,
-                            finished_at=iso(finished) if finished is not None else None,
-                        )
-                    elif outcome.problem:
-                        self._sweep_refused.add((repo, name))
-                        log.warning(
-                            "history.kept",
-                            repo=repo,
-                            work_item=name,
-                            problem=outcome.problem,
-                            note="past retention_days, but left alone",
-                        )
-        if removed:
-            log.info(
-                "history.swept",
-                removed=len(removed),
-                retention_days=days,
-                work_items=[str(key) for key in removed[:20]],
-                finished_windows=len(self.history),
-            )
-            self._journal_due.set()
 
     def _report_once(self, path: str, problem: str) -> None:
         if (path, problem) not in self._reported:
@@ -768,14 +656,14 @@ class Daemon:
                 if self._watcher is not None:
                     self._watcher.unfollow(key)
                 self.history.add(key, result.finished)
-                self._journal_due.set()
+                self.archive.journal_due.set()
             elif result.kinds[layout.REJECTED] and not result.kinds[layout.DONE]:
                 self._park_rejected(key)
             else:
                 self._settle(key)
             if decision.armed_at is not None:
                 # A finished window still counts when deciding which window is current.
-                self._note_armed(key, decision.armed_at)
+                self.registry.note_armed(key, decision.armed_at)
         elif isinstance(decision, Reject):
             rejects.append((key, decision.reason, result))
         elif isinstance(decision, Arm):
@@ -786,7 +674,7 @@ class Daemon:
             start = decision.start
             if start is None:  # window.json is unreadable: the window only ends, as ERROR
                 now = time.time()
-                start = self._new_start(self.config, key.repo, now, {}, now)
+                start = WindowStart.new(self.config.window_settings(key.repo), now, {}, now)
             self._start(
                 key,
                 start,
@@ -875,7 +763,9 @@ class Daemon:
         """Record the start of each new window (the event first, then window.json); the
         windows recorded, to be started."""
         starts = [
-            self._new_start(judged, key.repo, arm.armed_at, arm.metadata, first_seen_at)
+            WindowStart.new(
+                judged.window_settings(key.repo), arm.armed_at, arm.metadata, first_seen_at
+            )
             for key, arm, _, first_seen_at in arms
         ]
         # The events first: a crash between the two re-emits one (same id, a no-op) rather
@@ -966,275 +856,29 @@ class Daemon:
         reacting: bool,
         judged: Config,
     ) -> None:
-        """Run a window: a runner task in the `windows` task group.
-
-        `judged` is the config the window was judged with; a reload may have come since (a
-        new window's start is written in between). The window then gets what `reload` gives
-        the open windows: the new settings if its repo is still configured, the judged ones
-        if the repo was removed, and DISABLED if the kill switch was thrown."""
+        """Run a window (see `Registry.start`); not once the daemon is closing."""
         if self._closing or self._windows is None:
             return
-        config = self.config
-        if key.repo not in config.repos:
-            config = judged
-            log.warning(
-                "config.repo_removed",
-                repo=key.repo,
-                work_item=key.work_item,
-                note="the open window keeps its previous settings",
-            )
-        if stop is None and not self.config.enabled:
-            stop = intake.DISABLED
         # The store keeps the directory the window started in: a directory deleted and made
         # again under the same name is a new deploy, never this window's.
         pinned = os.dup(look.fd) if look.fd is not None else None
-        runner = WindowRunner(
+        self.registry.start(
+            self._windows,
             ItemStore(self.root, key, pinned),
             start,
-            config.repos[key.repo],
-            config.window_settings(key.repo),
-            self.prober,
-            self.outbox.emit,
+            judged,
             first_seen=first_seen,
+            stop=stop,
             reacting=reacting,
             series=look.series,
-            go=self.ready,
-            running_since=self.started_at,
-            until_written=self.outbox.until_written,
-            clock=self._clock,
         )
-        if stop is not None:
-            runner.stop(stop)
-        self.runners[key] = runner
-        self._contenders.setdefault(key.repo, {})[key] = runner
-        metrics.open_windows(len(self.runners))
-        self._note_armed(key, start.schedule.armed_at)
-        self._windows.start_soon(self._run, runner)
 
-    def _new_start(
-        self, config: Config, repo: str, armed_at: float, metadata: dict[str, str], seen_at: float
-    ) -> WindowStart:
-        settings = config.window_settings(repo)
-        schedule = Schedule(
-            armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
-        )
-        return WindowStart(schedule, seen_at, metadata, settings.window_s)
-
-    # -- a person's rollback (see `manual`) -----------------------------------------------
-
-    def _make_requests_dir(self) -> None:
-        with contextlib.suppress(FileExistsError):
-            self.requests_dir.mkdir(0o2775)
-            self.requests_dir.chmod(0o2775)  # the deploy group may leave requests
-
-    async def _take_requests(self) -> None:
-        """Handle every poke in `.requests` that is not being handled yet."""
-        try:
-            names = await anyio.to_thread.run_sync(_list_pokes, self.root)
-        except OSError as exc:
-            log.error("requests.unreadable", path=str(self.requests_dir), error=str(exc))
-            return
-        for name in names:
-            key = manual.key_of_poke(name)
-            if key is None:
-                self._report_once(str(self.requests_dir / name), "not REPO~WORK_ITEM")
-            elif key not in self._requesting:
-                self._requesting.add(key)
-                self._spawn(self._handle_request, key)
-
-    async def _handle_request(self, key: ItemKey) -> None:
-        """Carry out, or refuse, a person's rollback of `key`; the poke is removed once it is
-        answered (it stays for the restart when the daemon stops first)."""
-        bound = structlog.contextvars.bound_contextvars(repo=key.repo, work_item=key.work_item)
-        try:
-            with bound:
-                if await self._answer_request(key):
-                    await anyio.to_thread.run_sync(_unpoke, self.root, manual.poke_name(key))
-        except reaction.Interrupted:
-            log.warning("rollback.request_paused", note="answered after the restart")
-        except (OSError, UnsafePath, ValueError) as exc:
-            log.error("rollback.request_failed", error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # a bug here must not stop the daemon or other windows
-            log.exception("rollback.request_failed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            self._requesting.discard(key)
-
-    async def _answer_request(self, key: ItemKey) -> bool:
-        """True once the request is answered for good."""
-        store = ItemStore(self.root, key)
-        data = await store.read(layout.ROLLBACK_REQUEST)
-        if data is None:
-            return True  # nothing asked (a stray poke)
-        request = manual.parse_request(data)
-        log.warning("rollback.requested", requested_by=request.requested_by, reason=request.reason)
-        runner = self.runners.get(key)
-        if runner is not None:
-            taken = runner.request_rollback(request)
-            await runner.ended.wait()
-            if not runner.completed:
-                return False  # shut down (or vanished) first: asked again after a restart
-            if taken:
-                return True
-        return await self._manual_rollback(key, store, request)
-
-    async def _manual_rollback(
-        self, key: ItemKey, store: ItemStore, request: manual.Request
-    ) -> bool:
-        """A person's rollback of a work item that has no open window."""
-        done = await store.read_json(layout.DONE)
-        repo = self.config.repos.get(key.repo)
-        decision = manual.judge_finished(
-            done,
-            armed=await store.exists(layout.ARMED),
-            intent=await store.exists(layout.ROLLBACK_INTENT),
-            refused=await store.exists(layout.ROLLBACK_REFUSED),
-            command=bool(repo and repo.rollback_command),
-        )
-        if isinstance(decision, manual.Refuse):
-            log.warning(
-                "rollback.refused",
-                reason=decision.reason,
-                requested_by=request.requested_by,
-                request_reason=request.reason,
-            )
-            await reaction.durably(
-                layout.ROLLBACK_REFUSED,
-                partial(
-                    store.write_atomic, layout.ROLLBACK_REFUSED, decision.reason.encode() + b"\n"
-                ),
-                self._should_exit,
-            )
-            await self.outbox.emit(
-                Event(
-                    "rollback.refused",
-                    key,
-                    decision.reason,
-                    time.time(),
-                    evidence=request.to_dict(),
-                )
-            )
-            return True
-        assert done is not None and repo is not None and repo.rollback_command
-        start = await store.read_json(layout.WINDOW)
-        metadata = start.get("metadata", {}) if start else {}
-        metadata = {k: v for k, v in metadata.items() if isinstance(v, str)}
-        status, action_was = str(done.get("status")), str(done.get("action_taken"))
-        await self.outbox.emit(
-            Event(
-                "rollback.manual",
-                key,
-                f"{request.requested_by} asked for the rollback: "
-                f"{request.reason or '(no reason given)'}",
-                time.time(),
-                status=status,
-                action_taken=action_was,
-                evidence=request.to_dict(),
-                metadata=metadata,
-            )
-        )
-        env = rollback_env(
-            os.environ,
-            repo.rollback_env,
-            repo=key.repo,
-            work_item=key.work_item,
-            reason=request.reason or str(done.get("reason", "")),
-            metadata=metadata,
-        )
-        settings = self.config.window_settings(key.repo)
-        action, result = await reaction.rollback(
-            store,
-            list(repo.rollback_command),
-            env,
-            settings.rollback_timeout_s,
-            self._should_exit,
-            manual=True,
-        )
-        detail = (result or {}).get("detail", "result unknown")
-        await self.outbox.emit(
-            Event(
-                ROLLBACK_EVENT[action],
-                key,
-                f"a person's rollback {action}: {detail}",
-                time.time(),
-                status=status,
-                action_taken=str(action),
-                evidence={"rollback": result, **request.to_dict()},
-                metadata=metadata,
-            )
-        )
-        record = {**request.to_dict(), "action": str(action), **(result or {})}
-        await reaction.durably(
-            layout.DONE,
-            partial(store.write_json, layout.DONE, {**done, "manual_rollback": record}),
-            self._should_exit,
-        )
-        log.warning("rollback.manual_finished", action=str(action), detail=detail)
-        return True
-
-    # -- windows --------------------------------------------------------------------------
-
-    def _note_armed(self, key: ItemKey, armed_at: float) -> None:
-        """Remember the latest window of each repo, open or finished, then supersede."""
-        latest = self._latest.get(key.repo)
-        if latest is None or (armed_at, key.work_item) > latest:
-            self._latest[key.repo] = (armed_at, key.work_item)
-        self._supersede(key.repo)
-
-    def _supersede(self, repo: str) -> None:
-        """Every open window of `repo` but the latest armed one ends as SUPERSEDED.
-
-        The latest is taken over every window seen, finished ones included, so an older
-        window that turns up after a newer one (even a finished one) never judges or reacts.
-        `_contenders` holds only the repo's windows not yet superseded, and each leaves it
-        when superseded: a storm of N windows armed at once costs O(N) and logs N lines.
-        """
-        latest = self._latest.get(repo)
-        contenders = self._contenders.get(repo)
-        if latest is None or not contenders:
-            return
-        armed_at, work_item = latest
-        reason = f"superseded by {work_item}, armed at {iso(armed_at)}"
-        for key, runner in list(contenders.items()):
-            if runner.sort_key >= latest:
-                continue
-            del contenders[key]  # superseded once; a reaction under way is never stopped
-            if runner.stop(Verdict(Status.SUPERSEDED, reason)):
-                log.info("window.superseded", repo=repo, work_item=key.work_item, by=work_item)
-
-    async def _run(self, runner: WindowRunner) -> None:
-        try:
-            await runner.run()
-            git = self.config.git_report
-            if runner.finished is not None and git is not None:
-                # After `done`: best-effort, it can never delay or change the verdict.
-                outcome, report = runner.finished
-                await gitreport.publish(
-                    git, outcome, report, runner.start.metadata.get("branch", "")
-                )
-        finally:
-            self.runners.pop(runner.key, None)
-            same_repo = self._contenders.get(runner.key.repo, {})
-            same_repo.pop(runner.key, None)
-            if not same_repo:
-                self._contenders.pop(runner.key.repo, None)
-            metrics.open_windows(len(self.runners))
-            if runner.completed:
-                self._window_finished(runner.key)
-            elif runner.vanished:
-                # The name is free again: a directory made anew is a new work item.
-                self._spawn(self._intake, [runner.key])
-
-
-@contextlib.contextmanager
-def _requests_fd(root: Path) -> Iterator[int]:
-    """The `.requests` directory's descriptor; never through a symlink."""
-    fd = os.open(
-        root / layout.REQUESTS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    )
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+    def _window_ended(self, runner: WindowRunner) -> None:
+        """A runner's task ended: index a finished window; a vanished one frees its name."""
+        if runner.completed:
+            self.archive.window_finished(runner.key)
+        elif runner.vanished:  # a directory made anew under its name is a new work item
+            self._spawn(self._intake, [runner.key])
 
 
 def config_changes(old: Config, new: Config, limit: int = 50) -> list[str]:
@@ -1259,19 +903,6 @@ def config_changes(old: Config, new: Config, limit: int = 50) -> list[str]:
 
     walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
     return changed
-
-
-def _list_pokes(root: Path) -> list[str]:
-    try:
-        with _requests_fd(root) as fd:
-            return sorted(e.name for e in os.scandir(fd) if not e.name.startswith("."))
-    except FileNotFoundError:
-        return []
-
-
-def _unpoke(root: Path, name: str) -> None:
-    with _requests_fd(root) as fd, contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=fd)
 
 
 def _close_fd(look: Look) -> None:

@@ -28,9 +28,9 @@ import anyio
 
 from postdeploy import history, layout
 from postdeploy.layout import ArmedError, ItemKey, open_item_dir, parse_armed
-from postdeploy.runner import WindowStart
 from postdeploy.store import read_at, read_fd
 from postdeploy.verdict import Status, Verdict
+from postdeploy.window import WindowStart
 
 QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long (the contract)
 MAX_QUIET_WAIT_S = 5.0  # a writer that never stops: past this, `armed` is read as it is

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -41,7 +40,16 @@ from postdeploy.verdict import (
     decide_action,
     recovery,
 )
-from postdeploy.window import Admission, Finish, Probe, Schedule, Wait, admit, missed, next_step
+from postdeploy.window import (
+    Admission,
+    Finish,
+    Probe,
+    Wait,
+    WindowStart,
+    admit,
+    missed,
+    next_step,
+)
 
 log = structlog.get_logger("postdeploy.window")
 
@@ -75,37 +83,6 @@ class Phase(StrEnum):
     OBSERVING = "observing"  # probing; may be stopped (cancel, supersede, kill switch)
     CONCLUDING = "concluding"  # has its verdict; reacting and writing; never interrupted
     FINISHED = "finished"
-
-
-@dataclass
-class WindowStart:
-    """`window.json`: the window's start, recorded durably the first time it is seen."""
-
-    schedule: Schedule
-    first_seen_at: float
-    metadata: dict[str, str] = field(default_factory=dict)
-    window_s: float | None = None  # as configured (the schedule covers whole ticks of it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.schedule.to_dict(),
-            "window_s": self.window_s,
-            "first_seen_at": self.first_seen_at,
-            "metadata": self.metadata,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WindowStart:
-        metadata = data.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise ValueError("metadata is not an object")
-        window_s = data.get("window_s")
-        return cls(
-            Schedule.from_dict(data),
-            float(data["first_seen_at"]),
-            metadata,
-            float(window_s) if isinstance(window_s, int | float) else None,
-        )
 
 
 def thresholds(settings: WindowSettings, repo: RepoConfig) -> Thresholds:

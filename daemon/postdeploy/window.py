@@ -11,10 +11,11 @@ wall-clock step neither fires nor delays a tick.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from postdeploy.config import WindowSettings
 from postdeploy.series import Tally
 from postdeploy.verdict import Status, Thresholds, Verdict, classify, healthy
 
@@ -159,3 +160,44 @@ def missed(schedule: Schedule, now: float, running_since: float | None = None) -
         "single probe",
         {"first_seen": now, "window_end": schedule.end},
     )
+
+
+@dataclass
+class WindowStart:
+    """`window.json`: the window's start, recorded durably the first time it is seen."""
+
+    schedule: Schedule
+    first_seen_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    window_s: float | None = None  # as configured (the schedule covers whole ticks of it)
+
+    @classmethod
+    def new(
+        cls, settings: WindowSettings, armed_at: float, metadata: dict[str, str], seen_at: float
+    ) -> WindowStart:
+        """A new window's start, with the schedule of `settings` (its repo's, now)."""
+        schedule = Schedule(
+            armed_at, settings.effective_initial_delay_s, settings.interval_s, settings.max_ticks
+        )
+        return cls(schedule, seen_at, metadata, settings.window_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.schedule.to_dict(),
+            "window_s": self.window_s,
+            "first_seen_at": self.first_seen_at,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowStart:
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not an object")
+        window_s = data.get("window_s")
+        return cls(
+            Schedule.from_dict(data),
+            float(data["first_seen_at"]),
+            metadata,
+            float(window_s) if isinstance(window_s, int | float) else None,
+        )

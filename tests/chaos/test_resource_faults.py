@@ -408,9 +408,9 @@ async def test_window_clock_is_monotonic_once_loaded(monkeypatch: pytest.MonkeyP
     from postdeploy import runner as runner_module
     from postdeploy.config import RepoConfig, WindowSettings
     from postdeploy.layout import ItemKey
-    from postdeploy.runner import WindowRunner, WindowStart
+    from postdeploy.runner import WindowRunner
     from postdeploy.store import ItemStore
-    from postdeploy.window import Schedule
+    from postdeploy.window import Schedule, WindowStart
 
     start = WindowStart(Schedule(time.time(), 0.1, 0.1, 10), time.time())
     window = WindowRunner(

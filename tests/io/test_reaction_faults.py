@@ -28,9 +28,9 @@ from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
 from postdeploy.probe import Prober
-from postdeploy.runner import WindowRunner, WindowStart
+from postdeploy.runner import WindowRunner
 from postdeploy.store import ItemStore
-from postdeploy.window import Schedule
+from postdeploy.window import Schedule, WindowStart
 
 DEADLINE_S = 30.0
 KEY = ItemKey("shop", "release-1")

@@ -23,9 +23,9 @@ from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
 from postdeploy.probe import Prober
-from postdeploy.runner import LATE_TICK_S, WindowRunner, WindowStart
+from postdeploy.runner import LATE_TICK_S, WindowRunner
 from postdeploy.store import ItemStore
-from postdeploy.window import Schedule
+from postdeploy.window import Schedule, WindowStart
 
 KEY = ItemKey("shop", "release-1")
 

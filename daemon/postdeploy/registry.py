@@ -1,0 +1,151 @@
+"""The windows running now: one `WindowRunner` task each, and which window of a repo is
+current (the one armed last; every other open window of the repo ends SUPERSEDED)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import structlog
+
+from postdeploy import gitreport, intake, metrics
+from postdeploy.alerts import Outbox
+from postdeploy.clock import Clock
+from postdeploy.config import Config
+from postdeploy.layout import ItemKey
+from postdeploy.probe import Prober
+from postdeploy.report import iso
+from postdeploy.runner import WindowRunner
+from postdeploy.store import ItemStore
+from postdeploy.verdict import Status, Verdict
+from postdeploy.window import WindowStart
+
+log = structlog.get_logger("postdeploy.daemon")
+
+
+class Registry:
+    """Every open window by work item, and each repo's latest armed window."""
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], Config],
+        prober: Prober,
+        outbox: Outbox,
+        ready: anyio.Event,
+        clock: Clock,
+        started_at: float,
+        ended: Callable[[WindowRunner], None],
+    ) -> None:
+        self._config = config  # the config in force now (a reload replaces it)
+        self._prober = prober
+        self._outbox = outbox
+        self._ready = ready  # probing waits for the daemon's READY
+        self._clock = clock
+        self._started_at = started_at
+        self._ended = ended  # called when a runner's task ends, whatever the outcome
+        self.runners: dict[ItemKey, WindowRunner] = {}
+        # Each repo's open windows that are not superseded yet (see `supersede`).
+        self._contenders: dict[str, dict[ItemKey, WindowRunner]] = {}
+        self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
+
+    def start(
+        self,
+        windows: anyio.abc.TaskGroup,
+        store: ItemStore,
+        start: WindowStart,
+        judged: Config,
+        *,
+        first_seen: bool,
+        stop: Verdict | None,
+        reacting: bool,
+        series: bytes | None,
+    ) -> None:
+        """Run a window: a runner task in `windows`.
+
+        `judged` is the config the window was judged with; a reload may have come since (a
+        new window's start is written in between). The window then gets what `reload` gives
+        the open windows: the new settings if its repo is still configured, the judged ones
+        if the repo was removed, and DISABLED if the kill switch was thrown."""
+        key = store.key
+        config = self._config()
+        if key.repo not in config.repos:
+            config = judged
+            log.warning(
+                "config.repo_removed",
+                repo=key.repo,
+                work_item=key.work_item,
+                note="the open window keeps its previous settings",
+            )
+        if stop is None and not self._config().enabled:
+            stop = intake.DISABLED
+        runner = WindowRunner(
+            store,
+            start,
+            config.repos[key.repo],
+            config.window_settings(key.repo),
+            self._prober,
+            self._outbox.emit,
+            first_seen=first_seen,
+            reacting=reacting,
+            series=series,
+            go=self._ready,
+            running_since=self._started_at,
+            until_written=self._outbox.until_written,
+            clock=self._clock,
+        )
+        if stop is not None:
+            runner.stop(stop)
+        self.runners[key] = runner
+        self._contenders.setdefault(key.repo, {})[key] = runner
+        metrics.open_windows(len(self.runners))
+        self.note_armed(key, start.schedule.armed_at)
+        windows.start_soon(self._run, runner)
+
+    def note_armed(self, key: ItemKey, armed_at: float) -> None:
+        """Remember the latest window of each repo, open or finished, then supersede."""
+        latest = self._latest.get(key.repo)
+        if latest is None or (armed_at, key.work_item) > latest:
+            self._latest[key.repo] = (armed_at, key.work_item)
+        self.supersede(key.repo)
+
+    def supersede(self, repo: str) -> None:
+        """Every open window of `repo` but the latest armed one ends as SUPERSEDED.
+
+        The latest is taken over every window seen, finished ones included, so an older
+        window that turns up after a newer one (even a finished one) never judges or reacts.
+        `_contenders` holds only the repo's windows not yet superseded, and each leaves it
+        when superseded: a storm of N windows armed at once costs O(N) and logs N lines.
+        """
+        latest = self._latest.get(repo)
+        contenders = self._contenders.get(repo)
+        if latest is None or not contenders:
+            return
+        armed_at, work_item = latest
+        reason = f"superseded by {work_item}, armed at {iso(armed_at)}"
+        for key, runner in list(contenders.items()):
+            if runner.sort_key >= latest:
+                continue
+            del contenders[key]  # superseded once; a reaction under way is never stopped
+            if runner.stop(Verdict(Status.SUPERSEDED, reason)):
+                log.info("window.superseded", repo=repo, work_item=key.work_item, by=work_item)
+
+    async def _run(self, runner: WindowRunner) -> None:
+        try:
+            await runner.run()
+            git = self._config().git_report
+            if runner.finished is not None and git is not None:
+                # After `done`: best-effort, it can never delay or change the verdict.
+                outcome, report = runner.finished
+                await gitreport.publish(
+                    git, outcome, report, runner.start.metadata.get("branch", "")
+                )
+        finally:
+            self.runners.pop(runner.key, None)
+            same_repo = self._contenders.get(runner.key.repo, {})
+            same_repo.pop(runner.key, None)
+            if not same_repo:
+                self._contenders.pop(runner.key.repo, None)
+            metrics.open_windows(len(self.runners))
+            self._ended(runner)
