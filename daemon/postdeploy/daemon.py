@@ -13,16 +13,11 @@ waits in a heap until it can be quiet, then joins the batch due with it.
 
 from __future__ import annotations
 
-import heapq
-import json
-import math
 import os
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,39 +36,21 @@ from postdeploy import (
 from postdeploy.alerts import Outbox
 from postdeploy.approvals import Approvals
 from postdeploy.archive import Archive
+from postdeploy.arrivals import Intake
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config, ConfigError, load_config
-from postdeploy.events import Event
-from postdeploy.intake import Arm, Look, Quiet, Reject, Resume, Settled
+from postdeploy.intake import Look
 from postdeploy.layout import ItemKey, UnsafePath
 from postdeploy.lock import LockHeld, StateLock
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.registry import Registry
-from postdeploy.report import iso
 from postdeploy.runner import Phase, WindowRunner
 from postdeploy.store import ItemStore
 from postdeploy.verdict import Status, Verdict
 from postdeploy.window import WindowStart
 
 log = structlog.get_logger("postdeploy.daemon")
-
-BATCH_EVERY_S = 0.005  # due `armed` files are taken in together, at most this often
-# New windows start once no intake batch is being recorded, so that starting the windows of
-# one batch (a log line and a task each) does not hold up the writes of the next: in a burst
-# of sentinels every window is on disk first. A steady stream of sentinels waits no longer.
-MAX_START_DELAY_S = 0.25
-
-
-@dataclass
-class _Waiting:
-    """A new `armed` written to less than QUIET_S ago: looked at again when `due`."""
-
-    first_seen_at: float  # wall time: when the daemon first noticed it (the window's "seen")
-    deadline: float  # monotonic: past it, `armed` is read as it is (a writer that never stops)
-    due: float  # monotonic: the next look
-    identity: intake.Identity | None = None  # `armed` at the last look; None: not looked at
-    spare: intake.Spare | None = None  # window.json's temporary file, made during the wait
 
 
 WatcherFactory = Callable[[Path], watcher.Watcher]
@@ -121,7 +98,6 @@ class Daemon:
             ended=self._window_ended,
         )
         self.runners = self.registry.runners  # the open windows, by work item
-        self._settled: set[ItemKey] = set()  # finished, but not indexable: never looked at again
         # Finished windows: indexed (and journalled) so that none is looked at again.
         self.history = history.History(self.root)
         self.archive = Archive(
@@ -131,13 +107,6 @@ class Daemon:
             runners=self.runners,
             unfollow=self._unfollow,
         )
-        self._intaking: set[ItemKey] = set()
-        self._waiting: dict[ItemKey, _Waiting] = {}  # new `armed` files not quiet yet
-        self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
-        self._due_changed = anyio.Event()
-        self._quiet_pass = anyio.Event()  # set after each intake of due keys
-        self._recording = 0  # intake batches looking at or writing their directories
-        self._recorded = anyio.Event()  # set (and replaced) whenever _recording drops to 0
         self._reported: set[tuple[str, str]] = set()
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
@@ -146,6 +115,19 @@ class Daemon:
         self._closing = False
         self._windows: anyio.abc.TaskGroup | None = None
         self._lock = StateLock(self.root)
+        self.intake = Intake(
+            self.root,
+            config=lambda: self.config,
+            runners=self.runners,
+            outbox=self.outbox,
+            index=self.history,
+            indexed=lambda: self.archive.journal_due.set(),
+            note_armed=self.registry.note_armed,
+            start=self._start,
+            spawn=self._spawn,
+            report=self._report_once,
+            valid=self._valid,
+        )
         self.approvals = Approvals(
             self.root,
             config=lambda: self.config,
@@ -184,7 +166,7 @@ class Daemon:
             async with anyio.create_task_group() as windows:
                 self._windows = windows
                 outer.start_soon(self._watchdog)  # pings during a long recovery too
-                outer.start_soon(self._quiet_loop)
+                outer.start_soon(self.intake.quiet_loop)
                 await self.startup()
                 outer.start_soon(self._watch)
                 outer.start_soon(self._rescan_loop)
@@ -212,6 +194,7 @@ class Daemon:
         try:  # before the first scan: whatever arrives during it raises an event
             self._watcher = self._watcher_factory(self.root)
             self._watcher.watch_requests()
+            self.intake.watcher = self._watcher
         except OSError as exc:
             log.error(
                 "watcher.unavailable",
@@ -226,8 +209,8 @@ class Daemon:
         # A finished window still counts when deciding which window is current.
         for repo, (armed_at, work_item) in self.history.latest_armed().items():
             self.registry.note_armed(ItemKey(repo, work_item), armed_at)
-        while self._waiting:  # sentinels written just before: each is taken in once quiet
-            await self._quiet_pass.wait()
+        while self.intake.waiting:  # sentinels written just before: each taken in once quiet
+            await self.intake.quiet_pass.wait()
         # READY means every window found is taken up and scheduled (its next step known).
         for runner in list(self.runners.values()):
             await runner.scheduled.wait()
@@ -257,8 +240,9 @@ class Daemon:
         )
         for runner in list(self.runners.values()):
             runner.stop(None)
-        spares = [w.spare for w in self._waiting.values() if w.spare is not None]
-        for waiting in self._waiting.values():
+        self.intake.closing = True
+        spares = [w.spare for w in self.intake.waiting.values() if w.spare is not None]
+        for waiting in self.intake.waiting.values():
             waiting.spare = None
         if spares:
             await anyio.to_thread.run_sync(intake.drop_spares, spares)
@@ -354,15 +338,15 @@ class Daemon:
                         changes.items.add(key)
                 if changes.requests:
                     self._spawn(self.approvals.take)
-                fresh = [key for key in changes.armed if self._expect_quiet(key)]
+                fresh = [key for key in changes.armed if self.intake.expect_quiet(key)]
                 if fresh:
-                    self._spawn(self._make_spares, fresh)
+                    self._spawn(self.intake.make_spares, fresh)
                 items = [key for key in changes.items if self._valid(key)]
                 for key in items:
                     if key in self.runners:  # made again under a running window's name?
                         self._spawn(self._check_vanished, key)
                 if items:
-                    self._spawn(self._intake, items)
+                    self._spawn(self.intake.take, items)
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         if self._windows is not None and not self._closing:
@@ -402,7 +386,7 @@ class Daemon:
             self._cancel(key)
         if only_repo is None and self.ready.is_set():
             self._spawn(self.approvals.take)  # in case inotify missed one
-        await self._intake(items)
+        await self.intake.take(items)
         return len(items) + finished
 
     def _unfollow(self, key: ItemKey) -> None:
@@ -440,411 +424,6 @@ class Daemon:
         if runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
             log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
 
-    # -- waiting for `armed` to be quiet --------------------------------------------------
-
-    def _expect_quiet(self, key: ItemKey) -> bool:
-        """inotify saw `armed` arrive: look at it once it can be quiet (no sooner: a look now
-        could only say "not quiet yet"). True if it is newly waiting."""
-        if key in self.runners or key in self._settled or key in self._waiting:
-            return False
-        if not self._valid(key):
-            return False
-        now = time.monotonic()
-        self._waiting[key] = _Waiting(
-            time.time(), now + intake.MAX_QUIET_WAIT_S, now + intake.QUIET_S
-        )
-        self._push_due(key, now + intake.QUIET_S)
-        return True
-
-    async def _make_spares(self, keys: list[ItemKey]) -> None:
-        """Use the quiet wait, when the daemon is idle, to create the temporary files of the
-        waiting windows' window.json (the costliest part of the write that follows)."""
-        made = await anyio.to_thread.run_sync(intake.make_spares, self.root, keys, layout.WINDOW)
-        unused: list[intake.Spare] = []
-        for key, spare in zip(keys, made, strict=True):
-            if isinstance(spare, Exception):
-                continue  # the write makes its own temporary file; the look says what is wrong
-            waiting = self._waiting.get(key)
-            if (
-                waiting is None
-                or waiting.spare is not None
-                or key in self._intaking
-                or self._closing  # shutdown removed the spares it knew of already
-            ):
-                unused.append(spare)
-            else:
-                waiting.spare = spare
-        if unused:
-            await anyio.to_thread.run_sync(intake.drop_spares, unused)
-
-    def _push_due(self, key: ItemKey, due: float) -> None:
-        self._waiting[key].due = due
-        if not self._due or due < self._due[0][0]:
-            self._due_changed.set()
-        heapq.heappush(self._due, (due, key))
-
-    async def _quiet_loop(self) -> None:
-        """Take in every waiting `armed` that is due, all together, in due order."""
-        while True:
-            self._due_changed = anyio.Event()
-            delay = self._due[0][0] - time.monotonic() if self._due else math.inf
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await self._due_changed.wait()
-                continue
-            now = time.monotonic()
-            keys: list[ItemKey] = []
-            while self._due and self._due[0][0] <= now:
-                due, key = heapq.heappop(self._due)
-                waiting = self._waiting.get(key)
-                if waiting is None or waiting.due != due:
-                    continue  # taken in meanwhile, or looked at again later
-                if key in self._intaking or key in self.runners:
-                    self._push_due(key, now + intake.QUIET_S)  # after the intake under way
-                    continue
-                keys.append(key)
-            if keys:
-                self._spawn(self._intake_due, keys)
-                # The next batch no sooner than BATCH_EVERY_S: while one batch waits for its
-                # fsyncs, the next one is looked at and prepared.
-                await anyio.sleep(BATCH_EVERY_S)
-
-    async def _intake_due(self, keys: list[ItemKey]) -> None:
-        await self._intake(keys, due=True)
-        self._quiet_pass.set()
-        self._quiet_pass = anyio.Event()
-
-    # -- intake ---------------------------------------------------------------------------
-
-    def _takes(self, key: ItemKey, due: bool) -> bool:
-        if key in self.runners or key in self._settled or key in self._intaking:
-            return False
-        return due or key not in self._waiting  # a waiting key is looked at when it is due
-
-    async def _intake(self, keys: Iterable[ItemKey], *, due: bool = False) -> None:
-        """Take in work items together: look at each, decide (`intake.judge`), record the
-        new windows' starts and the rejections, start the windows (once no other batch is
-        being recorded). The looks and the writes each take a few worker-thread hops for the
-        whole batch.
-
-        `due`: the keys are waiting for `armed` to be quiet, and now due for a look."""
-        if self._closing:
-            return
-        batch = [key for key in dict.fromkeys(keys) if self._takes(key, due)]
-        if not batch:
-            return
-        self._intaking.update(batch)
-        self._recording += 1
-        armed: list[tuple[ItemKey, WindowStart, Arm, Look]] = []
-        try:
-            if self._watcher is not None:
-                # Before the look: whatever is created after it raises an event.
-                self._watcher.follow(batch)
-            now = time.monotonic()
-            previous = [self._waiting.get(key) for key in batch]
-            requests = [
-                (key, w.identity if w else None, w is not None and now > w.deadline)
-                for key, w in zip(batch, previous, strict=True)
-            ]
-            # Shielded: the worker threads finish their looks anyway, and each look holds a
-            # directory open that only this function closes.
-            with anyio.CancelScope(shield=True):
-                looks = await intake.run_all(partial(intake.look_all, self.root), requests)
-            # The batch owns the spares of its waiting keys: used by the write, handed back
-            # to a key that waits on, or removed at the end.
-            spares = {key: w.spare for key, w in zip(batch, previous, strict=True) if w and w.spare}
-            for w in previous:
-                if w is not None:
-                    w.spare = None
-            judged = self.config  # a reload may replace it while the batch is written
-            try:
-                rejects: list[tuple[ItemKey, str, Look]] = []
-                arms: list[tuple[ItemKey, Arm, Look, float]] = []
-                for key, result in zip(batch, looks, strict=True):
-                    try:
-                        self._decide(key, result, rejects, arms, spares)
-                    except Exception as exc:
-                        self._intake_failed(key, exc)
-                if rejects:
-                    await self._reject_all(rejects)
-                if arms:
-                    armed = await self._record_all(arms, spares, judged)
-            except Exception as exc:
-                self._batch_failed(batch, exc)
-            finally:
-                # The new windows' stores take copies of their directories' descriptors
-                # when they start (below); every other one is closed now.
-                starting = {id(look) for _, _, _, look in armed}
-                for result in looks:
-                    if isinstance(result, Look) and id(result) not in starting:
-                        _close_fd(result)
-                if spares:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(intake.drop_spares, list(spares.values()))
-        finally:
-            self._recorded_one()
-        # The batch's keys stay in `_intaking` until their windows run: no rescan takes them.
-        try:
-            if armed:
-                await self._until_recorded()
-                self._start_armed(armed, judged)
-        except Exception as exc:
-            self._batch_failed(batch, exc)
-        finally:
-            for _, _, _, look in armed:
-                _close_fd(look)
-            self._intaking.difference_update(batch)
-
-    def _recorded_one(self) -> None:
-        """An intake batch is done looking and writing."""
-        self._recording -= 1
-        if self._recording == 0:
-            self._recorded.set()
-            self._recorded = anyio.Event()
-
-    async def _until_recorded(self) -> None:
-        """Until no intake batch is being recorded (at most MAX_START_DELAY_S)."""
-        with anyio.move_on_after(MAX_START_DELAY_S):
-            while self._recording:
-                await self._recorded.wait()
-
-    def _batch_failed(self, batch: list[ItemKey], exc: Exception) -> None:
-        """A bug while recording a batch: it must not stop the daemon. Nothing of the batch
-        is settled, so the next rescan looks at every item again."""
-        log.error(
-            "intake.batch_failed",
-            work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
-            batch_size=len(batch),
-            error=f"{type(exc).__name__}: {exc}",
-            exc_info=exc,
-            note="the next rescan takes these work items in again",
-        )
-
-    def _decide(
-        self,
-        key: ItemKey,
-        result: Look | Exception,
-        rejects: list[tuple[ItemKey, str, Look]],
-        arms: list[tuple[ItemKey, Arm, Look, float]],
-        spares: dict[ItemKey, intake.Spare],
-    ) -> None:
-        """Act on one look (see `intake.judge`); writes are collected for the whole batch."""
-        if isinstance(result, Exception):
-            self._waiting.pop(key, None)
-            self._intake_failed(key, result)
-            return
-        decision = intake.judge(
-            result,
-            repo=key.repo,
-            known=key.repo in self.config.repos,
-            enabled=self.config.enabled,
-        )
-        if isinstance(decision, Quiet):
-            waiting = self._waiting.get(key)
-            if waiting is None:  # "first seen" is when the daemon noticed it, before the wait
-                deadline = time.monotonic() + intake.MAX_QUIET_WAIT_S
-                waiting = self._waiting[key] = _Waiting(result.seen_at, deadline, 0.0)
-            waiting.identity = decision.identity
-            waiting.spare = spares.pop(key, None)  # still waiting: so is its spare
-            self._push_due(key, time.monotonic() + decision.delay)
-            return
-        waiting = self._waiting.pop(key, None)
-        if not isinstance(decision, Settled):
-            self.history.forget(key)  # a directory made anew under a finished window's name
-        if isinstance(decision, Settled):
-            if result.finished is not None:  # `done`: indexed, never looked at again
-                if self._watcher is not None:
-                    self._watcher.unfollow(key)
-                self.history.add(key, result.finished)
-                self.archive.journal_due.set()
-            elif result.kinds[layout.REJECTED] and not result.kinds[layout.DONE]:
-                self._park_rejected(key)
-            else:
-                self._settle(key)
-            if decision.armed_at is not None:
-                # A finished window still counts when deciding which window is current.
-                self.registry.note_armed(key, decision.armed_at)
-        elif isinstance(decision, Reject):
-            rejects.append((key, decision.reason, result))
-        elif isinstance(decision, Arm):
-            arms.append(
-                (key, decision, result, waiting.first_seen_at if waiting else result.seen_at)
-            )
-        elif isinstance(decision, Resume):
-            start = decision.start
-            if start is None:  # window.json is unreadable: the window only ends, as ERROR
-                now = time.time()
-                start = WindowStart.new(self.config.window_settings(key.repo), now, {}, now)
-            self._start(
-                key,
-                start,
-                result,
-                first_seen=False,
-                stop=decision.stop,
-                reacting=decision.reacting,
-                judged=self.config,
-            )
-        # Unarmed: the directory's watch says when `armed` arrives (else the next rescan).
-
-    def _intake_failed(self, key: ItemKey, exc: Exception) -> None:
-        if isinstance(exc, UnsafePath):
-            self._report_once(str(self.root / key.repo / key.work_item), str(exc))
-        elif isinstance(exc, FileNotFoundError):
-            pass  # removed while we looked
-        elif isinstance(exc, OSError):
-            log.error("intake.failed", repo=key.repo, work_item=key.work_item, error=str(exc))
-        else:
-            log.error(
-                "intake.failed",
-                repo=key.repo,
-                work_item=key.work_item,
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=exc,
-            )
-
-    def _park_rejected(self, key: ItemKey) -> None:
-        """A rejected item is not settled for good: deleting `rejected` (after fixing
-        `armed`) asks for another look, which the next rescan makes. It is not watched."""
-        if self._watcher is not None:
-            self._watcher.unfollow(key)
-
-    def _settle(self, key: ItemKey) -> None:
-        self._settled.add(key)
-        if self._watcher is not None:
-            self._watcher.unfollow(key)
-
-    async def _write_all(
-        self,
-        name: str,
-        items: Sequence[tuple[ItemKey, Look, bytes]],
-        spares: dict[ItemKey, intake.Spare] | None = None,
-    ) -> list[Exception | None]:
-        """Write file `name` in each looked-at directory, atomically and durably, as one
-        group commit; the error of each, None if written. The items' `spares` (taken out
-        of the dict) serve as their temporary files."""
-        errors: list[Exception | None] = [None] * len(items)
-        known: list[int] = []  # the items whose look kept their directory open
-        triples: list[tuple[int, bytes, intake.Spare | None]] = []
-        for i, (key, look, data) in enumerate(items):
-            if look.fd is None:  # only a look that ended early has none; judge never asks
-                errors[i] = UnsafePath(f"{key}: its directory was not kept open")
-            else:
-                known.append(i)
-                spare = spares.pop(key, None) if spares is not None else None
-                triples.append((look.fd, data, spare))
-        with anyio.CancelScope(shield=True):  # it owns the spares from here on
-            written = await anyio.to_thread.run_sync(intake.write_all, name, triples)
-        for i, error in zip(known, written, strict=True):
-            errors[i] = error
-        return errors
-
-    async def _reject_all(self, rejects: Sequence[tuple[ItemKey, str, Look]]) -> None:
-        for key, reason, _ in rejects:
-            log.warning("sentinel.rejected", repo=key.repo, work_item=key.work_item, reason=reason)
-        errors = await self._write_all(
-            layout.REJECTED,
-            [
-                (key, look, reason.replace("\n", " ").encode() + b"\n")
-                for key, reason, look in rejects
-            ],
-        )
-        for (key, _, _), error in zip(rejects, errors, strict=True):
-            if error is None:
-                self._park_rejected(key)
-            else:
-                self._intake_failed(key, error)
-
-    async def _record_all(
-        self,
-        arms: Sequence[tuple[ItemKey, Arm, Look, float]],
-        spares: dict[ItemKey, intake.Spare],
-        judged: Config,
-    ) -> list[tuple[ItemKey, WindowStart, Arm, Look]]:
-        """Record the start of each new window (the event first, then window.json); the
-        windows recorded, to be started."""
-        starts = [
-            WindowStart.new(
-                judged.window_settings(key.repo), arm.armed_at, arm.metadata, first_seen_at
-            )
-            for key, arm, _, first_seen_at in arms
-        ]
-        # The events first: a crash between the two re-emits one (same id, a no-op) rather
-        # than losing it, because without window.json the window is "first seen" again.
-        events: list[Event | None] = []
-        async with anyio.create_task_group() as tg:
-            for (key, arm, _, _), start in zip(arms, starts, strict=True):
-                event = Event(
-                    "window.armed",
-                    key,
-                    f"window armed: {start.schedule.max_ticks} ticks every "
-                    f"{start.schedule.interval_s:g}s",
-                    start.first_seen_at,
-                    evidence=start.schedule.to_dict(),
-                    metadata=arm.metadata,
-                )
-                wanted = self.outbox.wants(event)  # else emitting it has nothing to do
-                events.append(event if wanted else None)
-                if wanted:
-                    tg.start_soon(self.outbox.emit, event)
-        # An event the outbox's disk refused is only in memory: with window.json written
-        # after it, a crash would lose it for good. Such a window starts at a later look.
-        held = {
-            key
-            for (key, _, _, _), event in zip(arms, events, strict=True)
-            if event is not None and self.outbox.held_in_memory(event.id)
-        }
-        for key in held:
-            log.warning(
-                "intake.event_unwritten",
-                repo=key.repo,
-                work_item=key.work_item,
-                note="the outbox could not write its window.armed event yet; the window "
-                "starts once it can (next look)",
-            )
-        if held:
-            kept = [i for i, (key, _, _, _) in enumerate(arms) if key not in held]
-            arms = [arms[i] for i in kept]
-            starts = [starts[i] for i in kept]
-        errors = await self._write_all(
-            layout.WINDOW,
-            [
-                (key, look, json.dumps(start.to_dict(), ensure_ascii=False).encode() + b"\n")
-                for (key, _, look, _), start in zip(arms, starts, strict=True)
-            ],
-            spares,
-        )
-        recorded: list[tuple[ItemKey, WindowStart, Arm, Look]] = []
-        for (key, arm, look, _), start, error in zip(arms, starts, errors, strict=True):
-            if error is None:
-                recorded.append((key, start, arm, look))
-            else:
-                self._intake_failed(key, error)  # not started: the next look retries it
-        return recorded
-
-    def _start_armed(
-        self, armed: Sequence[tuple[ItemKey, WindowStart, Arm, Look]], judged: Config
-    ) -> None:
-        """Start the windows whose start `_record_all` recorded."""
-        for key, start, arm, look in armed:
-            log.info(
-                "window.armed",
-                repo=key.repo,
-                work_item=key.work_item,
-                armed_at=iso(arm.armed_at),
-                max_ticks=start.schedule.max_ticks,
-                interval_s=start.schedule.interval_s,
-                metadata=arm.metadata,
-            )
-            self._start(
-                key,
-                start,
-                look,
-                first_seen=True,
-                stop=arm.stop,
-                reacting=arm.reacting,
-                judged=judged,
-            )
-
     def _start(
         self,
         key: ItemKey,
@@ -878,7 +457,7 @@ class Daemon:
         if runner.completed:
             self.archive.window_finished(runner.key)
         elif runner.vanished:  # a directory made anew under its name is a new work item
-            self._spawn(self._intake, [runner.key])
+            self._spawn(self.intake.take, [runner.key])
 
 
 def config_changes(old: Config, new: Config, limit: int = 50) -> list[str]:
@@ -903,11 +482,6 @@ def config_changes(old: Config, new: Config, limit: int = 50) -> list[str]:
 
     walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
     return changed
-
-
-def _close_fd(look: Look) -> None:
-    if look.fd is not None:
-        os.close(look.fd)
 
 
 def _raise_open_files_limit() -> None:
