@@ -330,12 +330,12 @@ def look(root: Path, key: ItemKey, tail: SeriesTail | None = None) -> Look:
 
 # -- waking up ------------------------------------------------------------------------------
 
-# Hints' watches. Below the state directory, directories appear (CREATE, MOVED_TO); in the item directory,
-# files appear (CREATE, MOVED_TO: the daemon renames `done` into place) and `series.jsonl`
-# grows (MODIFY). ONLYDIR and DONT_FOLLOW: a watch never goes through a symlink by its last
-# name; the watch is a hint only, and every read goes through the no-follow helpers.
-# inotify_simple (and ctypes with it) is imported by `Hints` only: `look`, which `arm` and
-# `cancel` use, watches nothing.
+# The watches of `Hints`: below the state directory, directories appear (CREATE, MOVED_TO);
+# in the item directory, files appear (CREATE, MOVED_TO: the daemon renames `done` into
+# place) and `series.jsonl` grows (MODIFY). ONLYDIR and DONT_FOLLOW: a watch never goes
+# through a symlink by its last name; the watch is a hint only, and every read goes through
+# the no-follow helpers. inotify_simple (and ctypes with it) is imported by `Hints` only:
+# `look`, which `arm` and `cancel` use, watches nothing.
 
 
 class Hints:
