@@ -5,6 +5,10 @@ Exit codes: 0 success, 1 failure, 2 invalid config or usage; `wait`, `arm --wait
 `cancel` exits 3 when the window already finished (or was rejected): nothing is written.
 """
 
+# Each command imports only what it uses, inside its function: `--help` imports no config
+# model (pydantic), `arm` no HTTP client or event loop, `wait --state-dir` neither; only `run`
+# loads the daemon. tests/unit/test_cli_imports.py pins it; docs/PERFORMANCE.md has figures.
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +17,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from postdeploy import __version__, layout
-from postdeploy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from postdeploy import DEFAULT_CONFIG_PATH, __version__, layout
 from postdeploy.layout import ItemKey, valid_name
 from postdeploy.store import ItemStore
+
+if TYPE_CHECKING:
+    from postdeploy.config import Config
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_NO_EFFECT = 0, 1, 2, 3
 
@@ -31,6 +38,8 @@ def _config_path(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from postdeploy.config import load_config
+
     return load_config(_config_path(args))
 
 
@@ -51,13 +60,18 @@ def _existing_root(args: argparse.Namespace, config: Config | None = None) -> Pa
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import anyio
-
     from postdeploy import logs
-    from postdeploy.daemon import Daemon
+    from postdeploy.config import load_config
 
     path = _config_path(args)
     config = load_config(path)
+    if not sys.stdout.isatty():
+        logs.keep_rich_out()  # JSON lines (see `logs.configure`): rich would go unused
+
+    import anyio
+
+    from postdeploy.daemon import Daemon
+
     logs.configure(config.daemon.log_level)
     logs.register_config_secrets(config)
     # Everything loaded so far (modules, config, logging) lives as long as the process: keep
@@ -382,19 +396,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_error_lines(exc: Exception) -> list[str] | None:
+    """The lines of `exc` if it is the config module's `ConfigError`, else None.
+
+    Looked up in `sys.modules` rather than imported: a command that reads no config never
+    imports `postdeploy.config` (and pydantic), and then no ConfigError can have been raised.
+    """
+    config = sys.modules.get("postdeploy.config")
+    if config is None or not isinstance(exc, config.ConfigError):
+        return None
+    lines: list[str] = exc.lines
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        return EXIT_CONFIG
     except UsageError as exc:
         print(f"postdeploy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        lines = _config_error_lines(exc)
+        if lines is None:
+            raise
+        for line in lines:
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
     return code
 
 

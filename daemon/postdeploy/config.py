@@ -17,12 +17,11 @@ from __future__ import annotations
 import copy
 import math
 import os
-import ssl
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -44,7 +43,8 @@ from postdeploy.checks import Bound, Condition, ConditionError, parse_condition
 from postdeploy.layout import NAME_RE, valid_name
 from postdeploy.urls import check_http_url
 
-DEFAULT_CONFIG_PATH = "/etc/postdeploy/config.toml"
+if TYPE_CHECKING:
+    import ssl  # imported when a TLS file is loaded: `postdeploy arm` has no use for it
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -169,6 +169,8 @@ def _no_passphrase() -> str:
 
 
 def _tls_reason(exc: Exception) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
         if not reason or "PEM lib" in str(exc):
@@ -183,6 +185,8 @@ def build_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     """The client SSL context for `files`: the CA bundle (else the system's CAs) and the
     client certificate. Costs ~1 ms with a CA file, 50-100 ms with the system's CAs: build
     it when the config is loaded or in a worker thread, never per request. Raises TlsError."""
+    import ssl
+
     try:
         context = ssl.create_default_context(cafile=files.ca)
     except (OSError, ssl.SSLError) as exc:

@@ -18,6 +18,10 @@ environment variables whose names look secret (`*TOKEN*`, `*SECRET*`, `*PASSWORD
 `*API_KEY*`, ...) and of systemd credentials (`$CREDENTIALS_DIRECTORY`);
 `register_config_secrets()` adds those the config names (`secret_env`, `bot_token_env`,
 `headers_env`).
+
+structlog is imported by `configure()` and `get()` only: the config imports this module for
+its secrets, and `postdeploy arm` must not pay for a logging library it never uses.
+`import structlog` also imports rich (below), which only the terminal's colours need.
 """
 
 from __future__ import annotations
@@ -30,11 +34,10 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-import structlog.tracebacks
-from structlog.typing import EventDict, Processor, WrappedLogger
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words all over the logs
 MAX_CREDENTIAL_BYTES = 64 * 1024
@@ -236,6 +239,9 @@ def configure(
     `journal` forces the `<N>` prefix on or off; by default it is on when `stream` is the
     journal stream.
     """
+    import structlog
+    import structlog.tracebacks
+
     out = stream or sys.stdout
     tty = out.isatty() and not force_json
     if journal is None:
@@ -288,4 +294,22 @@ def configure(
 
 def get(name: str = "postdeploy") -> Any:
     """A structlog logger."""
+    import structlog
+
     return structlog.get_logger(name)
+
+
+def keep_rich_out() -> None:
+    """Make `import rich` fail in this process, so that structlog, imported next, goes without.
+
+    `import structlog` imports `structlog.dev`, which tries `import rich` for its console
+    renderer's tracebacks, and `structlog.tracebacks` tries `rich.pretty`, whether or not a
+    console renderer is ever used; both fall back quietly when rich is missing. A daemon that
+    logs JSON lines renders nothing with rich, and saves its import: about 4 MB of memory
+    and a tenth of a second at start-up (docs/PERFORMANCE.md). Only for a process that will
+    never draw on a terminal (`postdeploy run` with stdout not a terminal); does nothing once
+    structlog or rich is imported.
+    """
+    if "structlog" not in sys.modules and "rich" not in sys.modules:
+        # A None entry is the import system's documented way to make an import fail.
+        sys.modules["rich"] = None  # type: ignore[assignment]

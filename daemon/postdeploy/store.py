@@ -8,7 +8,9 @@
   before the next append, so it can never glue itself to a good row.
 
 All paths are opened relative to the item directory's descriptor with O_NOFOLLOW (see layout).
-The blocking calls run in worker threads so the event loop never waits on the disk.
+The blocking calls run in worker threads so the event loop never waits on the disk. anyio and
+aiofiles are imported by the async methods only: the command line uses the `_sync` methods and
+`read_at`, and must not pay for an event loop it never starts.
 
 A store may be pinned to one directory: it keeps a descriptor of the directory its window
 started in and does everything through it. If the work item's directory is deleted (even if
@@ -24,13 +26,10 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import aiofiles.os
-import anyio.to_thread
 
 from postdeploy.layout import ItemKey, open_file_flags, open_item_dir
 
@@ -205,12 +204,18 @@ class ItemStore:
     # -- async API ----------------------------------------------------------------------
 
     async def read(self, name: str, limit: int = -1) -> bytes | None:
+        import anyio.to_thread
+
         return await anyio.to_thread.run_sync(self.read_sync, name, limit)
 
     async def exists(self, name: str) -> bool:
+        import anyio.to_thread
+
         return await anyio.to_thread.run_sync(self.exists_sync, name)
 
     async def write_atomic(self, name: str, data: bytes) -> None:
+        import anyio.to_thread
+
         await anyio.to_thread.run_sync(self.write_atomic_sync, name, data)
 
     async def write_json(self, name: str, obj: dict[str, Any]) -> None:
@@ -239,6 +244,8 @@ class ItemStore:
         the file durably before returning."""
         parsed = parse_json_lines(data)
         if parsed.torn_bytes:
+            import anyio.to_thread
+
             await anyio.to_thread.run_sync(
                 self.repair_tail_sync, name, len(data) - parsed.torn_bytes
             )
@@ -273,8 +280,10 @@ class ItemStore:
         was a fifth of the daemon's. The hop is shielded so a cancelled caller still learns
         whether its row is on disk.
         """
+        import anyio
+
         with anyio.CancelScope(shield=True):
-            await _append(self, name, b"".join(lines))
+            await (_append or _make_append())(self, name, b"".join(lines))
 
     def opener(self, flags: int) -> Callable[[str, int], int]:
         def opener(name: str, _flags: int) -> int:
@@ -284,5 +293,14 @@ class ItemStore:
         return opener
 
 
-# aiofiles runs the blocking append in the event loop's executor, as it does its file methods.
-_append = aiofiles.os.wrap(ItemStore.append_lines_sync)
+# `append_lines_sync` run in the event loop's executor, as aiofiles runs its file methods.
+# Made on the first append, so that only a process that appends imports aiofiles.
+_append: Callable[[ItemStore, str, bytes], Awaitable[None]] | None = None
+
+
+def _make_append() -> Callable[[ItemStore, str, bytes], Awaitable[None]]:
+    global _append
+    import aiofiles.os
+
+    _append = aiofiles.os.wrap(ItemStore.append_lines_sync)
+    return _append

@@ -26,15 +26,15 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
-
-from inotify_simple import INotify
-from inotify_simple import flags as F
+from typing import TYPE_CHECKING, Any, TextIO
 
 from postdeploy import layout
 from postdeploy.layout import ItemKey, open_item_dir
 from postdeploy.series import ProbeRow
 from postdeploy.store import read_at
+
+if TYPE_CHECKING:
+    from inotify_simple import INotify
 
 # Exit codes of `wait`, `arm --wait` and `rollback` (the contract's).
 EXIT_OK = 0  # HEALTHY, or DEGRADED in shadow mode; ROLLBACK_OK
@@ -330,12 +330,12 @@ def look(root: Path, key: ItemKey, tail: SeriesTail | None = None) -> Look:
 
 # -- waking up ------------------------------------------------------------------------------
 
-# Below the state directory, directories appear (CREATE, MOVED_TO); in the item directory,
-# files appear (CREATE, MOVED_TO: the daemon renames `done` into place) and `series.jsonl`
-# grows (MODIFY). ONLYDIR and DONT_FOLLOW: a watch never goes through a symlink by its last
-# name; the watch is a hint only, and every read goes through the no-follow helpers.
-_PARENT_MASK = F.CREATE | F.MOVED_TO | F.ONLYDIR
-_ITEM_MASK = F.CREATE | F.MOVED_TO | F.MODIFY | F.ONLYDIR | F.DONT_FOLLOW
+# The watches of `Hints`: below the state directory, directories appear (CREATE, MOVED_TO);
+# in the item directory, files appear (CREATE, MOVED_TO: the daemon renames `done` into
+# place) and `series.jsonl` grows (MODIFY). ONLYDIR and DONT_FOLLOW: a watch never goes
+# through a symlink by its last name; the watch is a hint only, and every read goes through
+# the no-follow helpers. inotify_simple (and ctypes with it) is imported by `Hints` only:
+# `look`, which `arm` and `cancel` use, watches nothing.
 
 
 class Hints:
@@ -344,11 +344,17 @@ class Hints:
     without inotify (none left, not allowed) it just sleeps."""
 
     def __init__(self, root: Path, key: ItemKey) -> None:
+        from inotify_simple import INotify
+        from inotify_simple import flags as F
+
+        parent_mask = F.CREATE | F.MOVED_TO | F.ONLYDIR
+        item_mask = F.CREATE | F.MOVED_TO | F.MODIFY | F.ONLYDIR | F.DONT_FOLLOW
         self._paths = [
-            (str(root), _PARENT_MASK),  # the configured path: may itself be a symlink
-            (str(root / key.repo), _PARENT_MASK | F.DONT_FOLLOW),
-            (str(root / key.repo / key.work_item), _ITEM_MASK),
+            (str(root), parent_mask),  # the configured path: may itself be a symlink
+            (str(root / key.repo), parent_mask | F.DONT_FOLLOW),
+            (str(root / key.repo / key.work_item), item_mask),
         ]
+        self._ignored = F.IGNORED
         self._wds: dict[int, int] = {}  # level -> watch descriptor
         try:
             self._inotify: INotify | None = INotify()
@@ -378,7 +384,7 @@ class Hints:
             time.sleep(timeout)
             return
         for event in self._inotify.read(timeout=int(timeout * 1000) + 1):
-            if event.mask & F.IGNORED:  # the directory is gone: watch it again once it is back
+            if event.mask & self._ignored:  # the directory is gone: watch it again once it is back
                 self._wds = {lv: wd for lv, wd in self._wds.items() if wd != event.wd}
 
 
