@@ -25,7 +25,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -74,16 +74,27 @@ def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = FILE_MODE) 
     file is written and fsynced, renamed over `name`, and the directory is fsynced. A symlink
     in `name`'s place is replaced, never written through."""
     fd, tmp = create_tmp(dir_fd, name, mode)
-    try:
+    with _then_renamed(dir_fd, tmp, name):
         try:
             write_fd(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+@contextlib.contextmanager
+def _then_renamed(dir_fd: int, tmp: str, name: str, *, is_dir: bool = False) -> Iterator[None]:
+    """The block fills the temporary entry `tmp` in `dir_fd`; then `tmp` is renamed over
+    `name` and the directory fsynced. If anything fails, `tmp` is removed."""
+    try:
+        yield
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
+            if is_dir:
+                shutil.rmtree(tmp, dir_fd=dir_fd)
+            else:
+                os.unlink(tmp, dir_fd=dir_fd)
         raise
     os.fsync(dir_fd)
 
@@ -139,19 +150,13 @@ def write_dir_at(
     `parent` fsynced. It appears whole or not at all; `name` must not exist yet."""
     tmp = tmp_name(name)
     os.mkdir(tmp, dir_mode, dir_fd=parent)
-    try:
+    with _then_renamed(parent, tmp, name, is_dir=True):
         fd = os.open(tmp, _DIR_FLAGS, dir_fd=parent)
         try:
             for file, data in files.items():
                 write_atomic_at(fd, file, data, file_mode)
         finally:
             os.close(fd)
-        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp, dir_fd=parent)
-        raise
-    os.fsync(parent)
 
 
 # -- the group commit ---------------------------------------------------------------------------
