@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from postdeploy import layout
+from postdeploy.durable import write_atomic_at
 from postdeploy.layout import NAME_RE, ItemKey, valid_name
-from postdeploy.store import read_at, write_atomic_at
+from postdeploy.store import read_at
 
 JOURNAL = ".finished.tsv"  # hidden: scans, inotify and intake skip it
 SWEEP_EVERY_S = 3600.0  # retention sweeps (and full listings) at most this far apart

@@ -5,28 +5,28 @@ armed yet, rejected, wait for `armed` to be quiet, a new window, a window to res
 rule about which directories start a window lives there, in one place, table-tested.
 
 The shell around it is blocking and works in batches, one worker-thread hop per chunk of
-items: `look_all` looks at many directories and `write_all` writes one small file in each.
+items: `look_all` looks at many directories and `write_all` writes one small file in each
+(`durable`'s group commit).
 Arming 500 sentinels at once costs 500 looks and 500 durable writes; as one hop each they
 cost the event loop twice the CPU of the whole batch done in a few chunks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 
-from postdeploy import history, layout
+from postdeploy import durable, history, layout
+from postdeploy.durable import Spare as Spare  # the daemon handles spares as intake's
+from postdeploy.durable import drop_spares as drop_spares
 from postdeploy.layout import ArmedError, ItemKey, open_item_dir, parse_armed
 from postdeploy.store import read_at, read_fd
 from postdeploy.verdict import Status, Verdict
@@ -35,10 +35,6 @@ from postdeploy.window import WindowStart
 QUIET_S = 0.1  # `armed` is read once nothing has written to it for this long (the contract)
 MAX_QUIET_WAIT_S = 5.0  # a writer that never stops: past this, `armed` is read as it is
 CHUNKS = 16  # a batch is split into at most this many worker-thread hops, run concurrently
-# The group commit's fsyncs run here, CHUNKS at a time: many fsyncs in flight at once are
-# what lets the journal commit them together.
-_POOL = ThreadPoolExecutor(max_workers=CHUNKS, thread_name_prefix="postdeploy-fsync")
-_DIR_POOL = ThreadPoolExecutor(max_workers=CHUNKS, thread_name_prefix="postdeploy-dirsync")
 
 # The daemon's own files: each must be a regular file or absent. A symlink, a FIFO or a
 # directory in their place was put there by someone else; the window is never started.
@@ -296,33 +292,18 @@ def _read_regular(dfd: int, name: str) -> bytes | None:
         return None
 
 
-@dataclass(frozen=True)
-class Spare:
-    """A temporary file made ahead of a write, in the quiet time before `armed` can be read:
-    creating it is the costliest step of the write, and the daemon is idle meanwhile."""
-
-    dir_fd: int  # the directory it is in
-    fd: int
-    name: str
-
-
-def _tmp_name(name: str) -> str:
-    return f".{name}.{secrets.token_hex(4)}.tmp"
-
-
 def make_spares(root: Path, keys: Sequence[ItemKey], name: str) -> list[Spare | Exception]:
-    """A `Spare` for a later write of `name` in each item directory (blocking); each result
-    is the Spare or the exception. Every Spare goes to `write_all` or `drop_spares`."""
+    """A `durable.Spare` for a later write of `name` in each item directory (blocking): its
+    temporary file made in the quiet time before `armed` can be read, while the daemon is
+    idle. Each result is the Spare or the exception. Every Spare goes to `write_all` or
+    `drop_spares`."""
     results: list[Spare | Exception] = []
-    flags = layout.open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for key in keys:
             try:
                 with open_item_dir(root, key, root_fd=root_fd) as dfd:
-                    tmp = _tmp_name(name)
-                    fd = os.open(tmp, flags, 0o664, dir_fd=dfd)
-                    results.append(Spare(os.dup(dfd), fd, tmp))
+                    results.append(durable.make_spare(dfd, name))
             except Exception as exc:
                 results.append(exc)
     finally:
@@ -330,97 +311,12 @@ def make_spares(root: Path, keys: Sequence[ItemKey], name: str) -> list[Spare | 
     return results
 
 
-def drop_spares(spares: Sequence[Spare]) -> None:
-    """Remove spares that are not needed after all (blocking)."""
-    for spare in spares:
-        with contextlib.suppress(OSError):
-            os.close(spare.fd)
-        with contextlib.suppress(OSError):
-            os.unlink(spare.name, dir_fd=spare.dir_fd)
-        os.close(spare.dir_fd)
-
-
-def write_all(
-    name: str, items: Sequence[tuple[int, bytes, Spare | None]]
-) -> list[Exception | None]:
-    """Write file `name` in each directory (given by its descriptor), atomically and durably,
-    as one group commit; each item's error, None where it is written. Blocking. An item's
-    Spare, if any, is used as its temporary file (and its directory descriptor closed).
-
-    As `store.write_atomic_at` does for one file (a temporary file written and fsynced,
-    renamed over `name`, the directory fsynced), but phase by phase for all of them, with
-    the fsyncs of each phase issued from many threads at once: the disk then serves them
-    together. 500 files: 47 ms and 41 ms of CPU, against 114 ms and 102 ms one file after
-    the other in 16 threads (bench/.work, ext4).
-    """
-    errors: list[Exception | None] = [None] * len(items)
-    tmp = _tmp_name(name)
-    files: dict[int, int] = {}  # item index -> temporary file descriptor, while open
-    where: dict[int, tuple[int, str]] = {}  # item index -> (directory, name) of its temporary
-
-    def fail(i: int, exc: Exception) -> None:
-        errors[i] = exc
-        fd = files.pop(i, None)
-        if fd is not None:
-            os.close(fd)
-        if i in where:
-            with contextlib.suppress(OSError):
-                os.unlink(where[i][1], dir_fd=where[i][0])
-
-    try:
-        flags = layout.open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        for i, (dfd, data, spare) in enumerate(items):
-            try:
-                if spare is not None:
-                    files[i], where[i] = spare.fd, (spare.dir_fd, spare.name)
-                else:
-                    files[i] = os.open(tmp, flags, 0o664, dir_fd=dfd)
-                    where[i] = (dfd, tmp)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(files[i], view) :]
-            except Exception as exc:
-                fail(i, exc)
-        for i, error in _parallel(_POOL, os.fsync, files):
-            fail(i, error)
-        for i in list(files):
-            try:
-                os.close(files.pop(i))
-                # Into the directory that was looked at (a spare's is the same one unless
-                # the directory was replaced meanwhile; the file then lands where it should).
-                os.replace(where[i][1], name, src_dir_fd=where[i][0], dst_dir_fd=items[i][0])
-                del where[i]
-            except Exception as exc:
-                fail(i, exc)
-        renamed = {i: items[i][0] for i in range(len(items)) if errors[i] is None}
-        for i, error in _parallel(_DIR_POOL, os.fsync, renamed):
-            errors[i] = error
-    finally:
-        for i in list(files):
-            fail(i, OSError("not written"))
-        for _, _, spare in items:
-            if spare is not None:
-                os.close(spare.dir_fd)
-    return errors
-
-
-def _parallel(
-    pool: ThreadPoolExecutor, fn: Callable[[int], object], fds: dict[int, int]
-) -> list[tuple[int, Exception]]:
-    """`fn` on each descriptor, from up to CHUNKS threads at once; the failures."""
-    order = list(fds.items())
-    size = max(1, -(-len(order) // CHUNKS))
-    failed: list[tuple[int, Exception]] = []
-
-    def chunk(start: int) -> None:
-        for i, fd in order[start : start + size]:
-            try:
-                fn(fd)
-            except Exception as exc:
-                failed.append((i, exc))
-
-    list(pool.map(chunk, range(0, len(order), size)))
-    return failed
+def write_all(name: str, items: Sequence[durable.GroupItem]) -> list[Exception | None]:
+    """Write file `name` in each directory (given by its descriptor, with its content and
+    its Spare if one was made), atomically and durably, as one group commit; each item's
+    error, None where it is written. Blocking. See `durable.write_group`; the daemon (and
+    the chaos suite's fault injection) reach the group commit through this name."""
+    return durable.write_group(name, items)
 
 
 # -- batches --------------------------------------------------------------------------------

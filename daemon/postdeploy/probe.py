@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ import httpx
 from postdeploy import __version__
 from postdeploy.checks import Condition, Response, evaluate_all, judge_sample
 from postdeploy.config import HttpCheck, ProbeSettings, PrometheusCheck, RepoConfig
+from postdeploy.errors import error_text, short
 from postdeploy.series import ProbeRow
 from postdeploy.transport import ON_SENT, RESOLVING, SSL_CONTEXT, LeanTransport
 
@@ -70,40 +69,8 @@ def health_problem(
     if not isinstance(value, dict):
         return "HTTP 200 but the body is not a JSON object"
     if value.get("status") != "ok":
-        return f"HTTP 200 but status={_short(repr(value.get('status')))}"
+        return f"HTTP 200 but status={short(repr(value.get('status')))}"
     return None
-
-
-def _short(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain (httpx wraps the socket error several times)."""
-    seen = {id(exc)}
-    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
-        seen.add(id(inner))
-        exc = inner
-    return exc
-
-
-def _error_text(exc: Exception) -> str:
-    kinds: dict[type[Exception], str] = {
-        httpx.ConnectTimeout: "connect timed out",
-        httpx.ConnectError: "connection failed",
-        httpx.ReadTimeout: "read timed out",
-        httpx.RemoteProtocolError: "protocol error",
-        httpx.ReadError: "read error",
-        httpx.WriteError: "write error",
-    }
-    kind = kinds.get(type(exc), type(exc).__name__)
-    text = str(exc).strip()
-    root = _root_cause(exc)
-    if isinstance(root, socket.gaierror):  # its errno is getaddrinfo's, not an OS error number
-        return f"name resolution failed: {_short(root.strerror or str(root))}"
-    if isinstance(root, OSError) and not isinstance(root, ssl.SSLError) and root.errno:
-        text = os.strerror(root.errno)  # "Connection reset by peer", "Connection refused"
-    return f"{kind}: {_short(text)}" if text else kind
 
 
 # A tick's other requests wait at most this long (and a tenth of the probe timeout) for its
@@ -250,7 +217,7 @@ class Prober:
                 except (httpx.HTTPError, OSError) as exc:
                     if got:
                         return got[0]
-                    return Answer(0, _elapsed_ms(start), error=_error_text(exc))
+                    return Answer(0, _elapsed_ms(start), error=error_text(exc))
             if got:
                 return got[0]
             # The transport marks a request still waiting on DNS: say so (it never reached

@@ -8,7 +8,6 @@ and tail); whatever it leaves running in its process group is ended when it exit
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import anyio
 import structlog
 
+from postdeploy.durable import write_fd
 from postdeploy.process import CappedOutput, run_in_group
 
 log = structlog.get_logger("postdeploy.rollback")
@@ -66,13 +66,7 @@ async def run_command(
     finished = await run_in_group(argv, env, timeout, output=output)
     if output is not None and log_fd is not None:
         try:
-            await anyio.to_thread.run_sync(_write_all, log_fd, output.render())
+            await anyio.to_thread.run_sync(write_fd, log_fd, output.render())
         except OSError as exc:
             log.error("rollback.log_unwritable", error=str(exc))
     return RollbackResult(finished.exit_code, finished.detail, finished.duration_s)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -27,6 +27,7 @@ from postdeploy.config import Config, WindowSettings
 from postdeploy.layout import ItemKey, open_item_dir
 from postdeploy.series import ProbeRow, Tally, fold
 from postdeploy.store import ItemStore
+from postdeploy.window import Schedule
 
 RECENT = 20  # finished windows listed, newest first
 SPARK_POINTS = 24  # probe rows kept per open window for the sparkline
@@ -140,7 +141,7 @@ def window_state(
     max_ticks = start.get("max_ticks") if isinstance(start.get("max_ticks"), int) else None
     ends_at = None
     if armed_at is not None and delay is not None and interval is not None and max_ticks:
-        ends_at = armed_at + delay + (max_ticks - 1) * interval
+        ends_at = Schedule(armed_at, delay, interval, max_ticks).end  # as the daemon counts it
     state: dict[str, Any] = {
         "repo": key.repo,
         "work_item": key.work_item,

@@ -1,8 +1,8 @@
-"""Every file write and read of a work item's directory.
+"""The file access of a work item's directory: reads, and writes through `durable`.
 
-- Small files (`window.json`, `done`, `report.md`, ...) are written atomically: a temporary
-  file is written and fsynced, renamed over the target, and the directory is fsynced, so a
-  crash leaves either the old content or the new one, never half of it.
+- Small files (`window.json`, `done`, `report.md`, ...) are written atomically
+  (`durable.write_atomic_at`): a crash leaves either the old content or the new one, never
+  half of it.
 - `series.jsonl` is append-only JSON Lines, appended through aiofiles and fsynced per append. A
   crash mid-append can leave a torn last line; reads ignore it and `repair_tail` cuts it off
   before the next append, so it can never glue itself to a good row.
@@ -24,13 +24,13 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import stat
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from postdeploy import durable
 from postdeploy.layout import ItemKey, open_file_flags, open_item_dir
 
 
@@ -112,24 +112,6 @@ def read_at(dir_fd: int, name: str, limit: int = -1) -> bytes | None:
         os.close(fd)
 
 
-def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> None:
-    """Replace `name` in directory `dir_fd` with `data`: a temporary file is written and
-    fsynced, renamed over `name`, and the directory is fsynced. Never follows a symlink."""
-    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), mode, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)
-
-
 class ItemStore:
     """File access for one work item directory below the state directory."""
 
@@ -189,15 +171,14 @@ class ItemStore:
     def write_atomic_sync(self, name: str, data: bytes, *, create_dirs: bool = False) -> None:
         """Replace `name` with `data` atomically and durably."""
         with self._dir(create=create_dirs) as dfd:
-            write_atomic_at(dfd, name, data)
+            durable.write_atomic_at(dfd, name, data)
 
     def repair_tail_sync(self, name: str, keep: int) -> None:
         """Cut `name` to its first `keep` bytes (drops a torn last line), durably."""
         with self._dir() as dfd:
             fd = os.open(name, open_file_flags(os.O_WRONLY), dir_fd=dfd)
             try:
-                os.ftruncate(fd, keep)
-                os.fsync(fd)
+                durable.truncate_fd(fd, keep)
             finally:
                 os.close(fd)
 
@@ -252,23 +233,11 @@ class ItemStore:
         return parsed
 
     def append_lines_sync(self, name: str, data: bytes) -> None:
-        """Append `data` (complete lines) to `name` and fsync; all or nothing.
-
-        When the disk refuses part of the write (ENOSPC, EIO), the file is cut back to its
-        previous length, so a half-written line can never glue itself to the next append.
-        """
+        """Append `data` (complete lines) to `name` and fsync; all or nothing (see
+        `durable.append_fd`)."""
         fd = self.opener(os.O_WRONLY | os.O_APPEND | os.O_CREAT)(name, 0)
         try:
-            size = os.fstat(fd).st_size
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                raise
+            durable.append_fd(fd, data)
         finally:
             os.close(fd)
 
@@ -288,7 +257,7 @@ class ItemStore:
     def opener(self, flags: int) -> Callable[[str, int], int]:
         def opener(name: str, _flags: int) -> int:
             with self._dir() as dfd:
-                return os.open(name, open_file_flags(flags), 0o664, dir_fd=dfd)
+                return os.open(name, open_file_flags(flags), durable.FILE_MODE, dir_fd=dfd)
 
         return opener
 

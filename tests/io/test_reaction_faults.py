@@ -3,7 +3,7 @@ loses the decision, never runs the hook twice, and never records a hook that ran
 
 Each test runs a real `WindowRunner` in-process against a real HTTP target on 127.0.0.1
 (always 503, so the window turns DEGRADED on its second tick), a real rollback hook (a
-subprocess) and real files. The disk fault is injected into `store.write_atomic_at`, the one
+subprocess) and real files. The disk fault is injected into `durable.write_atomic_at`, the one
 function every atomic write of a work item goes through: the first `times` writes of one file
 fail with the given errno, as a full (ENOSPC), read-only (EROFS) or failing (EIO) disk would.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
-from postdeploy import layout, reaction, store
+from postdeploy import durable, layout, reaction
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
@@ -79,7 +79,7 @@ class Faults:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.plan: dict[str, tuple[int, int]] = {}
         self.refused: list[str] = []
-        real = store.write_atomic_at
+        real = durable.write_atomic_at
 
         def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o664) -> None:
             code, left = self.plan.get(name, (0, 0))
@@ -89,7 +89,7 @@ class Faults:
                 raise OSError(code, f"{os.strerror(code)} (injected)")
             real(dir_fd, name, data, mode)
 
-        monkeypatch.setattr(store, "write_atomic_at", write_atomic_at)
+        monkeypatch.setattr(durable, "write_atomic_at", write_atomic_at)
         monkeypatch.setattr(reaction, "WRITE_RETRY_FIRST_S", 0.01)
 
     def fail(self, name: str, code: int, times: int) -> None:

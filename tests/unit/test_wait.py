@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from postdeploy import layout, wait
+from postdeploy.durable import write_atomic_at
 from postdeploy.layout import ItemKey, open_item_dir
 from postdeploy.series import ProbeRow
-from postdeploy.store import write_atomic_at
 
 KEY = ItemKey("shop", "w1")
 DEADLINE_S = 30.0  # only reached when something is wrong

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from postdeploy.text import clip
+
 # What happened, in a few words, by event kind.
 HEADLINES = {
     "window.armed": "watching",
@@ -44,10 +46,6 @@ MAX_FACTS = 4
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _num(value: Any) -> float | None:
@@ -87,7 +85,7 @@ def _last_failure(evidence: Mapping[str, Any]) -> str | None:
         failed = row.get("health_ok") is False or (_num(row.get("fivexx")) or 0) > 0
         if failed:
             tick = row.get("tick")
-            detail = _cut(_str(row.get("detail")), MAX_DETAIL)
+            detail = clip(_str(row.get("detail")), MAX_DETAIL)
             return f"last failure (tick {tick}): {detail}" if detail else None
     return None
 
@@ -109,7 +107,7 @@ def evidence_facts(evidence: Any) -> list[str]:
         facts.append(failure)
     rollback = ev.get("rollback")
     if isinstance(rollback, dict) and rollback.get("detail"):
-        facts.append(f"rollback command: {_cut(_str(rollback['detail']), MAX_DETAIL)}")
+        facts.append(f"rollback command: {clip(_str(rollback['detail']), MAX_DETAIL)}")
     return facts[:MAX_FACTS]
 
 
@@ -140,15 +138,15 @@ def format_telegram(event: Mapping[str, Any]) -> str:
         lines.append(" \u00b7 ".join(p for p in parts if p))
     reason = _str(event.get("reason"))
     if reason:
-        lines.append(e(_cut(reason, MAX_REASON)))
+        lines.append(e(clip(reason, MAX_REASON)))
     lines.extend(f"\u2022 {e(fact)}" for fact in evidence_facts(event.get("evidence")))
     meta = _metadata(event)
-    shown = [f"{k} <code>{e(_cut(meta[k], 80))}</code>" for k in META_SHOWN if k in meta]
+    shown = [f"{k} <code>{e(clip(meta[k], 80))}</code>" for k in META_SHOWN if k in meta]
     if shown:
         lines.append(" \u00b7 ".join(shown))
     url = _web_url(meta.get("url", ""))
     if url:
-        lines.append(f'<a href="{e(url, quote=True)}">{e(_cut(url, 120))}</a>')
+        lines.append(f'<a href="{e(url, quote=True)}">{e(clip(url, 120))}</a>')
     lines.append(f"<i>{e(kind)} \u00b7 {e(_str(event.get('at')))} \u00b7 {e(severity)}</i>")
     return "\n".join(lines)
 

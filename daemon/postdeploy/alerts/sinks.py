@@ -33,7 +33,9 @@ from postdeploy.alerts.config import (
 )
 from postdeploy.alerts.format import alertmanager_alert, format_telegram, template_values
 from postdeploy.alerts.template import render_template
+from postdeploy.errors import error_text
 from postdeploy.process import KILL_GRACE_S, CappedOutput, run_in_group
+from postdeploy.text import clip
 
 SIGNATURE_HEADER = "X-Postdeploy-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -61,11 +63,6 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _cut(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None if absent."""
     if not value:
@@ -80,23 +77,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
-
-
-def error_text(exc: BaseException) -> str:
-    """A short description of a failed request, without the URL."""
-    kinds: dict[type[BaseException], str] = {
-        httpx.ConnectTimeout: "connect timed out",
-        httpx.ConnectError: "connection failed",
-        httpx.ReadTimeout: "read timed out",
-        httpx.WriteTimeout: "write timed out",
-        httpx.PoolTimeout: "no free connection",
-        httpx.RemoteProtocolError: "protocol error",
-        httpx.ReadError: "read error",
-        httpx.WriteError: "write error",
-    }
-    kind = kinds.get(type(exc), type(exc).__name__)
-    text = _cut(str(exc), 160)
-    return f"{kind}: {text}" if text else kind
 
 
 class MissingSecret(Exception):
@@ -180,7 +160,7 @@ class _HttpSink(Sink):
             return Result(False, self._redact(error_text(exc)))
         if 200 <= code < 300:
             return Result(True, f"HTTP {code}")
-        text = _cut(answer.decode("utf-8", errors="replace"), 200)
+        text = clip(answer.decode("utf-8", errors="replace"), 200, fold=True)
         retry = parse_retry_after(retry_after, dt.datetime.now(dt.UTC).timestamp())
         return Result(False, self._redact(f"HTTP {code}: {text}"), retry)
 
@@ -302,7 +282,9 @@ class TelegramSender(_HttpSink):
             value = parameters.get("retry_after")
             if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
                 retry = min(float(value), MAX_RETRY_AFTER_S)
-        description = _cut(str(reply.get("description") or answer.decode(errors="replace")), 200)
+        description = clip(
+            str(reply.get("description") or answer.decode(errors="replace")), 200, fold=True
+        )
         return Result(False, self._redact(f"HTTP {code}: {description}"), retry)
 
 
@@ -381,7 +363,7 @@ class CommandSender(Sink):
             stdin.close()
         if finished.exit_code == 0:
             return Result(True, "exit 0")
-        text = _cut(output.last_text(400), 400)
+        text = clip(output.last_text(400), 400, fold=True)
         return Result(False, finished.detail + (f": {text}" if text else ""))
 
 

@@ -7,6 +7,7 @@
                                            last error, delivered_at, expired_at
     delivered/<event id>/...               the same directory, moved here once every sink has it
 ```
+Every write goes through `durable`:
 - An event directory is built under a temporary name, fsynced, and renamed into `pending/`
   (then `pending/` is fsynced): it appears whole or not at all. That rename is the moment the
   event exists; no sink sees it before.
@@ -26,7 +27,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import time
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from postdeploy.store import write_atomic_at
+from postdeploy import durable
 
 OUTBOX = ".outbox"
 PENDING = "pending"
@@ -101,15 +101,6 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, indent=1, default=str).encode() + b"\n"
 
 
-def _fsync_dir(fd: int) -> None:
-    os.fsync(fd)
-
-
-def _write_file(dir_fd: int, name: str, data: bytes) -> None:
-    """Replace `name` in `dir_fd` with `data`, atomically and durably."""
-    write_atomic_at(dir_fd, name, data, FILE_MODE)
-
-
 def _read_json(dir_fd: int, name: str) -> Any:
     fd = os.open(name, os.O_RDONLY | _FILE_FLAGS, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as f:
@@ -126,12 +117,7 @@ def _exists(dir_fd: int, name: str) -> bool:
 
 def _open_subdir(parent: int, name: str, *, create: bool) -> int:
     if create:
-        try:
-            os.mkdir(name, DIR_MODE, dir_fd=parent)
-        except FileExistsError:
-            pass
-        else:
-            _fsync_dir(parent)  # the new directory's entry is durable too
+        durable.mkdir_at(parent, name, DIR_MODE)
     return os.open(name, _DIR_FLAGS, dir_fd=parent)
 
 
@@ -179,35 +165,22 @@ class Spool:
         with self._dirs(create=True) as (pending, delivered):
             if _exists(pending, event_id) or _exists(delivered, event_id):
                 return False
-            tmp = f".{event_id}.{secrets.token_hex(4)}.tmp"
-            os.mkdir(tmp, DIR_MODE, dir_fd=pending)
-            try:
-                fd = os.open(tmp, _DIR_FLAGS, dir_fd=pending)
-                try:
-                    _write_file(fd, EVENT_FILE, data)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, event_id, src_dir_fd=pending, dst_dir_fd=pending)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(tmp, dir_fd=pending)
-                raise
-            _fsync_dir(pending)
+            durable.write_dir_at(
+                pending, event_id, {EVENT_FILE: data}, dir_mode=DIR_MODE, file_mode=FILE_MODE
+            )
         return True
 
     def write_state(self, event_id: str, sink: str, state: SinkState) -> None:
         """Replace the delivery state of (`event_id`, `sink`), durably."""
         with self._event_dir(event_id) as fd:
-            _write_file(fd, state_file(sink), dumps(state.to_dict()))
+            durable.write_atomic_at(fd, state_file(sink), dumps(state.to_dict()), FILE_MODE)
 
     def finish(self, event_id: str) -> None:
         """Move `pending/<id>/` to `delivered/<id>/`, durably."""
         with self._dirs(create=True) as (pending, delivered):
             if _exists(delivered, event_id) and not _exists(pending, event_id):
                 return  # already done before a crash
-            os.rename(event_id, event_id, src_dir_fd=pending, dst_dir_fd=delivered)
-            _fsync_dir(delivered)
-            _fsync_dir(pending)
+            durable.move_at(pending, event_id, delivered)
 
     def prune_delivered(self, before: float) -> int:
         """Remove delivered events emitted before `before` (epoch seconds); returns how many."""
@@ -234,7 +207,7 @@ class Spool:
         now = time.time()
         with self._dirs(create=True) as (pending, _):
             for entry in os.scandir(pending):
-                if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                if not durable.is_tmp_name(entry.name):
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if now - st.st_mtime < STALE_TMP_S:
