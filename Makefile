@@ -12,7 +12,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' --group dev
 	rm -f $(VENV)/.installed-* && touch $@ $(BASE_STAMP)
 
 # The demo needs the package alone (no test or lint tools); a venv made for the tests has it.
