@@ -40,14 +40,14 @@ from postdeploy.arrivals import Intake
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config, ConfigError, load_config
 from postdeploy.intake import Look
-from postdeploy.layout import ItemKey, UnsafePath
+from postdeploy.layout import ItemKey
 from postdeploy.lock import LockHeld, StateLock
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.registry import Registry
 from postdeploy.runner import Phase, WindowRunner
 from postdeploy.store import ItemStore
-from postdeploy.verdict import Status, Verdict
+from postdeploy.verdict import Verdict
 from postdeploy.window import WindowStart
 
 log = structlog.get_logger("postdeploy.daemon")
@@ -333,7 +333,7 @@ class Daemon:
                     self._spawn(self._rescan_safely, repo)
                 for key in changes.cancel:
                     if key in self.runners:
-                        self._spawn(self._check_cancel, key)
+                        self._spawn(self.registry.check_cancel, key)
                     else:
                         changes.items.add(key)
                 if changes.requests:
@@ -344,7 +344,7 @@ class Daemon:
                 items = [key for key in changes.items if self._valid(key)]
                 for key in items:
                     if key in self.runners:  # made again under a running window's name?
-                        self._spawn(self._check_vanished, key)
+                        self._spawn(self.registry.check_vanished, key)
                 if items:
                     self._spawn(self.intake.take, items)
 
@@ -383,7 +383,7 @@ class Daemon:
         for path, problem in found.problems:
             self._report_once(path, problem)
         for key in found.cancelled:
-            self._cancel(key)
+            self.registry.cancel(key)
         if only_repo is None and self.ready.is_set():
             self._spawn(self.approvals.take)  # in case inotify missed one
         await self.intake.take(items)
@@ -397,32 +397,6 @@ class Daemon:
         if (path, problem) not in self._reported:
             self._reported.add((path, problem))
             log.warning("sentinel.ignored", path=path, problem=problem)
-
-    async def _check_cancel(self, key: ItemKey) -> None:
-        runner = self.runners.get(key)
-        if runner is None or runner.phase is not Phase.OBSERVING:
-            return
-        try:
-            cancelled = await runner.store.exists(layout.CANCEL)
-        except (OSError, UnsafePath):
-            return
-        if cancelled:
-            self._cancel(key)
-
-    async def _check_vanished(self, key: ItemKey) -> None:
-        """A new entry under an open window's name: if the window's own directory is gone,
-        the window ends, and the new directory is taken in as a new work item."""
-        runner = self.runners.get(key)
-        if runner is not None and await anyio.to_thread.run_sync(runner.store.vanished_sync):
-            runner.vanish()
-
-    def _cancel(self, key: ItemKey) -> None:
-        """An operator wrote `cancel`: stop the window if it is still observing."""
-        runner = self.runners.get(key)
-        if runner is None or runner.phase is not Phase.OBSERVING:
-            return
-        if runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
-            log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
 
     def _start(
         self,

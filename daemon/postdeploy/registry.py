@@ -9,14 +9,14 @@ import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import gitreport, intake, metrics
+from postdeploy import gitreport, intake, layout, metrics
 from postdeploy.alerts import Outbox
 from postdeploy.clock import Clock
 from postdeploy.config import Config
-from postdeploy.layout import ItemKey
+from postdeploy.layout import ItemKey, UnsafePath
 from postdeploy.probe import Prober
 from postdeploy.report import iso
-from postdeploy.runner import WindowRunner
+from postdeploy.runner import Phase, WindowRunner
 from postdeploy.store import ItemStore
 from postdeploy.verdict import Status, Verdict
 from postdeploy.window import WindowStart
@@ -149,3 +149,29 @@ class Registry:
                 self._contenders.pop(runner.key.repo, None)
             metrics.open_windows(len(self.runners))
             self._ended(runner)
+
+    async def check_cancel(self, key: ItemKey) -> None:
+        runner = self.runners.get(key)
+        if runner is None or runner.phase is not Phase.OBSERVING:
+            return
+        try:
+            cancelled = await runner.store.exists(layout.CANCEL)
+        except (OSError, UnsafePath):
+            return
+        if cancelled:
+            self.cancel(key)
+
+    async def check_vanished(self, key: ItemKey) -> None:
+        """A new entry under an open window's name: if the window's own directory is gone,
+        the window ends, and the new directory is taken in as a new work item."""
+        runner = self.runners.get(key)
+        if runner is not None and await anyio.to_thread.run_sync(runner.store.vanished_sync):
+            runner.vanish()
+
+    def cancel(self, key: ItemKey) -> None:
+        """An operator wrote `cancel`: stop the window if it is still observing."""
+        runner = self.runners.get(key)
+        if runner is None or runner.phase is not Phase.OBSERVING:
+            return
+        if runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
+            log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
