@@ -103,6 +103,9 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+MAX_LOOKBACK = 1000  # the most judged probes a k-of-n rule looks back over
+
+
 class WindowOverrides(_Table):
     """The window keys that `[defaults]` sets and each `[repos.NAME]` may override."""
 
@@ -110,8 +113,14 @@ class WindowOverrides(_Table):
     interval_s: PositiveFloat | None = None
     initial_delay_s: NonNegativeFloat | None = None
     fail_threshold: Annotated[int, Field(ge=1)] | None = None
+    # DEGRADED when fail_threshold of the last fail_lookback judged health probes failed
+    # (default: fail_threshold, the consecutive rule).
+    fail_lookback: Annotated[int, Field(ge=1, le=MAX_LOOKBACK)] | None = None
     fivexx_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
     min_samples: Annotated[int, Field(ge=1)] | None = None
+    # A window whose probed ticks were judged (not inconclusive) less often than this ends
+    # INCONCLUSIVE, never HEALTHY.
+    min_judged_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
     probe_timeout_s: PositiveFloat | None = None
     auto_rollback: bool | None = None
     rollback_timeout_s: PositiveFloat | None = None
@@ -231,8 +240,10 @@ class WindowSettings(_Table):
     interval_s: float = 30
     initial_delay_s: float | None = None
     fail_threshold: int = 3
+    fail_lookback: int | None = None  # None: fail_threshold (the consecutive rule)
     fivexx_threshold: float = 0.2
     min_samples: int = 6
+    min_judged_fraction: float = 0.5
     probe_timeout_s: float = 5
     auto_rollback: bool = False
     rollback_timeout_s: float = 300
@@ -257,6 +268,8 @@ ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 class _Check(_Table):
     name: Annotated[str, Field(pattern=CHECK_NAME_RE)]
     fail_threshold: Annotated[int, Field(ge=1)] | None = None  # default: the repo's
+    # default: its fail_threshold (the consecutive rule)
+    fail_lookback: Annotated[int, Field(ge=1, le=MAX_LOOKBACK)] | None = None
     timeout_s: PositiveFloat | None = None  # default: the repo's probe_timeout_s
 
 
@@ -569,6 +582,28 @@ def _cross_key_problems(
     problems = []
     for name, repo in config.repos.items():
         settings = config.window_settings(name)
+        lookback = settings.fail_lookback
+        if (
+            lookback is not None
+            and lookback < settings.fail_threshold
+            and not _tainted(removed, name, ("fail_lookback", "fail_threshold"))
+        ):
+            problems.append(
+                (
+                    f"repos.{name}.fail_lookback",
+                    f"{lookback} is below fail_threshold ({settings.fail_threshold}): "
+                    f"{settings.fail_threshold} failures cannot fit in {lookback} probes",
+                )
+            )
+        for i, check in enumerate(repo.checks):
+            need = check.fail_threshold or settings.fail_threshold
+            if check.fail_lookback is not None and check.fail_lookback < need:
+                problems.append(
+                    (
+                        f"repos.{name}.checks.{i}.fail_lookback",
+                        f"{check.fail_lookback} is below the check's fail_threshold ({need})",
+                    )
+                )
         if settings.probe_timeout_s >= settings.interval_s and not _tainted(
             removed, name, ("probe_timeout_s", "interval_s")
         ):

@@ -33,6 +33,7 @@ class Severity(IntEnum):
 KINDS: dict[str, Severity] = {
     "window.armed": Severity.INFO,
     "window.healthy": Severity.INFO,
+    "window.inconclusive": Severity.WARNING,  # too few ticks judged: no verdict on the deploy
     "window.degraded": Severity.CRITICAL,
     "window.shadow": Severity.WARNING,  # DEGRADED in shadow mode: what would have been done
     "window.cancelled": Severity.INFO,

@@ -64,6 +64,7 @@ async def _written_at_once(_: list[str]) -> None:
 # The event sent when a window ends with each status (DEGRADED is sent before the reaction).
 _FINISH_EVENT = {
     Status.HEALTHY: "window.healthy",
+    Status.INCONCLUSIVE: "window.inconclusive",
     Status.SUPERSEDED: "window.superseded",
     Status.CANCELLED: "window.cancelled",
     Status.DISABLED: "window.disabled",
@@ -88,8 +89,15 @@ class Phase(StrEnum):
 def thresholds(settings: WindowSettings, repo: RepoConfig) -> Thresholds:
     """The rule thresholds of a repo's windows, with each feature check's own."""
     checks = {c.name: c.fail_threshold for c in repo.checks if c.fail_threshold is not None}
+    lookbacks = {c.name: c.fail_lookback for c in repo.checks if c.fail_lookback is not None}
     return Thresholds(
-        settings.fail_threshold, settings.fivexx_threshold, settings.min_samples, checks
+        settings.fail_threshold,
+        settings.fivexx_threshold,
+        settings.min_samples,
+        checks,
+        fail_lookback=settings.fail_lookback or 0,
+        check_lookbacks=lookbacks,
+        min_judged_fraction=settings.min_judged_fraction,
     )
 
 

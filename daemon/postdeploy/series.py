@@ -114,13 +114,30 @@ class ProbeRow:
         )
 
 
+# How many judged results a tally keeps (a k-of-n rule looks back at most this far).
+LOOKBACK_KEPT = 1000
+
+
+def failed_in_last(bits: int, judged: int, n: int) -> int:
+    """How many of the last `n` judged results failed; `bits` holds one bit per result, the
+    most recent lowest, 1 for a failure (fewer than `n` judged: all of them count)."""
+    return (bits & ((1 << min(n, judged)) - 1)).bit_count()
+
+
+def _push(bits: int, failed: bool) -> int:
+    return ((bits << 1) | failed) & ((1 << LOOKBACK_KEPT) - 1)
+
+
 @dataclass(frozen=True)
 class CheckTally:
-    """One feature check's run of consecutive failures, and the last thing it said."""
+    """One feature check's run of consecutive failures, its recent results and the last
+    thing it said."""
 
     streak: int = 0
     max_streak: int = 0
     detail: str = ""
+    bits: int = 0  # its judged results, most recent lowest (see `failed_in_last`)
+    judged: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,12 @@ class Tally:
     ignored: int = 0  # rows skipped: malformed, or a tick number not after the last one
     checks: dict[str, CheckTally] = field(default_factory=dict)
     inconclusive: int = 0  # ticks that counted for nothing (the control probe failed too)
+    health_bits: int = 0  # the judged health results, most recent lowest (`failed_in_last`)
+
+    @property
+    def judged(self) -> int:
+        """Probed ticks that were judged: not inconclusive."""
+        return self.checks_total - self.inconclusive
 
     @property
     def fivexx_ratio(self) -> float:
@@ -165,6 +188,7 @@ def fold(tally: Tally, row: ProbeRow) -> Tally:
         checks_failed=tally.checks_failed + row.failed,
         streak=streak,
         max_streak=max(tally.max_streak, streak),
+        health_bits=_push(tally.health_bits, not row.health_ok),
         sum_total=tally.sum_total + row.total,
         sum_fivexx=tally.sum_fivexx + row.fivexx,
         checks=_fold_checks(tally.checks, row.checks),
@@ -177,13 +201,24 @@ def _fold_checks(
     folded = dict(tallies)
     for name, result in results.items():
         before = folded.get(name, CheckTally())
-        if result.get("ok") is False:
+        ok = result.get("ok")
+        if ok is False:
             streak = before.streak + 1
             folded[name] = CheckTally(
-                streak, max(before.max_streak, streak), str(result.get("detail", ""))
+                streak,
+                max(before.max_streak, streak),
+                str(result.get("detail", "")),
+                _push(before.bits, True),
+                before.judged + 1,
             )
-        elif result.get("ok") is True:
-            folded[name] = CheckTally(0, before.max_streak, str(result.get("detail", "")))
+        elif ok is True:
+            folded[name] = CheckTally(
+                0,
+                before.max_streak,
+                str(result.get("detail", "")),
+                _push(before.bits, False),
+                before.judged + 1,
+            )
     return folded
 
 

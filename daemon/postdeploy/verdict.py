@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from postdeploy.series import Tally
+from postdeploy.series import Tally, failed_in_last
 
 
 class Status(StrEnum):
@@ -23,6 +23,7 @@ class Status(StrEnum):
     DISABLED = "DISABLED"
     MISSED = "MISSED"
     ERROR = "ERROR"
+    INCONCLUSIVE = "INCONCLUSIVE"  # too few ticks could be judged: no verdict on this deploy
 
 
 class Decision(StrEnum):
@@ -50,9 +51,15 @@ class Thresholds:
     fivexx_threshold: float
     min_samples: int
     checks: dict[str, int] = field(default_factory=dict)  # a feature check's own fail_threshold
+    fail_lookback: int = 0  # k of the last n: n (0, or not above fail_threshold: consecutive)
+    check_lookbacks: dict[str, int] = field(default_factory=dict)  # a check's own n
+    min_judged_fraction: float = 0.0  # below it, a window ends INCONCLUSIVE, never HEALTHY
 
     def for_check(self, name: str) -> int:
         return self.checks.get(name, self.fail_threshold)
+
+    def lookback_for_check(self, name: str) -> int:
+        return self.check_lookbacks.get(name, 0)
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,17 @@ def classify(tally: Tally, th: Thresholds) -> Verdict | None:
       5xx-path requests were made;
     - a feature check failing its own `fail_threshold` ticks in a row.
     """
-    if tally.max_streak >= th.fail_threshold:
-        last = tally.recent[-1].detail if tally.recent else ""
+    last = tally.recent[-1].detail if tally.recent else ""
+    if th.fail_lookback > th.fail_threshold:  # k of the last n judged probes
+        n = th.fail_lookback
+        failed = failed_in_last(tally.health_bits, tally.judged, n)
+        if failed >= th.fail_threshold:
+            reason = (
+                f"health failed {failed} of the last {min(n, tally.judged)} judged probes "
+                f"(threshold {th.fail_threshold} of {n}); last: {last}"
+            )
+            return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
+    elif tally.max_streak >= th.fail_threshold:
         reason = (
             f"health failed {tally.max_streak} consecutive probes "
             f"(threshold {th.fail_threshold}); last: {last}"
@@ -116,7 +132,16 @@ def classify(tally: Tally, th: Thresholds) -> Verdict | None:
         )
         return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
     for name, check in sorted(tally.checks.items()):
-        if check.max_streak >= th.for_check(name):
+        need, n = th.for_check(name), th.lookback_for_check(name)
+        if n > need:
+            failed = failed_in_last(check.bits, check.judged, n)
+            if failed >= need:
+                reason = (
+                    f'check "{name}": {check.detail} ({failed} of the last '
+                    f"{min(n, check.judged)} ticks)"
+                )
+                return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
+        elif check.max_streak >= need:
             ticks = "1 tick" if check.max_streak == 1 else f"{check.max_streak} ticks in a row"
             reason = f'check "{name}": {check.detail} ({ticks})'
             return Verdict(Status.DEGRADED, reason, _evidence(tally, th))
@@ -124,7 +149,17 @@ def classify(tally: Tally, th: Thresholds) -> Verdict | None:
 
 
 def healthy(tally: Tally, th: Thresholds) -> Verdict:
-    """The verdict of a window whose last tick passed without tripping a rule."""
+    """The verdict of a window whose last tick passed without tripping a rule: HEALTHY, or
+    INCONCLUSIVE when fewer than `min_judged_fraction` of its probed ticks were judged (the
+    control probe failed with the service in the others: the daemon could not see)."""
+    probed = tally.checks_total
+    if probed == 0 or tally.judged / probed < th.min_judged_fraction:
+        reason = (
+            f"only {tally.judged} of {probed} probed ticks could be judged (in the others the "
+            f"control probe failed with the service: our own network?), below "
+            f"min_judged_fraction {th.min_judged_fraction:g}: no verdict on this deploy"
+        )
+        return Verdict(Status.INCONCLUSIVE, reason, _evidence(tally, th))
     ratio = f"{tally.fivexx_ratio:.3f} ({tally.sum_fivexx}/{tally.sum_total})"
     reason = (
         f"{tally.checks_total} ticks passed the rules: longest health-failure streak "

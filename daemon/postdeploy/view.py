@@ -29,6 +29,7 @@ STATUS_STYLE = {
     "DEGRADED": "bold red",
     "ERROR": "bold red",
     "MISSED": "yellow",
+    "INCONCLUSIVE": "yellow",
     "SUPERSEDED": "dim",
     "CANCELLED": "dim",
     "DISABLED": "yellow",

@@ -233,8 +233,9 @@ def test_a_silent_control_probe_means_no_rollback(
     closed_url: str,
 ) -> None:
     """The service fails everything, but the control probe gets no answer either: every tick
-    is inconclusive, so no DEGRADED and no rollback. The same failing service with a control
-    probe that answers is DEGRADED and rolled back."""
+    is inconclusive, so no DEGRADED and no rollback; the window ends INCONCLUSIVE (a blind
+    window is never called HEALTHY) with a warning event. The same failing service with a
+    control probe that answers is DEGRADED and rolled back."""
     R = service.Reply
     service.route("/health", lambda _n, _r: R(503, {"status": "down"}))
     service.route("/status", lambda _n, _r: R(500, {}))
@@ -274,7 +275,8 @@ def test_a_silent_control_probe_means_no_rollback(
     daemon.arm("exposed", "w1")
 
     finished = daemon.finished("guarded", "w1")
-    assert (finished["status"], finished["action_taken"]) == ("HEALTHY", "NONE")
+    assert (finished["status"], finished["action_taken"]) == ("INCONCLUSIVE", "NONE")
+    assert "could be judged" in finished["reason"]
     done = daemon.done("guarded", "w1")
     assert done["checks_failed"] == 0
     rows = daemon.rows("guarded", "w1")

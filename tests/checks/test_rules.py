@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from postdeploy.checks import Bound, Response, evaluate_all, judge_sample, parse_condition
-from postdeploy.series import CheckTally, ProbeRow, Tally, fold, replay
+from postdeploy.series import ProbeRow, Tally, fold, replay
 from postdeploy.verdict import Status, Thresholds, Verdict, classify
 
 TH = Thresholds(fail_threshold=3, fivexx_threshold=0.2, min_samples=4)
@@ -185,7 +185,9 @@ def test_a_passing_tick_resets_the_streak_so_a_flapping_check_never_trips() -> N
     rows = [row(k, checks={"flappy": check(k % 2 == 1, f"tick {k}")}) for k in range(10)]
     tally = fold_all(rows)
     assert classify(tally, th) is None
-    assert tally.checks["flappy"] == CheckTally(streak=0, max_streak=1, detail="tick 9")
+    flappy = tally.checks["flappy"]
+    assert (flappy.streak, flappy.max_streak, flappy.detail) == (0, 1, "tick 9")
+    assert (flappy.judged, flappy.bits & 0b1111) == (10, 0b1010)  # ...fail, ok, fail, ok
     # Each failing tick still counts in checks_failed (with health ok all along).
     assert tally.checks_failed == 5
     assert tally.max_streak == 0

@@ -113,6 +113,7 @@ def test_done_status_and_action_are_the_contract_words(status: Status, action: A
         "CANCELLED",
         "DISABLED",
         "MISSED",
+        "INCONCLUSIVE",
         "ERROR",
     }
     assert record["action_taken"] in {

@@ -18,6 +18,7 @@ from postdeploy.text import clip
 HEADLINES = {
     "window.armed": "watching",
     "window.healthy": "healthy",
+    "window.inconclusive": "INCONCLUSIVE: too few ticks could be judged",
     "window.degraded": "DEGRADED",
     "window.shadow": "degraded (shadow mode: nothing done)",
     "window.cancelled": "cancelled",
