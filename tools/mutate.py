@@ -19,8 +19,9 @@ the mutant survived; any other status (a failing test, an import error) means it
 killed. A child still running after the timeout is killed and counted as killed: a mutant
 that loops for ever (a `while` whose step goes the wrong way) is caught that way.
 
-Not mutated: docstrings, type annotations, decorators (`@dataclass(frozen=True)`), f-strings
-(the wording of reasons) and import statements.
+Not mutated: docstrings, type annotations, decorators (`@dataclass(frozen=True)`), import
+statements, and prose: f-strings and string constants holding a space (the wording of reasons).
+Other strings (keys, enum values, operators) are: `"ok"` becomes `"XXokXX"`.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def _changes(node: ast.AST) -> Iterator[tuple[str, Callable[[ast.AST], ast.AST]]
             yield f"`{value}` -> `{not value}`", _const_rewrite(not value)
         elif isinstance(value, int | float):
             yield f"`{value!r}` -> `{value + 1!r}`", _const_rewrite(value + 1)
-        elif isinstance(value, str):
+        elif isinstance(value, str) and " " not in value:  # prose is left alone, as f-strings
             yield f"`{value!r}` -> `{'XX' + value + 'XX'!r}`", _const_rewrite(f"XX{value}XX")
     elif isinstance(node, ast.Return) and node.value is not None:
         if not (isinstance(node.value, ast.Constant) and node.value.value is None):
