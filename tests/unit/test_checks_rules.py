@@ -85,3 +85,9 @@ def test_ordering_operators_need_a_number(op: str) -> None:
 def test_judge_sample_bounds(values: list[float], bound: Bound, ok: bool, value: float) -> None:
     result = judge_sample(values, bound, no_data_fails=False)
     assert (result.ok, result.value) == (ok, value)
+
+
+def test_a_path_alone_with_a_space_in_a_quoted_key_lacks_an_operator() -> None:
+    # The whole path is the subject, even with a space inside its quoted key.
+    with pytest.raises(ConditionError, match="expected one of == != <= >= < > after the subject"):
+        parse_condition('$["in stock"]')
