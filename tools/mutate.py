@@ -106,42 +106,59 @@ TARGETS = (
     ),
 )
 
-# Mutants no test can tell from the original, by (target, function, change), with the reason.
+# Mutants no test can tell from the original, by (target, source line, change), with the reason.
 # A person decides what goes here, after reading the survivor; the score leaves them out.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("verdict", "classify", "`''` -> `'XXXX'`"): (
+    ("verdict", 'last = tally.recent[-1].detail if tally.recent else ""', "`''` -> `'XXXX'`"): (
         "the health rule trips on a streak, and a streak needs a row: `recent` is never empty "
         "there (the config's fail_threshold is at least 1)"
     ),
-    ("window", "Schedule.due_tick", "`1` -> `2`"): (
-        "the first guess capped one tick lower, or the upward step taken two at a time: the "
-        "correction loops settle on the same tick (one step more)"
+    (
+        "window",
+        "k = min(math.floor((now - self.tick_time(0)) / self.interval_s), self.max_ticks - 1)",
+        "`1` -> `2`",
+    ): "the first guess capped one tick lower: the upward loop adds the tick back",
+    (
+        "window",
+        "k = min(math.floor((now - self.tick_time(0)) / self.interval_s), self.max_ticks - 1)",
+        "`0` -> `1`",
+    ): "the first guess measured from tick 1, one tick low: the upward loop adds it back",
+    ("window", "k += 1", "`1` -> `2`"): (
+        "the upward loop stepping two at a time: one tick too far, the downward loop takes it back"
     ),
-    ("window", "Schedule.due_tick", "`0` -> `1`"): (
-        "the first guess measured from tick 1: one tick low, the upward loop adds it back"
-    ),
-    ("window", "Schedule.due_tick", "`k > 0` -> `k >= 0`"): (
+    ("window", "while k > 0 and self.tick_time(k) > now:", "`k > 0` -> `k >= 0`"): (
         "at k 0 the loop's other half is false: tick 0 is not after `now` (checked on entry)"
     ),
-    ("window", "Admission", "`'RUN'` -> `'XXRUNXX'`"): "compared by identity, never written",
-    ("window", "Admission", "`'CATCH_UP'` -> `'XXCATCH_UPXX'`"): (
-        "compared by identity, never written"
+    ("window", 'RUN = "RUN"  # probe on schedule', "`'RUN'` -> `'XXRUNXX'`"): (
+        "an Admission is compared by identity and never written"
     ),
-    ("window", "Admission", "`'MISSED'` -> `'XXMISSEDXX'`"): "compared by identity, never written",
-    ("series", "<module>", "`5` -> `6`"): (
-        "RECENT_ROWS is a size, not a rule: how many rows the evidence shows (the tests read "
-        "the constant)"
-    ),
-    ("checks", "parse_condition", "`if subject.startswith('$')` -> `if True`"): (
+    (
+        "window",
+        'CATCH_UP = "CATCH_UP"  # its end passed while the daemon was down: one catch-up probe',
+        "`'CATCH_UP'` -> `'XXCATCH_UPXX'`",
+    ): "an Admission is compared by identity and never written",
+    (
+        "window",
+        'MISSED = "MISSED"  # first seen after its end: never judged on one probe',
+        "`'MISSED'` -> `'XXMISSEDXX'`",
+    ): "an Admission is compared by identity and never written",
+    (
+        "series",
+        "RECENT_ROWS = 5  # how many of the last rows a tally keeps as evidence",
+        "`5` -> `6`",
+    ): "a size, not a rule: how many rows the evidence shows (the tests read the constant)",
+    ("checks", 'if subject.startswith("$"):', "`if subject.startswith('$')` -> `if True`"): (
         "the path pattern starts with `$`: for any other subject it does not match, and "
         "nothing changes"
     ),
-    ("checks", "evaluate_all", "`True` -> `False`"): (
+    ("checks", 'last = Result(True, None, f"status {response.code}")', "`True` -> `False`"): (
         "only `last.value` is read; the result is built with ok=True"
     ),
-    ("intake.judge", "judge", "`0 <= age < QUIET_S` -> `0 < age < QUIET_S`"): (
-        "at age 0 both branches give a delay of QUIET_S"
-    ),
+    (
+        "intake.judge",
+        "delay = QUIET_S - age if 0 <= age < QUIET_S else QUIET_S",
+        "`0 <= age < QUIET_S` -> `0 < age < QUIET_S`",
+    ): "at age 0 both branches give a delay of QUIET_S",
 }
 
 
@@ -158,10 +175,11 @@ class Mutant:
     change: str  # e.g. "`a < b` -> `a <= b`"
     index: int
     rewrite: Callable[[ast.AST], ast.AST] = field(compare=False, repr=False)
+    code: str = ""  # the source line, stripped: with `change`, names the mutant in EQUIVALENT
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.target, self.scope, self.change)
+        return (self.target, self.code, self.change)
 
 
 _COMPARE: dict[type[ast.cmpop], type[ast.cmpop]] = {
@@ -309,6 +327,7 @@ def mutants(target: Target, source: str) -> list[Mutant]:
     """Every mutant of `target`, in source order."""
     tree = ast.parse(source)
     skipped, scopes = _skipped(tree), _scopes(tree)
+    lines = source.splitlines()
     found: list[Mutant] = []
     for index, node in enumerate(ast.walk(tree)):
         if id(node) in skipped:
@@ -320,7 +339,8 @@ def mutants(target: Target, source: str) -> list[Mutant]:
             continue
         for change, rewrite in _changes(node):
             line = getattr(node, "lineno", 0)
-            found.append(Mutant(target.name, scope, line, change, index, rewrite))
+            code = lines[line - 1].strip() if line else ""
+            found.append(Mutant(target.name, scope, line, change, index, rewrite, code))
     found.sort(key=lambda m: (m.line, m.index))
     return found
 
@@ -467,26 +487,26 @@ class Score:
     mutants: int
     killed: int
     timeouts: int
-    equivalent: int
+    equivalent: list[Mutant]  # survivors listed in EQUIVALENT
     survivors: list[Mutant]
     seconds: float = 0.0
 
     @property
     def percent(self) -> float:
-        judged = self.mutants - self.equivalent
+        judged = self.mutants - len(self.equivalent)
         return 100.0 * self.killed / judged if judged else 100.0
 
 
 def score(target: Target, outcomes: Sequence[Outcome]) -> Score:
     """Count the outcomes; a mutant listed in EQUIVALENT counts as such only if it survived."""
-    survivors, killed, timeouts, equivalent = [], 0, 0, 0
+    survivors, equivalent, killed, timeouts = [], [], 0, 0
     for outcome in outcomes:
         assert outcome.mutant is not None
         if outcome.killed:
             killed += 1
             timeouts += outcome.status is None
         elif outcome.mutant.key in EQUIVALENT:
-            equivalent += 1
+            equivalent.append(outcome.mutant)
         else:
             survivors.append(outcome.mutant)
     return Score(target.name, len(outcomes), killed, timeouts, equivalent, survivors)
@@ -589,9 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = target.path.relative_to(ROOT)
         for m in scores[-1].survivors:
             print(f"  survived {where}:{m.line}: [{m.scope}] {m.change}")
-        for m in found:
-            if m.key in EQUIVALENT:
-                print(f"  equivalent {where}:{m.line}: [{m.scope}] {m.change}: {EQUIVALENT[m.key]}")
+        for m in scores[-1].equivalent:
+            print(f"  equivalent {where}:{m.line}: [{m.scope}] {m.change}: {EQUIVALENT[m.key]}")
         listed = {m.key for m in found}
         for key in EQUIVALENT:
             if key[0] == target.name and key not in listed:
@@ -602,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for s in scores:
         print(
-            f"{s.target:<14}{s.mutants:>8}{s.killed:>8}{s.timeouts:>8}{s.equivalent:>7}"
+            f"{s.target:<14}{s.mutants:>8}{s.killed:>8}{s.timeouts:>8}{len(s.equivalent):>7}"
             f"{len(s.survivors):>9}{s.percent:>7.1f}%{s.seconds:>6.0f}s"
         )
     print(f"({time.monotonic() - started:.0f} s; the score leaves out the equivalent mutants)")
