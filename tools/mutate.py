@@ -248,7 +248,7 @@ def _scopes(tree: ast.Module) -> dict[int, str]:
     return scopes
 
 
-def _const_rewrite(value: object) -> Callable[[ast.AST], ast.AST]:
+def _const_rewrite(value: str | bool | int | float) -> Callable[[ast.AST], ast.AST]:
     return lambda node: ast.copy_location(ast.Constant(value), node)
 
 
