@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 BASE_STAMP := $(VENV)/.installed-base-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all test lint demo chaos bench clean
+.PHONY: all test lint demo chaos bench mutate clean
 
 all: test
 
@@ -40,6 +40,10 @@ chaos: $(STAMP)
 # Benchmarks drive the real daemon; they print a table and write bench/results.md (not in make test).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Mutation testing of the pure core against its fast unit tests (not in make test: minutes).
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache daemon/*.egg-info build dist
