@@ -63,10 +63,10 @@ def test_the_empty_tally_and_check_tally() -> None:
 def test_a_passing_check_never_trips_a_threshold_of_one() -> None:
     th = Thresholds(fail_threshold=3, fivexx_threshold=0.2, min_samples=6, checks={"catalog": 1})
     tally = fold(Tally(), row(0, checks={"catalog": {"ok": True}}))
-    assert tally.checks["catalog"] == CheckTally(0, 0, "")  # no "detail": an empty one
+    assert tally.checks["catalog"] == CheckTally(0, 0, "", bits=0b0, judged=1)  # detail: ""
     assert classify(tally, th) is None
     tally = fold(tally, row(1, checks={"catalog": {"ok": False}}))
-    assert tally.checks["catalog"] == CheckTally(1, 1, "")
+    assert tally.checks["catalog"] == CheckTally(1, 1, "", bits=0b01, judged=2)
     verdict = classify(tally, th)
     assert verdict is not None and verdict.reason.startswith('check "catalog"')
 

@@ -45,6 +45,7 @@ def test_contract_names() -> None:
         "DISABLED",
         "MISSED",
         "ERROR",
+        "INCONCLUSIVE",
     ]
     assert [d.value for d in Decision] == ["NONE", "ALERT_ONLY", "ROLLBACK"]
     assert [a.value for a in Action] == [
