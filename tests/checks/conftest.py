@@ -8,7 +8,8 @@ those lines and on files appearing, never on bare sleeps.
 
 The daemon process, the scripted HTTP service (`Service`, whose routes answer
 `service.Reply(...)`) and `wait_until` are the shared kit's (`support.*`); nothing here is
-imported from another test directory."""
+imported from another test directory.
+"""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ The pieces are the shared kit's (`support.*`):
 - `Receiver` (`support.http`) stands in for a webhook or the Telegram API.
 - `Ops` (fixture `ops`) ties them to a `DemoService` target and a config writer.
 
-Everything synchronises on events (a datagram, a log line, a file), with generous deadlines."""
+Everything synchronises on events (a datagram, a log line, a file), with generous deadlines.
+"""
 
 from __future__ import annotations
 
