@@ -8,6 +8,9 @@
 - `Proc`: CPU seconds and RSS of any of them, read from /proc.
 - `Window` and `write_config`: one window per repo (a repo has only one current window), each
   with its own path prefix through `base_url`, so the target's records join to the windows.
+
+The daemon process, the notify socket, `child_env`, `wait_until` and the TOML writer are the
+tests' kit (`tests/support`, importable here through `bench/__init__.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from support.daemon import DaemonProcess
+from support.env import child_env as kit_child_env
+from support.http import free_port
+from support.notify import NotifySocket
+from support.toml import render_toml
+from support.wait import wait_until as kit_wait_until
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,14 +80,8 @@ def _preexec(core: int) -> Callable[[], None]:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """Our environment without anything that changes the daemon's behaviour."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("POSTDEPLOY_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))
-    }
-    env.update(extra)
-    return env
+    """Our environment for a child, filtered as the tests filter it (`support.env`)."""
+    return kit_child_env(extra)
 
 
 def log_ts(line: dict[str, Any]) -> float:
@@ -214,28 +218,6 @@ def windows(
     ]
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def render_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer: scalars and lists first, then sub-tables."""
-    out = "".join(f"{k} = {_toml_value(v)}\n" for k, v in data.items() if not isinstance(v, dict))
-    for key, value in data.items():
-        if isinstance(value, dict):
-            name = f"{prefix}.{key}" if prefix else key
-            out += f"\n[{name}]\n" + render_toml(value, name)
-    return out
-
-
 def write_config(
     path: Path,
     state: Path,
@@ -284,11 +266,9 @@ def arm_spread(
 def wait_until(
     predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.05
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(poll)
+    """The kit's `wait_until` (`support.wait`) in the benchmarks' argument order; raises a
+    `TimeoutError` when `timeout` passes."""
+    kit_wait_until(predicate, what, timeout, poll=poll)
 
 
 def count_files(state: Path, wins: Iterable[Window], name: str) -> int:
@@ -351,48 +331,10 @@ class FileAppearances:
 # -- the daemon -----------------------------------------------------------------------------
 
 
-class NotifySocket:
-    """A `$NOTIFY_SOCKET` of our own: records each datagram with its arrival time."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = str(directory / f"notify-{time.monotonic_ns()}.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.messages: list[tuple[float, str]] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            with self._cond:
-                self.messages.append((time.time(), data.decode(errors="replace")))
-                self._cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float) -> float:
-        """When a datagram containing `text` arrived; waits for it."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for at, message in self.messages:
-                    if text in message.split("\n"):
-                        return at
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no {text} on the notify socket within {timeout:g}s")
-                self._cond.wait(remaining)
-
-    def close(self) -> None:
-        self.sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-
-
 class Daemon:
-    """`postdeploy run --config PATH` in its own process, pinned to core 0."""
+    """`postdeploy run --config PATH` (or `argv`) in its own process, pinned to core 0, with
+    READY read from a `$NOTIFY_SOCKET` of our own: a `support.daemon.DaemonProcess` (its log
+    lines collected by a thread) and a `support.notify.NotifySocket`."""
 
     def __init__(
         self,
@@ -403,92 +345,54 @@ class Daemon:
         env: dict[str, str] | None = None,
     ) -> None:
         self.notify = NotifySocket(workdir)
-        self.stderr_path = workdir / "daemon.stderr"
-        self._stderr = self.stderr_path.open("wb")
-        self.lines: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
         self.started_at = time.time()
-        self.proc = subprocess.Popen(
-            argv or [sys.executable, "-m", "postdeploy", "run", "--config", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
+        extra = {
+            "NOTIFY_SOCKET": str(self.notify.path),
+            **((env or {}) if argv else {**DAEMON_ENV, **(env or {})}),
+        }
+        self.process = DaemonProcess(
+            config_path,
+            workdir / "daemon.stderr",
+            extra,
+            argv=argv,
             cwd=workdir,
-            env=child_env(
-                NOTIFY_SOCKET=self.notify.path,
-                **((env or {}) if argv else {**DAEMON_ENV, **(env or {})}),
-            ),
             preexec_fn=_preexec(DAEMON_CORE),
         )
+        self.proc = self.process.proc
+        self.lines = self.process.lines
         self.meter = Proc(self.proc.pid)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict):
-                with self._cond:
-                    self.lines.append(line)
-                    self._cond.notify_all()
 
     def find(self, event: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [line for line in self.lines if line.get("event") == event]
-
-    def count(self, event: str) -> int:
-        return len(self.find(event))
+        return self.process.find(event)
 
     def wait_ready(self, timeout: float = 120) -> float:
-        """When READY=1 arrived on the notify socket."""
+        """When READY=1 arrived on the notify socket (wall clock)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self.notify.wait_for("READY=1", 0.5)
+                index = self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=0.5)
+                return self.notify.messages[index].wall
             except TimeoutError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the daemon did not get ready: {self.tail()}") from None
 
     def wait_count(self, event: str, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while sum(line.get("event") == event for line in self.lines) < n:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
-                    got = sum(line.get("event") == event for line in self.lines)
-                    raise TimeoutError(f"{got}/{n} {event} lines within {timeout:g}s")
-                self._cond.wait(min(remaining, 0.5))
+        self.process.wait_count(event, n, timeout)
 
     def problems(self) -> list[dict[str, Any]]:
         """Log lines at error level or worse (they should be none)."""
-        with self._cond:
-            return [
-                line
-                for line in self.lines
-                if line.get("level") in ("error", "critical", "exception")
-                and line.get("event") not in ("window.degraded",)
-            ]
+        return [
+            line
+            for line in list(self.lines)
+            if line.get("level") in ("error", "critical", "exception")
+            and line.get("event") not in ("window.degraded",)
+        ]
 
     def tail(self, n: int = 20) -> str:
-        with self._cond:
-            shown = [json.dumps(line)[:300] for line in self.lines[-n:]]
-        err = self.stderr_path.read_text(errors="replace")[-3000:]
-        return "\n".join(shown) + ("\n--- stderr ---\n" + err if err.strip() else "")
+        return self.process.tail(n, width=300)
 
     def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._reader.join(5)
-        self._stderr.close()
+        code = self.process.close(signal.SIGTERM, timeout)
         self.notify.close()
         return code
 
@@ -588,12 +492,6 @@ def _parse_tsv(path: str) -> Iterable[Request]:
             yield Request(float(arrival), float(sent), int(status), int(port), p)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 NGINX_CONF = """\
 daemon off;
 master_process off;
@@ -630,7 +528,7 @@ class NginxTarget:
 
     def __init__(self, ports: int = 1) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        self.ports = [_free_port() for _ in range(ports)]
+        self.ports = [free_port() for _ in range(ports)]
         self.hang_ports: list[int] = []
         listen = "\n".join(f"        listen 127.0.0.1:{p} backlog=4096;" for p in self.ports)
         conf = self.dir / "nginx.conf"
@@ -649,7 +547,7 @@ class NginxTarget:
             try:
                 wait_until(partial(_accepts, port), 10, f"nginx on port {port}")
             except TimeoutError as exc:
-                self.stop()  # e.g. a port taken between _free_port() and nginx's bind()
+                self.stop()  # e.g. a port taken between free_port() and nginx's bind()
                 raise NginxStartError(str(exc)) from None
 
     @staticmethod

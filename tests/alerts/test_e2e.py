@@ -5,11 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,65 +13,19 @@ import pytest
 
 from postdeploy.alerts import pending
 from postdeploy.demo_service import DemoService
+from support.daemon import DaemonPool
 
 SECRET = "e2e-webhook-secret-value"
 TOKEN = "987654:e2e-telegram-token-value"
 METADATA = {"commit": "9ab03d1", "image": "shop:42", "url": "https://ci.example/runs/42"}
 
 
-class DaemonProcess:
-    """`python -m postdeploy run --config PATH`, its JSON log lines collected as they come."""
-
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.output: list[str] = []
-        self.lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "postdeploy", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            with self.lock:
-                self.output.append(raw.decode("utf-8", errors="replace"))
-
-    def text(self) -> str:
-        with self.lock:
-            return "".join(self.output)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and entry.get("event") == name:
-                found.append(entry)
-        return found
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            code = self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._reader.join(timeout=10)
-        return code
-
-
 @pytest.fixture
-def service() -> Iterator[DemoService]:
-    demo = DemoService().start()
-    yield demo
-    demo.stop()
+def daemons(tmp_path: Path) -> Iterator[DaemonPool]:
+    """`postdeploy run` processes (`support.daemon`), every stdout line kept for `text()`."""
+    pool = DaemonPool(tmp_path, keep_raw=True)
+    yield pool
+    pool.close()
 
 
 def write_config(tmp_path: Path, service: DemoService, alerts: str) -> Path:
@@ -118,18 +67,12 @@ def arm(state: Path, item: str, metadata: dict[str, str]) -> Path:
     return directory
 
 
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PD_E2E_")}
-    env.update(extra)
-    return env
-
-
 def bodies(receiver: Any) -> list[dict[str, Any]]:
     return [r.json() for r in receiver.snapshot()]
 
 
 def test_degraded_window_alerts_with_evidence_and_metadata(
-    tmp_path: Path, kit: Any, receivers: Any, service: DemoService
+    tmp_path: Path, kit: Any, receivers: Any, service: DemoService, daemons: DaemonPool
 ) -> None:
     hook = receivers()
     telegram = receivers(
@@ -162,9 +105,8 @@ secret_env = "PD_E2E_MISSING"
 """,
     )
     service.set(health="fail")
-    daemon = DaemonProcess(config, environment(PD_E2E_SECRET=SECRET, PD_E2E_TOKEN=TOKEN))
+    daemon = daemons.start(config, {"PD_E2E_SECRET": SECRET, "PD_E2E_TOKEN": TOKEN})
     try:
-        kit.wait_until(lambda: daemon.events("daemon.ready"), "the daemon to be ready")
         item = arm(tmp_path / "state", "r1", METADATA)
         kit.wait_until(
             lambda: any(b["kind"] == "window.degraded" for b in bodies(hook)), "window.degraded"
@@ -175,7 +117,7 @@ secret_env = "PD_E2E_MISSING"
             lambda: {r["sink"] for r in pending(tmp_path / "state")} == {"unsigned"},
             "every delivery but the unconfigured sink's",
         )
-        assert daemon.process.poll() is None  # a missing secret does not stop the daemon
+        assert daemon.alive  # a missing secret does not stop the daemon
     finally:
         code = daemon.stop()
     assert code == 0
@@ -203,7 +145,7 @@ secret_env = "PD_E2E_MISSING"
     text = message.json()["text"]
     assert "<b>shop/r1</b>: DEGRADED" in text and "commit <code>9ab03d1</code>" in text
 
-    [unavailable] = daemon.events("alert.sink_unavailable")
+    [unavailable] = daemon.find("alert.sink_unavailable")
     assert unavailable["level"] == "error" and unavailable["sink"] == "unsigned"
     assert "PD_E2E_MISSING" in unavailable["problem"]
     output = daemon.text()
@@ -214,7 +156,7 @@ secret_env = "PD_E2E_MISSING"
 
 
 def test_sigkill_while_the_receiver_is_down_then_restart_delivers_each_once(
-    tmp_path: Path, kit: Any, receivers: Any, service: DemoService
+    tmp_path: Path, kit: Any, receivers: Any, service: DemoService, daemons: DaemonPool
 ) -> None:
     down = receivers(listening=False)  # refuses connections until up()
     mirror = receivers()  # up all along: it must get nothing twice
@@ -237,9 +179,8 @@ min_severity = "info"
     )
     state = tmp_path / "state"
     service.set(health="fail")
-    daemon = DaemonProcess(config, environment())
+    daemon = daemons.start(config)
     try:
-        kit.wait_until(lambda: daemon.events("daemon.ready"), "the daemon to be ready")
         arm(state, "r1", METADATA)
         kit.wait_until(
             lambda: {b["kind"] for b in bodies(mirror)} >= {"window.armed", "window.degraded"},
@@ -259,11 +200,11 @@ min_severity = "info"
 
         kit.wait_until(settled, "the mirror's marks and failed attempts at the one that is down")
     finally:
-        daemon.stop(signal.SIGKILL)
+        daemon.kill()
     assert down.snapshot() == []
     down.up()
 
-    restarted = DaemonProcess(config, environment())
+    restarted = daemons.start(config, ready=False)
     try:
         kit.wait_until((state / "shop" / "r1" / "done").exists, "the window to finish")
         kit.wait_until(lambda: not pending(state), "every pending delivery")
@@ -275,12 +216,12 @@ min_severity = "info"
     assert {b["kind"] for b in bodies(down)} >= {"window.armed", "window.degraded"}
     assert all(count == 1 for count in down.by_key().values()), down.by_key()
     assert all(count == 1 for count in mirror.by_key().values()), mirror.by_key()
-    loaded = restarted.events("outbox.loaded")
+    loaded = restarted.find("outbox.loaded")
     assert loaded and loaded[0]["pending_deliveries"] >= 2
 
 
 def test_outbox_writes_are_not_reported_as_bad_sentinels(
-    tmp_path: Path, kit: Any, receivers: Any, service: DemoService
+    tmp_path: Path, kit: Any, receivers: Any, service: DemoService, daemons: DaemonPool
 ) -> None:
     """`.outbox` lives in the state directory; the watcher must skip it like the scanner."""
     hook = receivers()
@@ -290,9 +231,8 @@ def test_outbox_writes_are_not_reported_as_bad_sentinels(
         f'[[alerts]]\ntype = "webhook"\nurl = "{hook.url}"\nmin_severity = "info"\n',
     )
     service.set(health="fail")
-    daemon = DaemonProcess(config, environment())
+    daemon = daemons.start(config)
     try:
-        kit.wait_until(lambda: daemon.events("daemon.ready"), "the daemon to be ready")
         item = arm(tmp_path / "state", "r1", {})
         kit.wait_until((item / "done").exists, "the window to finish")
         kit.wait_until(lambda: len(hook.snapshot()) >= 2, "the armed and degraded events")
@@ -305,11 +245,11 @@ def test_outbox_writes_are_not_reported_as_bad_sentinels(
         kit.wait_until(
             lambda: any(
                 e["path"].endswith("bad name") and e["problem"] == "invalid name"
-                for e in daemon.events("sentinel.ignored")
+                for e in daemon.find("sentinel.ignored")
             ),
             "the watcher's report of the later change",
         )
     finally:
         daemon.stop()
-    ignored = [e for e in daemon.events("sentinel.ignored") if ".outbox" in e.get("path", "")]
+    ignored = [e for e in daemon.find("sentinel.ignored") if ".outbox" in e.get("path", "")]
     assert ignored == []

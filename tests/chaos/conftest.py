@@ -6,13 +6,15 @@ ports, rollback hooks that are shell scripts, SIGKILL from the outside. Tests sy
 log lines, files appearing and requests arriving; deadlines are generous and only reached when
 something is wrong.
 
-The pieces, each exposed through a fixture because tests run with `--import-mode=importlib`:
+The pieces, each exposed through a fixture because tests run with `--import-mode=importlib`
+(the daemon process, the HTTP servers and `wait_until` are the shared kit's, `support.*`):
 
-- `Daemon`: one `postdeploy run` process and its log lines (`wait_for`, `find`, `kill`).
+- `daemons`: starts `support.daemon.DaemonProcess`es (`wait_for`, `find`, `kill`,
+  `unhandled`) and kills what is left after the test.
 - `Target`: a watched service whose behaviour a test switches (health failing, 5xx, a broken
   feature) and which records when each request arrived (monotonic clock of this process).
-- `Receiver`: a webhook sink that records every delivery by `Idempotency-Key`, event kind and
-  the daemon's "life" (epoch) it arrived in, and can refuse some deliveries with 503.
+- `Deliveries`: a webhook sink that records every delivery by `Idempotency-Key`, event kind
+  and the daemon's "life" (epoch) it arrived in, and can refuse some deliveries with 503.
 - `Auditor`: the invariants, checked against the files on disk (see `Auditor.audit`).
 - `inject/sitecustomize.py`: crash points and disk faults injected into the daemon process.
 """
@@ -25,251 +27,41 @@ import itertools
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from postdeploy.config import Config, load_config
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
 from postdeploy.series import ProbeRow, replay
 from postdeploy.verdict import Status, Thresholds, Verdict, classify, healthy
+from support.daemon import DaemonPool
+from support.files import front_matter
+from support.http import Receiver, Reply, Request, Service
 from support.toml import render_toml
+from support.wait import DEADLINE_S
 
 MODE = os.environ.get("CHAOS_MODE", "short")  # "long" in `make chaos`
 LONG = MODE == "long"
-DEADLINE_S = 30.0  # generous: only reached when something is wrong
 INJECT_DIR = Path(__file__).parent / "inject"  # holds the sitecustomize.py fault injector
-
-# Log events that mean an exception escaped where it should not have.
-UNHANDLED_EVENTS = ("intake.failed", "window.error", "window.error_unrecorded")
 
 
 # -- the daemon process ----------------------------------------------------------------------
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without anything that changes the daemon's behaviour."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(
-            ("POSTDEPLOY_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM", "CHAOS_", "FAKETIME")
-        )
-        and k not in ("LD_PRELOAD", "PYTHONPATH")
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    extra = dict(extra or {})
-    # The daemon imports the same postdeploy as this process (PYTHONPATH, if set, is kept),
-    # with an injector directory in front of it when a test asks for one.
-    paths = [extra.pop("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")]
-    if any(paths):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env.update(extra)
-    return env
-
-
-class Daemon:
-    """One `postdeploy run` process and the JSON log lines it printed."""
-
-    def __init__(
-        self, config_path: Path, stderr_path: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self._stderr = stderr_path.open("wb")
-        self.stderr_path = stderr_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "postdeploy", "run", "--config", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            cwd=config_path.parent,
-            env=child_env(env),
-        )
-        self.lines: list[dict[str, Any]] = []
-        self.eof = False
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError:
-                line = None
-            if not isinstance(line, dict):
-                line = {"event": None, "_raw": text}
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self.eof = True
-            self._cond.notify_all()
-
-    def tail(self, n: int = 30) -> str:
-        with self._cond:
-            shown = [json.dumps(line)[:600] for line in self.lines[-n:]]
-        err = self.stderr_text()[-3000:]
-        return "\n".join(shown) + ("\n--- stderr ---\n" + err if err.strip() else "")
-
-    def stderr_text(self) -> str:
-        if not self._stderr.closed:
-            self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
-        """Every line so far with this event name and these field values."""
-        with self._cond:
-            return [line for line in self.lines if matches(line, event, fields)]
-
-    def count(self) -> int:
-        with self._cond:
-            return len(self.lines)
-
-    def wait_for(
-        self,
-        event: str | tuple[str, ...],
-        timeout: float = DEADLINE_S,
-        *,
-        after: int = 0,
-        fail: bool = True,
-        **fields: Any,
-    ) -> dict[str, Any] | None:
-        """The first line from index `after` on with this event name (or one of these names)
-        and these field values; waits for it. Raises on timeout unless `fail` is False."""
-        names = (event,) if isinstance(event, str) else event
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            seen = after
-            while True:
-                for line in self.lines[seen:]:
-                    if any(matches(line, name, fields) for name in names):
-                        return line
-                seen = max(seen, len(self.lines))
-                if self.eof:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        if not fail:
-            return None
-        why = "the daemon exited" if self.eof else f"no such line within {timeout:g}s"
-        raise AssertionError(f"waiting for {names} {fields}: {why}\n{self.tail()}")
-
-    def wait_ready(self) -> dict[str, Any]:
-        line = self.wait_for("daemon.ready")
-        assert line is not None
-        return line
-
-    def send(self, sig: int) -> None:
-        if self.alive:
-            self.proc.send_signal(sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEADLINE_S) -> int:
-        """Send `sig` and wait for the exit; returns the exit code."""
-        self.send(sig)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"the daemon did not exit on {sig!r}\n{self.tail()}") from None
-        self._reader.join(timeout)
-        self._stderr.close()
-        return code
-
-    def kill(self) -> int:
-        """SIGKILL: the daemon gets no chance to clean up."""
-        return self.stop(signal.SIGKILL)
-
-    def close(self) -> None:
-        if self.alive:
-            self.proc.kill()
-            self.proc.wait()
-        self._stderr.close()
-        if self.proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
-
-    def unhandled(self) -> list[str]:
-        """Lines and stderr text that show an exception escaping where it should not."""
-        found = [
-            json.dumps(line)[:800]
-            for name in UNHANDLED_EVENTS
-            for line in self.find(name)
-            # A write error the harness injected is handled (retried at the next look).
-            if "(injected" not in str(line.get("error", ""))
-        ]
-        found += [json.dumps(line)[:800] for line in self.lines if line.get("_raw")]
-        err = self.stderr_text()
-        if "Traceback" in err:
-            found.append("stderr: " + err[-2000:])
-        return found
-
-
-def wait_until(
-    what: str, check: Callable[[], bool], run: Daemon, timeout: float = DEADLINE_S
-) -> None:
-    """Poll `check` (a file appearing, say) until it holds; fails with the daemon's log tail
-    if the daemon exits or `timeout` passes first."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline or not run.alive:
-            raise AssertionError(f"timed out waiting for {what}\n{run.tail(12)}")
-        time.sleep(0.01)
-
-
-def matches(line: dict[str, Any], event: str, fields: dict[str, Any]) -> bool:
-    return line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
-
-
-class Daemons:
-    """Starts daemons for one test and makes sure none outlives it."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.runs: list[Daemon] = []
-
-    def start(
-        self, config_path: Path, env: dict[str, str] | None = None, *, ready: bool = True
-    ) -> Daemon:
-        run = Daemon(config_path, self.tmp / f"daemon-{len(self.runs)}.stderr", env)
-        self.runs.append(run)
-        if ready:
-            run.wait_ready()
-        return run
-
-    def close(self) -> None:
-        for run in self.runs:
-            run.close()
-
-
 @pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    pool = Daemons(tmp_path)
+def daemons(tmp_path: Path) -> Iterator[DaemonPool]:
+    """Starts daemons (`support.daemon.DaemonProcess`) for one test; kills what is left.
+
+    A write error the harness injected is handled by the daemon (retried at the next look),
+    so `unhandled()` leaves those out."""
+    pool = DaemonPool(tmp_path, handled_errors=("(injected",))
     yield pool
     pool.close()
 
@@ -279,88 +71,48 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 GOOD_STATE: dict[str, Any] = {"health": "ok", "code": 200, "feature": "ok"}
 
 
-class _TargetHandler(BaseHTTPRequestHandler):
-    server: _TargetServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        state = self.server.arrive(self.path)
-        if self.path == "/health":
-            ok = state["health"] == "ok"
-            code, body = (200, {"status": "ok"}) if ok else (503, {"status": "failing"})
-        elif self.path in ("/status", "/queue"):
-            code, body = state["code"], {"path": self.path}
-        elif self.path == "/feature":
-            items = [{"sku": "A-1"}] if state["feature"] == "ok" else []
-            code, body = 200, {"items": items}
-        else:
-            code, body = 404, {"error": "not found"}
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _TargetServer(ThreadingHTTPServer):
-    daemon_threads = True
+class Target(Service):
+    """A watched service whose behaviour the test switches at run time (health failing, 5xx
+    on /status and /queue, a broken /feature); every request's arrival is recorded."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _TargetHandler)
-        self.lock = threading.Condition()
-        self.state = dict(GOOD_STATE)
-        self.arrivals: list[tuple[str, float]] = []  # (path, monotonic time of arrival)
+        super().__init__()
+        self._state = dict(GOOD_STATE)
+        self._lock = threading.Lock()
+        self.route("/health", self._health)
+        self.route("/status", self._fivexx)
+        self.route("/queue", self._fivexx)
+        self.route("/feature", self._feature)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a probe timing out hangs up mid-request: not news here
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._state)
 
-    def arrive(self, path: str) -> dict[str, Any]:
-        with self.lock:
-            self.arrivals.append((path, time.monotonic()))
-            self.lock.notify_all()
-            return dict(self.state)
+    def _health(self, _hit: int, _request: Request) -> Reply:
+        if self.state()["health"] == "ok":
+            return Reply(200, {"status": "ok"})
+        return Reply(503, {"status": "failing"})
 
+    def _fivexx(self, _hit: int, request: Request) -> Reply:
+        return Reply(self.state()["code"], {"path": request.path})
 
-class Target:
-    """A watched service on 127.0.0.1 whose behaviour the test switches at run time."""
-
-    def __init__(self) -> None:
-        self._server = _TargetServer()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def _feature(self, _hit: int, _request: Request) -> Reply:
+        return Reply(200, {"items": [{"sku": "A-1"}] if self.state()["feature"] == "ok" else []})
 
     def set(self, **values: Any) -> None:
-        with self._server.lock:
-            self._server.state.update(values)
+        with self._lock:
+            self._state.update(values)
 
     def restore(self) -> None:
         self.set(**GOOD_STATE)
 
     def arrivals(self, path: str = "/health") -> list[float]:
-        with self._server.lock:
-            return [t for p, t in self._server.arrivals if p == path]
+        """When each request for `path` arrived (monotonic clock of this process)."""
+        return [r.at for r in self.requests(path)]
 
     def wait_arrivals(self, n: int, path: str = "/health", timeout: float = DEADLINE_S) -> None:
         """Block until at least `n` requests for `path` arrived."""
-        deadline = time.monotonic() + timeout
-        with self._server.lock:
-            while sum(1 for p, _ in self._server.arrivals if p == path) < n:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"fewer than {n} requests for {path} within {timeout}s")
-                self._server.lock.wait(remaining)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.wait_requests(n, path, timeout)
 
 
 @pytest.fixture
@@ -374,7 +126,7 @@ def targets() -> Iterator[Callable[[], Target]]:
 
     yield make
     for target in made:
-        target.close()
+        target.stop()
 
 
 # -- the webhook sink ------------------------------------------------------------------------
@@ -391,111 +143,83 @@ class Delivery:
     at: float  # when it arrived (monotonic clock of this process)
 
 
-class _ReceiverHandler(BaseHTTPRequestHandler):
-    server: _ReceiverServer
-    protocol_version = "HTTP/1.1"
+class Deliveries:
+    """A webhook sink (a `support.http.Receiver`) that records every delivery by
+    `Idempotency-Key`, event kind and the daemon's life it arrived in, and refuses a share of
+    them with 503 (the daemon retries those)."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def __init__(self, fail_ratio: float = 0.0, seed: int = 0) -> None:
+        self._lock = threading.Condition()
+        self._deliveries: list[Delivery] = []
+        self._fail_ratio = fail_ratio
+        self._rng = random.Random(seed)
+        self._epoch = 0
+        self._server = Receiver(responder=self._answer)
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
+    def _answer(self, request: Request) -> tuple[int, dict[str, str], bytes]:
         try:
-            event = json.loads(raw)
-        except json.JSONDecodeError:
+            event = request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
             event = {}
         if not isinstance(event, dict):
             event = {}
-        code = self.server.answer(self.headers.get("Idempotency-Key") or "", event)
-        self.send_response(code)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-class _ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fail_ratio: float, seed: int) -> None:
-        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
-        self.lock = threading.Condition()
-        self.deliveries: list[Delivery] = []
-        self.fail_ratio = fail_ratio
-        self.rng = random.Random(seed)
-        self.epoch = 0
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-    def answer(self, key: str, event: dict[str, Any]) -> int:
-        with self.lock:
-            code = 503 if self.rng.random() < self.fail_ratio else 200
-            self.deliveries.append(
+        with self._lock:
+            code = 503 if self._rng.random() < self._fail_ratio else 200
+            self._deliveries.append(
                 Delivery(
-                    key,
+                    request.headers.get("idempotency-key") or "",
                     str(event.get("kind", "")),
                     str(event.get("repo", "")),
                     str(event.get("work_item", "")),
-                    self.epoch,
+                    self._epoch,
                     code,
-                    time.monotonic(),
+                    request.at,
                 )
             )
-            self.lock.notify_all()
-            return code
-
-
-class Receiver:
-    """A webhook sink that records deliveries; refuses a share of them with 503 (retried)."""
-
-    def __init__(self, fail_ratio: float = 0.0, seed: int = 0) -> None:
-        self._server = _ReceiverServer(fail_ratio, seed)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+            self._lock.notify_all()
+        return code, {}, b""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        return f"{self._server.url}/hook"
 
     def set_epoch(self, epoch: int) -> None:
-        with self._server.lock:
-            self._server.epoch = epoch
+        with self._lock:
+            self._epoch = epoch
 
     def set_fail_ratio(self, ratio: float) -> None:
-        with self._server.lock:
-            self._server.fail_ratio = ratio
+        with self._lock:
+            self._fail_ratio = ratio
 
     def deliveries(self) -> list[Delivery]:
-        with self._server.lock:
-            return list(self._server.deliveries)
+        with self._lock:
+            return list(self._deliveries)
 
     def acknowledged(self) -> set[str]:
-        with self._server.lock:
-            return {d.key for d in self._server.deliveries if d.code == 200}
+        with self._lock:
+            return {d.key for d in self._deliveries if d.code == 200}
 
     def wait_acknowledged(self, keys: set[str], timeout: float = DEADLINE_S) -> set[str]:
         """Wait until every key in `keys` was acknowledged; returns those still missing."""
         deadline = time.monotonic() + timeout
-        with self._server.lock:
+        with self._lock:
             while True:
-                got = {d.key for d in self._server.deliveries if d.code == 200}
-                missing = keys - got
+                missing = keys - self.acknowledged()
                 remaining = deadline - time.monotonic()
                 if not missing or remaining <= 0:
                     return missing
-                self._server.lock.wait(min(remaining, 0.5))
+                self._lock.wait(min(remaining, 0.5))
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 @pytest.fixture
-def receivers() -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
+def receivers() -> Iterator[Callable[..., Deliveries]]:
+    made: list[Deliveries] = []
 
-    def make(fail_ratio: float = 0.0, seed: int = 0) -> Receiver:
-        made.append(Receiver(fail_ratio, seed))
+    def make(fail_ratio: float = 0.0, seed: int = 0) -> Deliveries:
+        made.append(Deliveries(fail_ratio, seed))
         return made[-1]
 
     yield make
@@ -528,16 +252,6 @@ def listing(path: Path) -> list[tuple[str, str, int, int, str]]:
                 digest = os.readlink(full)
             out.append((str(full.relative_to(path)), kind, st.st_size, st.st_mtime_ns, digest))
     return sorted(out)
-
-
-def front_matter(text: str) -> dict[str, Any]:
-    """The YAML front matter of a `report.md`."""
-    assert text.startswith("---\n"), text[:200]
-    front, sep, _ = text[4:].partition("\n---\n")
-    assert sep, "report.md front matter is not closed by ---"
-    data = yaml.safe_load(front)
-    assert isinstance(data, dict)
-    return data
 
 
 @dataclasses.dataclass
@@ -906,5 +620,4 @@ def kit() -> Any:
         read_series=read_series,
         render_toml=render_toml,
         thresholds_of=thresholds_of,
-        wait_until=wait_until,
     )

@@ -238,7 +238,7 @@ class Driver:
         if self.rng.random() < 0.4:
             env = {**(crash or {}), **self.io_faults()}
         run = self.start(env)
-        run.wait_for(("daemon.ready",), timeout=self.kit.DEADLINE_S, fail=False)
+        run.try_wait_for("daemon.ready", timeout=self.kit.DEADLINE_S)
         for _ in range(self.rng.choice([0, 1, 1, 2, 2, 3])):
             self.arm(while_down=False)
         if self.rng.random() < 0.15:
@@ -260,7 +260,7 @@ class Driver:
             time.sleep(self.rng.uniform(0.05, 1.2))
         else:
             event = self.rng.choice(KILL_AFTER)
-            run.wait_for(event, timeout=self.rng.uniform(0.3, 1.2), after=0, fail=False)
+            run.try_wait_for(event, timeout=self.rng.uniform(0.3, 1.2))
             time.sleep(self.rng.uniform(0, 0.03))
         if self.rng.random() < 0.08:
             code = run.stop(signal.SIGTERM)

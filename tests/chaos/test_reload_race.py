@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from support.wait import wait_until
+
 
 def _config(kit: Any, urls: dict[str, str], *, enabled: bool, fail_threshold: int) -> str:
     return str(
@@ -55,7 +57,9 @@ def test_reload_while_a_new_window_is_recorded(
     item = tmp_path / "state" / "shop" / "w1"
     item.mkdir(parents=True)
     (item / "armed").touch()
-    kit.wait_until("the held write of window.json", Path(f"{gate}.held").exists, run)
+    wait_until(
+        Path(f"{gate}.held").exists, "the held write of window.json", daemon=run, while_alive=True
+    )
 
     if change == "repo-removed":
         path.write_text(_config(kit, {"other": other.url}, enabled=True, fail_threshold=50))
@@ -68,7 +72,7 @@ def test_reload_while_a_new_window_is_recorded(
     run.wait_for("config.reloaded", after=mark)
     gate.touch()
 
-    kit.wait_until("done", (item / "done").exists, run)
+    wait_until((item / "done").exists, "done", daemon=run, while_alive=True)
     done = json.loads((item / "done").read_text())
     if change == "repo-removed":
         # The window keeps the settings it was judged with, and runs to its end.
@@ -106,7 +110,7 @@ def test_a_bug_while_recording_a_batch_is_contained(
     # The traceback is in the log line, down to the frame that raised.
     frames = [frame["name"] for exc in failed["exception"] for frame in exc["frames"]]
     assert "write_all" in frames, failed["exception"]
-    kit.wait_until("done", (item / "done").exists, run)
+    wait_until((item / "done").exists, "done", daemon=run, while_alive=True)
     assert json.loads((item / "done").read_text())["status"] == "HEALTHY"
     assert run.alive
     assert run.stop() == 0

@@ -27,15 +27,9 @@ from typing import Any
 
 import pytest
 
+from support.wait import wait_until
+
 DEADLINE_S = 30.0
-
-
-def _wait(what: str, check: Any, run: Any, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline or not run.alive:
-            raise AssertionError(f"timed out waiting for {what}\n{run.tail(12)}")
-        time.sleep(0.01)
 
 
 def _rows(directory: Path) -> list[dict[str, Any]]:
@@ -107,10 +101,8 @@ class Disk:
             self._control("ro")
             return
         # Files open for writing make a read-only remount fail with EBUSY: retry briefly.
-        deadline = time.monotonic() + DEADLINE_S
-        while subprocess.run(["mount", "-o", "remount,ro", str(self.path)]).returncode != 0:
-            assert time.monotonic() < deadline, "could not remount read-only"
-            time.sleep(0.01)
+        remount = ["mount", "-o", "remount,ro", str(self.path)]
+        wait_until(lambda: subprocess.run(remount).returncode == 0, "a read-only remount")
 
     def give_back(self) -> None:
         if not self.mounted:
@@ -176,7 +168,12 @@ def test_disk_full_or_read_only_then_back_loses_no_probe(
         directory.mkdir(parents=True)
         (directory / "armed").touch()
     for name, directory in items.items():
-        _wait(f"3 rows in {name}", lambda d=directory: len(_rows(d)) >= 3, run)
+        wait_until(
+            lambda d=directory: len(_rows(d)) >= 3,
+            f"3 rows in {name}",
+            daemon=run,
+            while_alive=True,
+        )
 
     disk.fill() if fault == "full" else disk.freeze()
     assert disk.refuses_writes()
@@ -186,14 +183,19 @@ def test_disk_full_or_read_only_then_back_loses_no_probe(
     # Every window keeps probing on schedule while the disk refuses its rows.
     for name, service in services.items():
         want = len(service.arrivals()) + 3
-        _wait(f"{want} probes at {name}", lambda s=service, n=want: len(s.arrivals()) >= n, run)
+        wait_until(
+            lambda s=service, n=want: len(s.arrivals()) >= n,
+            f"{want} probes at {name}",
+            daemon=run,
+            while_alive=True,
+        )
         if fault == "read-only":
             assert len(_rows(items[name])) <= mark[name] + 1  # nothing new reached the disk
     disk.give_back()
     for service in services.values():
         service.set(health="fail")  # DEGRADED, judged over rows written late and on time
     for name, directory in items.items():
-        _wait(f"done in {name}", (directory / "done").exists, run)
+        wait_until((directory / "done").exists, f"done in {name}", daemon=run, while_alive=True)
     config = __import__("postdeploy.config", fromlist=["load_config"]).load_config(path)
     for name, directory in items.items():
         series = kit.read_series(directory / "series.jsonl")
@@ -379,7 +381,7 @@ def test_wall_clock_jumps_neither_fire_nor_delay_ticks(
     clock.write_text("3600\n")  # an hour forward
     target.wait_arrivals(8)
     clock.write_text("-3600\n")  # two hours back
-    _wait("done", (directory / "done").exists, run)
+    wait_until((directory / "done").exists, "done", daemon=run, while_alive=True)
     done = json.loads((directory / "done").read_text())
     assert done["status"] == "HEALTHY", done
 

@@ -6,35 +6,32 @@ and daemon in subprocesses, a rollback hook that is a real executable script, an
 object per line; `Daemon.wait_for` blocks until a matching line arrives. Tests synchronise on
 those lines and on files appearing, never on bare sleeps.
 
-This directory is self-contained (pytest runs with --import-mode=importlib): nothing here is
+The daemon process, the scripted HTTP service (`Service`, whose routes answer
+`service.Reply(...)`) and `wait_until` are the shared kit's (`support.*`); nothing here is
 imported from another test directory.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from support.daemon import DaemonProcess
+from support.env import child_env
+from support.http import Reply, Request, Service, free_port
 from support.toml import render_toml
-
-DEADLINE_S = 30.0  # generous: only reached when something is wrong
+from support.wait import DEADLINE_S, WaitTimeout, wait_until
 
 # Window settings that keep a test to a second or two (the test modules explain how they
 # stay robust on a loaded machine: long windows for DEGRADED, a later first tick for HEALTHY).
@@ -53,135 +50,6 @@ FAST: dict[str, Any] = {
 }
 
 
-# -- a small HTTP service whose every path the test scripts ---------------------------------
-
-
-@dataclass
-class Request:
-    """One request the service received."""
-
-    method: str
-    path: str  # with its query string, as sent
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Reply:
-    """What a route answers: a JSON body for dicts and lists, text for str, raw for bytes."""
-
-    code: int = 200
-    body: Any = None
-    content_type: str | None = None
-    delay_s: float = 0.0  # sleep before answering (a slow endpoint)
-
-
-# A route gets the number of this request to its path (1 for the first) and the request.
-Route = Callable[[int, Request], Reply]
-
-
-@dataclass
-class _State:
-    routes: dict[str, Route] = field(default_factory=dict)
-    hits: dict[str, int] = field(default_factory=dict)
-    requests: list[Request] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        request = Request(self.command, self.path, dict(self.headers.items()), body)
-        path = urlsplit(self.path).path  # routes and hit counts ignore the query string
-        state = self.server.state
-        with state.lock:
-            state.requests.append(request)
-            hit = state.hits[path] = state.hits.get(path, 0) + 1
-            route = state.routes.get(path)
-        reply = route(hit, request) if route else Reply(404, {"error": "no such route"})
-        if reply.delay_s:
-            time.sleep(reply.delay_s)
-        data, kind = _encode(reply)
-        try:
-            self.send_response(reply.code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the prober gave up (its timeout): nothing to answer
-
-    do_GET = do_POST = do_HEAD = _handle
-
-
-def _encode(reply: Reply) -> tuple[bytes, str]:
-    if isinstance(reply.body, bytes):
-        return reply.body, reply.content_type or "application/octet-stream"
-    if isinstance(reply.body, str):
-        return reply.body.encode(), reply.content_type or "text/plain; charset=utf-8"
-    data = json.dumps(reply.body if reply.body is not None else {}, ensure_ascii=False)
-    return data.encode(), reply.content_type or "application/json"
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: _State
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a prober hanging up mid-answer is not news here
-
-
-class Service:
-    """A threaded HTTP server on a random 127.0.0.1 port; `/health` says ok by default.
-
-    Routes answer with `service.Reply(...)` (the class is reachable from the fixture, since
-    test modules cannot import this conftest under --import-mode=importlib).
-    """
-
-    Reply = Reply
-
-    def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.state = _State()
-        self.route("/health", lambda _n, _r: Reply(200, {"status": "ok"}))
-        # A short poll interval makes stop() (shutdown) quick.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def route(self, path: str, handler: Route) -> None:
-        """Answer `path` with `handler` from now on."""
-        with self._server.state.lock:
-            self._server.state.routes[path] = handler
-
-    def hits(self, path: str) -> int:
-        with self._server.state.lock:
-            return self._server.state.hits.get(path, 0)
-
-    def requests(self, path: str | None = None) -> list[Request]:
-        """The requests received so far (to `path`, query string ignored, if given)."""
-        with self._server.state.lock:
-            every = list(self._server.state.requests)
-        return [r for r in every if path is None or urlsplit(r.path).path == path]
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
 def service() -> Iterator[Service]:
     svc = Service()
@@ -192,10 +60,7 @@ def service() -> Iterator[Service]:
 @pytest.fixture
 def closed_url() -> str:
     """A loopback URL where nothing listens (a port bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
@@ -220,18 +85,6 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 # -- the daemon -----------------------------------------------------------------------------
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """This process's environment without what would change the daemon's behaviour."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("POSTDEPLOY_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "postdeploy", *args],
@@ -250,77 +103,12 @@ def postdeploy_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return _cli
 
 
-def _matches(line: dict[str, Any], event: str, fields: dict[str, Any]) -> bool:
-    return line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
-
-
-class Daemon:
-    """One `postdeploy run` process and the JSON log lines it printed."""
+class Daemon(DaemonProcess):
+    """One `postdeploy run` process (`support.daemon`), with this suite's file helpers."""
 
     def __init__(self, config_path: Path, **env: str) -> None:
-        self.config_path = config_path
+        super().__init__(config_path, config_path.parent / "daemon.stderr", env)
         self.state = config_path.parent / "state"
-        self._stderr_path = config_path.parent / "daemon.stderr"
-        self._stderr = self._stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "postdeploy", "run", "--config", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            cwd=config_path.parent,
-            env=child_env(**env),
-        )
-        self.lines: list[dict[str, Any]] = []
-        self.eof = False
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError:
-                line = None
-            if not isinstance(line, dict):
-                line = {"event": None, "_raw": text}
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self.eof = True
-            self._cond.notify_all()
-
-    def tail(self, n: int = 30) -> str:
-        with self._cond:
-            shown = [json.dumps(line, ensure_ascii=False) for line in self.lines[-n:]]
-        err = self._stderr_path.read_text(errors="replace")[-3000:]
-        return "\n".join(shown) + ("\n--- stderr ---\n" + err if err.strip() else "")
-
-    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
-        with self._cond:
-            return [line for line in self.lines if _matches(line, event, fields)]
-
-    def wait_for(self, event: str, timeout: float = DEADLINE_S, **fields: Any) -> dict[str, Any]:
-        """The first line with this event name and these field values; waits for it."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    if _matches(line, event, fields):
-                        return line
-                seen = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if self.eof or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        why = "the daemon exited" if self.eof else f"no such line within {timeout:g}s"
-        raise AssertionError(f"waiting for {event} {fields}: {why}\n{self.tail()}")
 
     def arm(self, repo: str, work_item: str) -> Path:
         """What a deploy script does: `mkdir -p STATE/REPO/ITEM && touch .../armed`."""
@@ -361,44 +149,34 @@ class Daemon:
         timeout: float = DEADLINE_S,
     ) -> list[dict[str, Any]]:
         """Poll the window's series until `until(rows)` holds (files have no log line)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.rows(repo, work_item)
-            if until(rows):
-                return rows
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"timed out waiting for {what}: {rows}\n{self.tail()}")
-            time.sleep(0.02)
+        rows: list[dict[str, Any]] = []
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        self._stderr.close()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        def check() -> bool:
+            rows[:] = self.rows(repo, work_item)
+            return until(rows)
+
+        try:
+            wait_until(check, what, timeout, daemon=self, while_alive=True)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}\nrows: {rows}") from None
+        return rows
 
 
 @pytest.fixture
 def start_daemon() -> Iterator[Callable[..., Daemon]]:
     """Start `postdeploy run` on a config (extra keyword args go to its environment) and wait
-    for `daemon.ready`; every daemon started is stopped after the test."""
+    for `daemon.ready`; every daemon started is stopped (SIGTERM) after the test."""
     daemons: list[Daemon] = []
 
     def start(config_path: Path, **env: str) -> Daemon:
         daemon = Daemon(config_path, **env)
         daemons.append(daemon)
-        daemon.wait_for("daemon.ready")
+        daemon.wait_ready()
         return daemon
 
     yield start
     for daemon in daemons:
-        daemon.stop()
+        daemon.close(signal.SIGTERM)
 
 
 # -- a rollback hook that counts its runs ---------------------------------------------------
@@ -479,9 +257,7 @@ class Prometheus:
         self.client = httpx.Client(trust_env=False, timeout=5.0)
         self.proc: subprocess.Popen[bytes] | None = None
         for attempt in range(3):  # the free port we picked may be taken before it binds
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
+            port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             with self.log_path.open("ab") as log:
                 self.proc = subprocess.Popen(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from support.env import child_env
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 # repo name -> (its TOML body after `base_url`, the exact line after `PATH: `)
@@ -367,6 +369,7 @@ expect = ["$.items length >"]
         timeout=30,
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
+        env=child_env(),
     )
     assert result.returncode == 2, result
     line = f"{path}: repos.shop.checks[0].expect: '$.items length >': a value is missing after >"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,15 +29,6 @@ if TYPE_CHECKING:
 
 UP = ["status == 200", '$.status == "UP"']
 OK_TEXT = ["status == 200", 'body contains "OK"']
-
-
-@pytest.fixture
-async def prober() -> AsyncIterator[Prober]:
-    instance = Prober()
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
 
 
 def load(text: str) -> Config:
@@ -172,7 +163,7 @@ async def test_secret_headers_are_read_at_load_not_per_tick(
     for tick in range(2):
         row = await prober.probe(config.repos["shop"], 2.0, tick, time.time(), False)
         assert row.checks["private"]["ok"] is True, row.checks
-    assert [r.headers["X-Key"] for r in service.requests("/private")] == ["at-load-s3cret"] * 2
+    assert [r.headers["x-key"] for r in service.requests("/private")] == ["at-load-s3cret"] * 2
 
 
 async def test_a_secret_unset_at_load_cannot_be_judged(
@@ -199,4 +190,4 @@ async def test_a_secret_unset_at_load_cannot_be_judged(
     reloaded = load(text)  # what SIGHUP does
     row = await prober.probe(reloaded.repos["shop"], 2.0, 1, time.time(), False)
     assert row.checks["private"]["ok"] is True
-    assert service.requests("/private")[0].headers["X-Key"] == "late-s3cret"
+    assert service.requests("/private")[0].headers["x-key"] == "late-s3cret"

@@ -102,10 +102,10 @@ async def test_request_method_headers_secret_and_body(
     (post,) = service.requests("/search")
     assert post.method == "POST"
     assert post.body == '{"q": "über"}'.encode()
-    assert post.headers["Authorization"] == "Bearer s3cr3t-t0ken"
-    assert post.headers["Content-Type"] == "application/json"
-    assert post.headers["X-Trace"] == "t-1"
-    assert post.headers["User-Agent"].startswith("postdeploy/")
+    assert post.headers["authorization"] == "Bearer s3cr3t-t0ken"
+    assert post.headers["content-type"] == "application/json"
+    assert post.headers["x-trace"] == "t-1"
+    assert post.headers["user-agent"].startswith("postdeploy/")
     (head,) = service.requests("/")
     assert head.method == "HEAD"
 
@@ -152,7 +152,7 @@ async def test_a_secret_from_a_systemd_credential(
         ),
     )
     assert row.checks["private"]["ok"] is True, row.checks
-    assert service.requests("/private")[0].headers["X-Key"] == "cred-s3cr3t"
+    assert service.requests("/private")[0].headers["x-key"] == "cred-s3cr3t"
 
 
 async def test_a_header_value_that_cannot_be_sent_is_not_judged(

@@ -18,19 +18,18 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from postdeploy.demo_service import DemoService
+from support.daemon import DaemonPool, DaemonProcess
+from support.env import child_env
+from support.files import front_matter, read_jsonl
 from support.toml import render_toml
-
-DEADLINE_S = 30.0  # generous: only reached when something is wrong
+from support.wait import DEADLINE_S, wait_until
 
 # Window settings that keep a test to a second or two. Tests override per repo.
 FAST: dict[str, Any] = {
@@ -50,127 +49,8 @@ WINDOW_EVENTS = {"sentinel.rejected", "event"}
 
 # -- the daemon process ---------------------------------------------------------------------
 
-
-def _child_env() -> dict[str, str]:
-    """This process's environment without anything that would change the daemon's behaviour."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("POSTDEPLOY_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Run:
-    """One `postdeploy run` process and the log lines it printed."""
-
-    def __init__(
-        self, config_path: Path, stderr_path: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self._stderr = stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "postdeploy", "run", "--config", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            cwd=config_path.parent,
-            env={**_child_env(), **(env or {})},
-        )
-        self.stderr_path = stderr_path
-        self.lines: list[dict[str, Any]] = []
-        self.eof = False
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError:
-                line = {"event": None, "_raw": text}
-            if not isinstance(line, dict):
-                line = {"event": None, "_raw": text}
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self.eof = True
-            self._cond.notify_all()
-
-    def tail(self, n: int = 40) -> str:
-        with self._cond:
-            shown = [json.dumps(line) for line in self.lines[-n:]]
-        err = self.stderr_path.read_text(errors="replace")[-3000:]
-        return "\n".join(shown) + ("\n--- stderr ---\n" + err if err.strip() else "")
-
-    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
-        """Every line so far with this event name and these field values."""
-        with self._cond:
-            return [line for line in self.lines if _matches(line, event, fields)]
-
-    def wait_for(self, event: str, timeout: float = DEADLINE_S, **fields: Any) -> dict[str, Any]:
-        """The first line with this event name and these field values; waits for it."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    if _matches(line, event, fields):
-                        return line
-                seen = len(self.lines)
-                if self.eof:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        why = "the daemon exited" if self.eof else f"no such line within {timeout:g}s"
-        raise AssertionError(f"waiting for {event} {fields}: {why}\n{self.tail()}")
-
-    def wait_ready(self) -> dict[str, Any]:
-        return self.wait_for("daemon.ready")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEADLINE_S) -> int:
-        """Send `sig` and wait for the exit; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"the daemon did not exit on {sig!r}\n{self.tail()}") from None
-        self._reader.join(timeout)
-        self._stderr.close()
-        return code
-
-    def kill(self) -> int:
-        """SIGKILL: the daemon gets no chance to clean up."""
-        return self.stop(signal.SIGKILL)
-
-    def close(self) -> None:
-        """Kill the daemon if it still runs; release the pipe and the stderr file."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._reader.join(DEADLINE_S)
-        self._stderr.close()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _matches(line: dict[str, Any], event: str, fields: dict[str, Any]) -> bool:
-    return line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
+# `pd.start()` returns one of these: `postdeploy run` and its log lines (`support.daemon`).
+Run = DaemonProcess
 
 
 # -- the rollback hook ----------------------------------------------------------------------
@@ -212,7 +92,7 @@ class Harness:
         self.state = tmp_path / "state"
         self.config_path = tmp_path / "config.toml"
         self.calls = tmp_path / "hook-calls.jsonl"
-        self.runs: list[Run] = []
+        self.daemons = DaemonPool(tmp_path)
 
     # -- config
 
@@ -259,15 +139,16 @@ class Harness:
 
     # -- processes
 
+    @property
+    def runs(self) -> list[Run]:
+        return self.daemons.runs
+
     def start(self, env: dict[str, str] | None = None) -> Run:
         """Start `postdeploy run` (with `env` added to its environment); wait for READY."""
-        run = Run(self.config_path, self.tmp / f"daemon-{len(self.runs)}.stderr", env)
-        self.runs.append(run)
-        run.wait_ready()
-        return run
+        return self.daemons.start(self.config_path, env)
 
     def all_lines(self) -> list[dict[str, Any]]:
-        return [line for run in self.runs for line in run.lines]
+        return self.daemons.all_lines()
 
     def cli(
         self, *args: str, timeout: float = DEADLINE_S, env: dict[str, str] | None = None
@@ -278,14 +159,13 @@ class Harness:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**_child_env(), **(env or {})},
+            env=child_env(env),
             cwd=self.tmp,
         )
 
     def close(self) -> None:
         """Kill what is left: daemons, and hooks (by the pids they recorded) that still run."""
-        for run in self.runs:
-            run.close()
+        self.daemons.close()
         tag = str(self.calls).encode()
         for call in self.hook_calls():
             for pid in (call.get("pid"), call.get("child")):
@@ -329,33 +209,17 @@ class Harness:
         return data
 
     def rows(self, repo: str, work_item: str) -> list[dict[str, Any]]:
-        path = self.item(repo, work_item) / "series.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.item(repo, work_item) / "series.jsonl")
 
     def report_front_matter(self, repo: str, work_item: str) -> dict[str, Any]:
-        text = (self.item(repo, work_item) / "report.md").read_text()
-        assert text.startswith("---\n"), text[:200]
-        front, sep, _body = text[4:].partition("\n---\n")
-        assert sep, "report.md front matter is not closed by ---"
-        data = yaml.safe_load(front)
-        assert isinstance(data, dict)
-        return data
+        return front_matter((self.item(repo, work_item) / "report.md").read_text())
 
     def hook_calls(self) -> list[dict[str, Any]]:
-        if not self.calls.exists():
-            return []
-        return [json.loads(line) for line in self.calls.read_text().splitlines() if line]
+        return read_jsonl(self.calls)
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
         """Poll `check` until it holds (for files, which have no log line of their own)."""
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                tails = "\n".join(run.tail(15) for run in self.runs[-1:])
-                raise AssertionError(f"timed out waiting for {what}\n{tails}")
-            time.sleep(0.01)
+        wait_until(check, what, timeout, daemon=self.runs[-1] if self.runs else None)
 
     def wait_rows(self, repo: str, work_item: str, n: int) -> list[dict[str, Any]]:
         """Wait until the window's series holds at least `n` rows; returns them."""
@@ -387,15 +251,6 @@ class Harness:
                 st = (Path(dirpath) / name).lstat()
                 out.append((str(Path(dirpath, name).relative_to(path)), st.st_size, st.st_mtime_ns))
         return sorted(out)
-
-
-@pytest.fixture
-def service() -> Iterator[DemoService]:
-    """The watched service: healthy until a test says otherwise."""
-    svc = DemoService().start()
-    yield svc
-    # shutdown() waits for the server loop's next poll (up to 0.5 s): let it happen aside.
-    threading.Thread(target=svc.stop, daemon=True).start()
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from support.env import child_env
+
 if TYPE_CHECKING:
     from conftest import Harness
 
@@ -32,6 +34,7 @@ def test_second_daemon_on_the_same_state_dir_refuses_at_once(pd: Harness) -> Non
         text=True,
         timeout=DEADLINE_S,
         cwd=pd.tmp,
+        env=child_env(),
     )
     assert second.returncode == 1
     assert f"pid {first.pid}" in second.stdout

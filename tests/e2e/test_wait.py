@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from support.env import child_env
 from support.toml import render_toml
 
 if TYPE_CHECKING:
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
 DEADLINE_S = 30.0
 ROOT = Path(__file__).resolve().parents[2]
 TICK_LINE = re.compile(r"^tick \d+/5: health (ok \(200, \d+ ms\)|FAILED \()")
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("POSTDEPLOY_")}
 
 
 class Waiter:
@@ -49,7 +46,7 @@ class Waiter:
             stderr=subprocess.PIPE,
             text=True,
             cwd=cwd,
-            env={**_env(), "PYTHONDONTWRITEBYTECODE": "1"},
+            env=child_env({"PYTHONDONTWRITEBYTECODE": "1"}),
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -320,13 +317,14 @@ def test_readme_deploy_script(pd: Harness) -> None:
     pd.start()
 
     def deploy(item: str) -> subprocess.CompletedProcess[str]:
-        env = {
-            **_env(),
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "POSTDEPLOY_CONFIG": str(pd.config_path),
-            "CI_PIPELINE_ID": item,
-            "GIT_SHA": "9ab03d1",
-        }
+        env = child_env(
+            {
+                "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                "POSTDEPLOY_CONFIG": str(pd.config_path),
+                "CI_PIPELINE_ID": item,
+                "GIT_SHA": "9ab03d1",
+            }
+        )
         return subprocess.run(
             ["sh", str(script)], capture_output=True, text=True, env=env, timeout=DEADLINE_S
         )

@@ -70,8 +70,8 @@ def test_daemon_lines_under_journald(ops: Ops) -> None:
     ops.arm("shop", "red")
     assert ops.wait_done("shop", "red")["status"] == "DEGRADED"
     # The token was really in play: it is part of every Telegram API URL.
-    ops.wait_until(lambda: telegram.requests, "a request to the fake Telegram API")
-    assert token in telegram.requests[0][1]
+    ops.wait_until(telegram.requests, "a request to the fake Telegram API")
+    assert token in telegram.requests()[0].path
     assert daemon.stop() == 0
 
     raw = daemon.raw_lines()

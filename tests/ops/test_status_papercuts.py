@@ -5,11 +5,12 @@ The real CLI, on a state directory written by hand (status reads files only)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from support.env import child_env
 
 REPO = "payments-gateway-internal"
 ITEM = "release-2026-11-27-hotfix-for-the-long-running-migration"
@@ -44,8 +45,7 @@ def _window(path: Path, metadata: dict[str, str]) -> None:
 
 
 def _status(tmp_path: Path, *args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTDEPLOY_")}
-    env.update(COLUMNS=str(columns), TERM="dumb", NO_COLOR="1")
+    env = child_env({"COLUMNS": str(columns), "TERM": "dumb", "NO_COLOR": "1"})
     return subprocess.run(
         [sys.executable, "-m", "postdeploy", "status", *args, "--config", "config.toml"],
         capture_output=True,

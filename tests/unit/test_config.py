@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from postdeploy.config import Config, ConfigError, WindowSettings, load_config, parse_config
+from support.env import child_env
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PATH = "/etc/postdeploy/test.toml"
@@ -457,14 +457,13 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "POSTDEPLOY_CONFIG"}
     return subprocess.run(
         [sys.executable, "-m", "postdeploy", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
-        env=env,
+        env=child_env(),
         check=False,
     )
 

@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +30,7 @@ import pytest
 
 from postdeploy.config import Config, ConfigError, parse_config
 from postdeploy.probe import SSL_CONTEXT, Prober
+from support.env import child_env
 
 PATH = "/etc/postdeploy/test.toml"
 S = 'state_dir = "/s"\n'
@@ -409,15 +409,6 @@ def tls_server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[tuple[str, 
         thread.join(10)
 
 
-@pytest.fixture
-async def prober() -> AsyncIterator[Prober]:
-    instance = Prober()
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
-
-
 async def health(prober: Prober, config: Config) -> tuple[bool, str]:
     row = await prober.probe(config.repos["shop"], 5.0, 0, time.time(), False)
     return row.health_ok, row.detail
@@ -494,17 +485,12 @@ async def test_the_prober_hands_each_repo_its_context_in_the_request_extension(
 
 
 def run_check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("POSTDEPLOY_", "PD_TEST_", "CREDENTIALS_DIRECTORY"))
-    }
     return subprocess.run(
         [sys.executable, "-m", "postdeploy", "check-config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**base, **env},
+        env=child_env(env),
         check=False,
     )
 
