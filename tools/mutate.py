@@ -68,6 +68,7 @@ TARGETS = (
         (
             "tests/unit/test_verdict.py",
             "tests/unit/test_verdict_rules.py",
+            "tests/unit/test_judgement_rules.py",
             "tests/checks/test_rules.py",
         ),
     ),
@@ -75,7 +76,11 @@ TARGETS = (
         "window",
         "postdeploy.window",
         PACKAGE / "window.py",
-        ("tests/unit/test_window.py", "tests/unit/test_window_rules.py"),
+        (
+            "tests/unit/test_window.py",
+            "tests/unit/test_window_rules.py",
+            "tests/unit/test_window_start.py",
+        ),
     ),
     Target(
         "series",
@@ -84,6 +89,7 @@ TARGETS = (
         (
             "tests/unit/test_series.py",
             "tests/unit/test_series_rules.py",
+            "tests/unit/test_judgement_rules.py",
             "tests/checks/test_rules.py",
         ),
     ),

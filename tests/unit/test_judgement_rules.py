@@ -65,6 +65,7 @@ def test_failed_in_last(bits: int, judged: int, n: int, expected: int) -> None:
         ("xx.x", 3, 3, False),
         ("xx.x", 3, 4, True),
         ("xxx", 3, 3, True),
+        ("xxx.", 3, 3, True),  # lookback = threshold is the consecutive rule: a run counts ever
     ],
 )
 def test_k_of_n_health(pattern: str, k: int, n: int, degraded: bool) -> None:
@@ -148,3 +149,9 @@ def test_defaults_keep_the_seed_rules() -> None:
     assert (settings.fail_lookback, settings.min_judged_fraction) == (None, 0.5)
     good = parse_config(BASE + "fail_threshold = 3\nfail_lookback = 10\n", "c.toml")
     assert good.window_settings("shop").fail_lookback == 10
+
+
+def test_thresholds_default_to_the_seed_rules() -> None:
+    th = Thresholds(3, 0.2, 6)
+    assert (th.fail_lookback, th.check_lookbacks, th.min_judged_fraction) == (0, {}, 0.0)
+    assert th.lookback_for_check("any") == 0
