@@ -175,17 +175,7 @@ def cmd_arm(args: argparse.Namespace) -> int:
     print(store.path / layout.ARMED, flush=True)
     if not args.wait:
         return EXIT_OK
-    from postdeploy import wait
-
-    return wait.wait_for_verdict(
-        root,
-        key,
-        timeout=args.timeout,
-        as_json=args.json,
-        out=sys.stdout,
-        err=sys.stderr,
-        max_ticks_hint=config.window_settings(key.repo).max_ticks,
-    )
+    return _wait_for_verdict(args, root, key, config.window_settings(key.repo).max_ticks)
 
 
 def _warn(text: str) -> None:
@@ -195,8 +185,6 @@ def _warn(text: str) -> None:
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait for the item's verdict (read-only). With `--state-dir`, no config is read at all,
     so a user who may only read the state directory can wait."""
-    from postdeploy import wait
-
     key = _item(args)
     config = None if args.state_dir else _load(args)
     root = _existing_root(args, config)
@@ -206,6 +194,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
             hint = config.window_settings(key.repo).max_ticks
         elif _finished(root, key) == (None, None):
             _known_repo(config, key.repo)  # nothing will ever finish it: say so now
+    return _wait_for_verdict(args, root, key, hint)
+
+
+def _wait_for_verdict(
+    args: argparse.Namespace, root: Path, key: ItemKey, max_ticks: int | None
+) -> int:
+    from postdeploy import wait
+
     return wait.wait_for_verdict(
         root,
         key,
@@ -213,7 +209,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         as_json=args.json,
         out=sys.stdout,
         err=sys.stderr,
-        max_ticks_hint=hint,
+        max_ticks_hint=max_ticks,
     )
 
 

@@ -365,7 +365,7 @@ def scan(
                         _list_repo(root, repo.name, repo_fd, index.get(repo.name, {}), found)
                     )
                 for item in watched_by_repo.get(repo.name, ()):
-                    if _has_cancel(repo_fd, item):
+                    if layout.has_cancel(repo_fd, item):
                         found.cancelled.append(ItemKey(repo.name, item))
             finally:
                 os.close(repo_fd)
@@ -404,15 +404,6 @@ def _list_repo(
         (st.st_dev, st.st_ino), st.st_mtime_ns, live, trusted(st.st_mtime_ns, listed_at)
     )
     return result
-
-
-def _has_cancel(repo_fd: int, item: str) -> bool:
-    """Whether `<item>/cancel` exists (any kind of entry; nothing is followed or read)."""
-    try:
-        os.lstat(f"{item}/{layout.CANCEL}", dir_fd=repo_fd)
-    except OSError:
-        return False
-    return True
 
 
 # -- the journal (blocking) -----------------------------------------------------------------

@@ -113,6 +113,16 @@ def open_file_flags(flags: int) -> int:
     return flags | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def has_cancel(repo_fd: int, item: str) -> bool:
+    """Whether `<item>/cancel` exists below the repo directory `repo_fd` (any kind of entry;
+    nothing is followed or read)."""
+    try:
+        os.lstat(f"{item}/{CANCEL}", dir_fd=repo_fd)
+    except OSError:
+        return False
+    return True
+
+
 def lstat_kind(dir_fd: int, name: str) -> str | None:
     """'file', 'dir', 'symlink' or 'other' for `name` in `dir_fd`; None if it does not exist."""
     try:

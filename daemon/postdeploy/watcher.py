@@ -30,7 +30,15 @@ import structlog
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from postdeploy.layout import ARMED, CANCEL, NAME_RE, REQUESTS_DIR, ItemKey, valid_name
+from postdeploy.layout import (
+    ARMED,
+    CANCEL,
+    NAME_RE,
+    REQUESTS_DIR,
+    ItemKey,
+    has_cancel,
+    valid_name,
+)
 
 log = structlog.get_logger("postdeploy.watcher")
 
@@ -94,7 +102,7 @@ def scan_state_dir(
                     if problem is None:
                         key = ItemKey(repo.name, item.name)
                         scan.items.append(key)
-                        if key in watched and _has_cancel(repo_fd, item.name):
+                        if key in watched and has_cancel(repo_fd, item.name):
                             scan.cancelled.append(key)
                     elif problem:
                         scan.problems.append((str(root / repo.name / item.name), problem))
@@ -103,15 +111,6 @@ def scan_state_dir(
     finally:
         os.close(root_fd)
     return scan
-
-
-def _has_cancel(repo_fd: int, item: str) -> bool:
-    """Whether `<item>/cancel` exists (any kind of entry; nothing is followed or read)."""
-    try:
-        os.lstat(f"{item}/{CANCEL}", dir_fd=repo_fd)
-    except OSError:
-        return False
-    return True
 
 
 async def scan(
