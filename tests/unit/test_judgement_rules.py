@@ -83,6 +83,7 @@ def test_k_of_n_health(pattern: str, k: int, n: int, degraded: bool) -> None:
         ([False, True, False, True, False], 3, 5, True),
         ([False, True, True, True, False], 2, 4, False),
         ([False, True, True, False], 2, 4, True),
+        ([False, False, True], 2, 2, True),  # lookback = threshold: a run in a row counts ever
     ],
 )
 def test_k_of_n_feature_check(results: list[bool], need: int, n: int, degraded: bool) -> None:
@@ -92,7 +93,7 @@ def test_k_of_n_feature_check(results: list[bool], need: int, n: int, degraded: 
     th = Thresholds(3, 0.2, 6, {"catalog": need}, check_lookbacks={"catalog": n} if n else {})
     verdict = classify(tally, th)
     assert (verdict is not None) is degraded
-    if verdict is not None and n:
+    if verdict is not None and n > need:
         assert f"of the last {min(n, len(results))} ticks" in verdict.reason
 
 
