@@ -153,6 +153,23 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "RECENT_ROWS = 5  # how many of the last rows a tally keeps as evidence",
         "`5` -> `6`",
     ): "a size, not a rule: how many rows the evidence shows (the tests read the constant)",
+    ("series", "LOOKBACK_KEPT = 1000", "`1000` -> `1001`"): (
+        "a size, not a rule: one more judged result kept than a k-of-n rule can ask for "
+        "(the config caps fail_lookback at 1000)"
+    ),
+    (
+        "series",
+        "return ((bits << 1) | failed) & ((1 << LOOKBACK_KEPT) - 1)",
+        "`1` -> `2`",
+    ): "the mask keeps one bit more than LOOKBACK_KEPT: a size, as above",
+    (
+        "series",
+        "health_bits: int = 0  # the judged health results, most recent lowest (`failed_in_last`)",
+        "`0` -> `1`",
+    ): (
+        "a stray bit in a fresh tally always stays above the judged results: "
+        "`failed_in_last` reads only the last `judged` bits"
+    ),
     ("checks", 'if subject.startswith("$"):', "`if subject.startswith('$')` -> `if True`"): (
         "the path pattern starts with `$`: for any other subject it does not match, and "
         "nothing changes"
