@@ -449,8 +449,11 @@ def wait_for_verdict(
                 phase = _phase(seen)
                 _say(err, f"{key}: {phase}")
             max_ticks = seen.max_ticks if seen.max_ticks is not None else max_ticks_hint
+            # The count as of each row (several may come in one read).
+            failed_so_far = tail.failed - sum(row.failed for row in seen.rows)
             for row in seen.rows:
-                _say(err, progress_line(row, max_ticks, tail.failed))
+                failed_so_far += row.failed
+                _say(err, progress_line(row, max_ticks, failed_so_far))
             if seen.done is not None:
                 _say(
                     out, outcome_json(key, seen.done, None) if as_json else outcome_line(seen.done)

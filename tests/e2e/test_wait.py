@@ -387,3 +387,18 @@ def test_rollback_cli_answered_by_done(pd: Harness) -> None:
     again = _cli(pd, "rollback", "shop", "w1")
     assert again.returncode == 3
     assert "already ran" in again.stderr
+
+
+def test_progress_counts_failures_as_of_each_tick(pd: Harness) -> None:
+    """Rows that arrive in one read (a wait started mid-window) each say how many ticks had
+    failed up to them: 1, 2, 3, not the total three times."""
+    pd.configure({"shop": pd.repo(fail_threshold=50)}, defaults={"window_s": 20.0})
+    pd.service.set(health="fail")
+    run = pd.start()
+    pd.touch_armed("shop", "w1")
+    pd.wait_rows("shop", "w1", 3)
+    run.stop()
+    result = pd.cli("wait", "shop", "w1", "--timeout", "0.3", "--config", str(pd.config_path))
+    assert result.returncode == 124
+    counts = [int(n) for n in re.findall(r"; (\d+) failed so far", result.stderr)]
+    assert counts == list(range(1, len(counts) + 1)) and len(counts) >= 3, result.stderr
