@@ -28,7 +28,6 @@ from postdeploy.config import Config
 from postdeploy.events import Event
 from postdeploy.intake import Arm, Look, Quiet, Reject, Resume, Settled
 from postdeploy.layout import ItemKey, UnsafePath
-from postdeploy.report import iso
 from postdeploy.runner import WindowRunner
 from postdeploy.window import WindowStart
 
@@ -52,6 +51,46 @@ class _Waiting:
     due: float  # monotonic: the next look
     identity: intake.Identity | None = None  # `armed` at the last look; None: not looked at
     spare: intake.Spare | None = None  # window.json's temporary file, made during the wait
+
+
+class QuietWait:
+    """New `armed` files that cannot be quiet yet, in a heap by when each is next due."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[ItemKey, _Waiting] = {}
+        self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
+        self._due_changed = anyio.Event()
+
+    def push_due(self, key: ItemKey, due: float) -> None:
+        """Look at `key` (waiting) again at `due` (monotonic)."""
+        self.waiting[key].due = due
+        if not self._due or due < self._due[0][0]:
+            self._due_changed.set()
+        heapq.heappush(self._due, (due, key))
+
+    async def next_due(self, busy: Callable[[ItemKey], bool]) -> list[ItemKey]:
+        """Wait until keys are due; all those due now, in due order. A `busy` key (being
+        taken in, or running) is pushed back by QUIET_S."""
+        while True:
+            self._due_changed = anyio.Event()
+            delay = self._due[0][0] - time.monotonic() if self._due else math.inf
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._due_changed.wait()
+                continue
+            now = time.monotonic()
+            keys: list[ItemKey] = []
+            while self._due and self._due[0][0] <= now:
+                due, key = heapq.heappop(self._due)
+                waiting = self.waiting.get(key)
+                if waiting is None or waiting.due != due:
+                    continue  # taken in meanwhile, or looked at again later
+                if busy(key):
+                    self.push_due(key, now + intake.QUIET_S)  # after the intake under way
+                    continue
+                keys.append(key)
+            if keys:
+                return keys
 
 
 class Recorder:
@@ -192,6 +231,7 @@ class Intake:
         indexed: Callable[[], None],
         note_armed: Callable[[ItemKey, float], None],
         start: StartWindow,
+        start_armed: Callable[[Sequence[tuple[ItemKey, WindowStart, Arm, Look]], Config], None],
         spawn: Callable[..., None],
         report: Callable[[str, str], None],
         valid: Callable[[ItemKey], bool],
@@ -203,7 +243,8 @@ class Intake:
         self._history = index
         self._indexed = indexed  # the history index has new lines to write
         self._note_armed = note_armed
-        self._start = start
+        self._start = start  # run a window that was looked at (a resumed one)
+        self._start_armed = start_armed  # run the new windows a batch recorded
         self._spawn = spawn
         self._report = report
         self._valid = valid
@@ -212,27 +253,30 @@ class Intake:
         self.closing = False  # set at shutdown: nothing more is taken in
         self._settled: set[ItemKey] = set()  # finished, but not indexable: never looked at again
         self._intaking: set[ItemKey] = set()
-        self.waiting: dict[ItemKey, _Waiting] = {}  # new `armed` files not quiet yet
-        self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
-        self._due_changed = anyio.Event()
+        self.quiet = QuietWait()  # new `armed` files not quiet yet
         self.quiet_pass = anyio.Event()  # set after each intake of due keys
         self._recording = 0  # intake batches looking at or writing their directories
         self._recorded = anyio.Event()  # set (and replaced) whenever _recording drops to 0
+
+    @property
+    def waiting(self) -> dict[ItemKey, _Waiting]:
+        """New `armed` files not quiet yet (start-up waits until there are none)."""
+        return self.quiet.waiting
 
     # -- waiting for `armed` to be quiet --------------------------------------------------
 
     def expect_quiet(self, key: ItemKey) -> bool:
         """inotify saw `armed` arrive: look at it once it can be quiet (no sooner: a look now
         could only say "not quiet yet"). True if it is newly waiting."""
-        if key in self._runners or key in self._settled or key in self.waiting:
+        if key in self._runners or key in self._settled or key in self.quiet.waiting:
             return False
         if not self._valid(key):
             return False
         now = time.monotonic()
-        self.waiting[key] = _Waiting(
+        self.quiet.waiting[key] = _Waiting(
             time.time(), now + intake.MAX_QUIET_WAIT_S, now + intake.QUIET_S
         )
-        self._push_due(key, now + intake.QUIET_S)
+        self.quiet.push_due(key, now + intake.QUIET_S)
         return True
 
     async def make_spares(self, keys: list[ItemKey]) -> None:
@@ -243,7 +287,7 @@ class Intake:
         for key, spare in zip(keys, made, strict=True):
             if isinstance(spare, Exception):
                 continue  # the write makes its own temporary file; the look says what is wrong
-            waiting = self.waiting.get(key)
+            waiting = self.quiet.waiting.get(key)
             if (
                 waiting is None
                 or waiting.spare is not None
@@ -256,37 +300,16 @@ class Intake:
         if unused:
             await anyio.to_thread.run_sync(intake.drop_spares, unused)
 
-    def _push_due(self, key: ItemKey, due: float) -> None:
-        self.waiting[key].due = due
-        if not self._due or due < self._due[0][0]:
-            self._due_changed.set()
-        heapq.heappush(self._due, (due, key))
-
     async def quiet_loop(self) -> None:
         """Take in every waiting `armed` that is due, all together, in due order."""
         while True:
-            self._due_changed = anyio.Event()
-            delay = self._due[0][0] - time.monotonic() if self._due else math.inf
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await self._due_changed.wait()
-                continue
-            now = time.monotonic()
-            keys: list[ItemKey] = []
-            while self._due and self._due[0][0] <= now:
-                due, key = heapq.heappop(self._due)
-                waiting = self.waiting.get(key)
-                if waiting is None or waiting.due != due:
-                    continue  # taken in meanwhile, or looked at again later
-                if key in self._intaking or key in self._runners:
-                    self._push_due(key, now + intake.QUIET_S)  # after the intake under way
-                    continue
-                keys.append(key)
-            if keys:
-                self._spawn(self._intake_due, keys)
-                # The next batch no sooner than BATCH_EVERY_S: while one batch waits for its
-                # fsyncs, the next one is looked at and prepared.
-                await anyio.sleep(BATCH_EVERY_S)
+            keys = await self.quiet.next_due(
+                lambda key: key in self._intaking or key in self._runners
+            )
+            self._spawn(self._intake_due, keys)
+            # The next batch no sooner than BATCH_EVERY_S: while one batch waits for its
+            # fsyncs, the next one is looked at and prepared.
+            await anyio.sleep(BATCH_EVERY_S)
 
     async def _intake_due(self, keys: list[ItemKey]) -> None:
         await self.take(keys, due=True)
@@ -298,7 +321,7 @@ class Intake:
     def _takes(self, key: ItemKey, due: bool) -> bool:
         if key in self._runners or key in self._settled or key in self._intaking:
             return False
-        return due or key not in self.waiting  # a waiting key is looked at when it is due
+        return due or key not in self.quiet.waiting  # a waiting key is looked at when it is due
 
     async def take(self, keys: Iterable[ItemKey], *, due: bool = False) -> None:
         """Take in work items together: look at each, decide (`intake.judge`), record the
@@ -320,7 +343,7 @@ class Intake:
                 # Before the look: whatever is created after it raises an event.
                 self.watcher.follow(batch)
             now = time.monotonic()
-            previous = [self.waiting.get(key) for key in batch]
+            previous = [self.quiet.waiting.get(key) for key in batch]
             requests = [
                 (key, w.identity if w else None, w is not None and now > w.deadline)
                 for key, w in zip(batch, previous, strict=True)
@@ -409,7 +432,7 @@ class Intake:
     ) -> None:
         """Act on one look (see `intake.judge`); writes are collected for the whole batch."""
         if isinstance(result, Exception):
-            self.waiting.pop(key, None)
+            self.quiet.waiting.pop(key, None)
             self._intake_failed(key, result)
             return
         decision = intake.judge(
@@ -419,15 +442,15 @@ class Intake:
             enabled=self._config().enabled,
         )
         if isinstance(decision, Quiet):
-            waiting = self.waiting.get(key)
+            waiting = self.quiet.waiting.get(key)
             if waiting is None:  # "first seen" is when the daemon noticed it, before the wait
                 deadline = time.monotonic() + intake.MAX_QUIET_WAIT_S
-                waiting = self.waiting[key] = _Waiting(result.seen_at, deadline, 0.0)
+                waiting = self.quiet.waiting[key] = _Waiting(result.seen_at, deadline, 0.0)
             waiting.identity = decision.identity
             waiting.spare = spares.pop(key, None)  # still waiting: so is its spare
-            self._push_due(key, time.monotonic() + decision.delay)
+            self.quiet.push_due(key, time.monotonic() + decision.delay)
             return
-        waiting = self.waiting.pop(key, None)
+        waiting = self.quiet.waiting.pop(key, None)
         if not isinstance(decision, Settled):
             self._history.forget(key)  # a directory made anew under a finished window's name
         if isinstance(decision, Settled):
@@ -491,30 +514,6 @@ class Intake:
         self._settled.add(key)
         if self.watcher is not None:
             self.watcher.unfollow(key)
-
-    def _start_armed(
-        self, armed: Sequence[tuple[ItemKey, WindowStart, Arm, Look]], judged: Config
-    ) -> None:
-        """Start the windows whose start `_record_all` recorded."""
-        for key, start, arm, look in armed:
-            log.info(
-                "window.armed",
-                repo=key.repo,
-                work_item=key.work_item,
-                armed_at=iso(arm.armed_at),
-                max_ticks=start.schedule.max_ticks,
-                interval_s=start.schedule.interval_s,
-                metadata=arm.metadata,
-            )
-            self._start(
-                key,
-                start,
-                look,
-                first_seen=True,
-                stop=arm.stop,
-                reacting=arm.reacting,
-                judged=judged,
-            )
 
 
 def _close_fd(look: Look) -> None:

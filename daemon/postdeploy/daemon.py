@@ -39,16 +39,13 @@ from postdeploy.archive import Archive
 from postdeploy.arrivals import Intake
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config, ConfigError, load_config
-from postdeploy.intake import Look
+from postdeploy.discovery import Discovery
 from postdeploy.layout import ItemKey
 from postdeploy.lock import LockHeld, StateLock
 from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.registry import Registry
 from postdeploy.runner import Phase, WindowRunner
-from postdeploy.store import ItemStore
-from postdeploy.verdict import Verdict
-from postdeploy.window import WindowStart
 
 log = structlog.get_logger("postdeploy.daemon")
 
@@ -89,6 +86,7 @@ class Daemon:
         self.ready = anyio.Event()
         self.started_at = time.time()  # wall time: a window that ended before was missed
         self.registry = Registry(
+            self.root,
             config=lambda: self.config,
             prober=self.prober,
             outbox=self.outbox,
@@ -111,7 +109,6 @@ class Daemon:
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
         self._reload_wanted = anyio.Event()  # set by SIGHUP
-        self._watch_scope: anyio.CancelScope | None = None
         self._closing = False
         self._windows: anyio.abc.TaskGroup | None = None
         self._lock = StateLock(self.root)
@@ -123,7 +120,8 @@ class Daemon:
             index=self.history,
             indexed=lambda: self.archive.journal_due.set(),
             note_armed=self.registry.note_armed,
-            start=self._start,
+            start=self.registry.start_looked,
+            start_armed=self.registry.start_armed,
             spawn=self._spawn,
             report=self._report_once,
             valid=self._valid,
@@ -136,6 +134,20 @@ class Daemon:
             spawn=self._spawn,
             report=self._report_once,
             shutdown=self._should_exit,
+        )
+        self.discovery = Discovery(
+            self.root,
+            config=lambda: self.config,
+            index=self.history,
+            intake=self.intake,
+            registry=self.registry,
+            approvals=self.approvals,
+            runners=self.runners,
+            ready=self.ready,
+            spawn=self._spawn,
+            closing=lambda: self._closing,
+            report=self._report_once,
+            valid=self._valid,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -164,12 +176,12 @@ class Daemon:
             outer.start_soon(self._reloader)
             outer.start_soon(self.outbox.run)
             async with anyio.create_task_group() as windows:
-                self._windows = windows
+                self._windows = self.registry.windows = windows
                 outer.start_soon(self._watchdog)  # pings during a long recovery too
                 outer.start_soon(self.intake.quiet_loop)
                 await self.startup()
-                outer.start_soon(self._watch)
-                outer.start_soon(self._rescan_loop)
+                outer.start_soon(self.discovery.watch)
+                outer.start_soon(self.discovery.rescan_loop)
                 outer.start_soon(self.archive.journal_loop)
                 outer.start_soon(self.archive.sweep_loop)  # after READY: it never delays it
                 await self._should_exit.wait()
@@ -194,7 +206,7 @@ class Daemon:
         try:  # before the first scan: whatever arrives during it raises an event
             self._watcher = self._watcher_factory(self.root)
             self._watcher.watch_requests()
-            self.intake.watcher = self._watcher
+            self.intake.watcher = self.discovery.watcher = self._watcher
         except OSError as exc:
             log.error(
                 "watcher.unavailable",
@@ -205,7 +217,7 @@ class Daemon:
         # The index of finished windows first: the scan then skips every one of them.
         journals = await anyio.to_thread.run_sync(history.read_journals, self.root)
         self.history.load(journals)
-        found = await self._rescan()
+        found = await self.discovery.rescan()
         # A finished window still counts when deciding which window is current.
         for repo, (armed_at, work_item) in self.history.latest_armed().items():
             self.registry.note_armed(ItemKey(repo, work_item), armed_at)
@@ -231,8 +243,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop intake, pause observing windows, let reactions in progress finish."""
         self._closing = True
-        if self._watch_scope is not None:
-            self._watch_scope.cancel()
+        self.discovery.stop_watching()
         self.notifier.stopping()
         concluding = [r.key for r in self.runners.values() if r.phase is Phase.CONCLUDING]
         log.info(
@@ -240,7 +251,7 @@ class Daemon:
         )
         for runner in list(self.runners.values()):
             runner.stop(None)
-        self.intake.closing = True
+        self.intake.closing = self.registry.closing = True
         spares = [w.spare for w in self.intake.waiting.values() if w.spare is not None]
         for waiting in self.intake.waiting.values():
             waiting.spare = None
@@ -317,37 +328,6 @@ class Daemon:
             changed=config_changes(old, new),
         )
 
-    # -- discovery ------------------------------------------------------------------------
-
-    async def _watch(self) -> None:
-        if self._watcher is None:
-            return
-        with anyio.CancelScope() as self._watch_scope:
-            async for changes in self._watcher.changes():
-                if self._closing:
-                    return
-                if changes.overflow:
-                    log.warning("watcher.overflow", note="the kernel dropped events; rescanning")
-                    self._spawn(self._rescan_safely, None)
-                for repo in changes.repos:
-                    self._spawn(self._rescan_safely, repo)
-                for key in changes.cancel:
-                    if key in self.runners:
-                        self._spawn(self.registry.check_cancel, key)
-                    else:
-                        changes.items.add(key)
-                if changes.requests:
-                    self._spawn(self.approvals.take)
-                fresh = [key for key in changes.armed if self.intake.expect_quiet(key)]
-                if fresh:
-                    self._spawn(self.intake.make_spares, fresh)
-                items = [key for key in changes.items if self._valid(key)]
-                for key in items:
-                    if key in self.runners:  # made again under a running window's name?
-                        self._spawn(self.registry.check_vanished, key)
-                if items:
-                    self._spawn(self.intake.take, items)
-
     def _spawn(self, fn: Any, *args: Any) -> None:
         if self._windows is not None and not self._closing:
             self._windows.start_soon(fn, *args)
@@ -358,37 +338,6 @@ class Daemon:
         self._report_once(str(self.root / key.repo / key.work_item), "invalid name")
         return False
 
-    async def _rescan_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.config.daemon.rescan_interval_s)
-            await self._rescan_safely(None)
-
-    async def _rescan_safely(self, only_repo: str | None) -> None:
-        try:
-            await self._rescan(only_repo)
-        except OSError as exc:
-            log.error("rescan.failed", state_dir=str(self.root), error=str(exc))
-
-    async def _rescan(self, only_repo: str | None = None) -> int:
-        """Scan the state directory and take in every work item found that is not finished
-        (see `history`: a repo directory that did not change is not even listed); returns
-        how many were found."""
-        observing = frozenset(k for k, r in self.runners.items() if r.phase is Phase.OBSERVING)
-        h = self.history
-        found = await anyio.to_thread.run_sync(
-            history.scan, self.root, h.listings, h.index, only_repo, observing
-        )
-        items = h.merge(found)
-        finished = len(h)  # before intake indexes more of them
-        for path, problem in found.problems:
-            self._report_once(path, problem)
-        for key in found.cancelled:
-            self.registry.cancel(key)
-        if only_repo is None and self.ready.is_set():
-            self._spawn(self.approvals.take)  # in case inotify missed one
-        await self.intake.take(items)
-        return len(items) + finished
-
     def _unfollow(self, key: ItemKey) -> None:
         if self._watcher is not None:
             self._watcher.unfollow(key)
@@ -397,34 +346,6 @@ class Daemon:
         if (path, problem) not in self._reported:
             self._reported.add((path, problem))
             log.warning("sentinel.ignored", path=path, problem=problem)
-
-    def _start(
-        self,
-        key: ItemKey,
-        start: WindowStart,
-        look: Look,
-        *,
-        first_seen: bool,
-        stop: Verdict | None,
-        reacting: bool,
-        judged: Config,
-    ) -> None:
-        """Run a window (see `Registry.start`); not once the daemon is closing."""
-        if self._closing or self._windows is None:
-            return
-        # The store keeps the directory the window started in: a directory deleted and made
-        # again under the same name is a new deploy, never this window's.
-        pinned = os.dup(look.fd) if look.fd is not None else None
-        self.registry.start(
-            self._windows,
-            ItemStore(self.root, key, pinned),
-            start,
-            judged,
-            first_seen=first_seen,
-            stop=stop,
-            reacting=reacting,
-            series=look.series,
-        )
 
     def _window_ended(self, runner: WindowRunner) -> None:
         """A runner's task ended: index a finished window; a vanished one frees its name."""

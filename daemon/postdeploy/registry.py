@@ -3,7 +3,9 @@ current (the one armed last; every other open window of the repo ends SUPERSEDED
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -13,6 +15,7 @@ from postdeploy import gitreport, intake, layout, metrics
 from postdeploy.alerts import Outbox
 from postdeploy.clock import Clock
 from postdeploy.config import Config
+from postdeploy.intake import Arm, Look
 from postdeploy.layout import ItemKey, UnsafePath
 from postdeploy.probe import Prober
 from postdeploy.report import iso
@@ -29,6 +32,7 @@ class Registry:
 
     def __init__(
         self,
+        root: Path,
         *,
         config: Callable[[], Config],
         prober: Prober,
@@ -38,7 +42,10 @@ class Registry:
         started_at: float,
         ended: Callable[[WindowRunner], None],
     ) -> None:
+        self.root = root
         self._config = config  # the config in force now (a reload replaces it)
+        self.windows: anyio.abc.TaskGroup | None = None  # the task group runners run in
+        self.closing = False  # set at shutdown: no window starts any more
         self._prober = prober
         self._outbox = outbox
         self._ready = ready  # probing waits for the daemon's READY
@@ -49,6 +56,58 @@ class Registry:
         # Each repo's open windows that are not superseded yet (see `supersede`).
         self._contenders: dict[str, dict[ItemKey, WindowRunner]] = {}
         self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
+
+    def start_looked(
+        self,
+        key: ItemKey,
+        start: WindowStart,
+        look: Look,
+        *,
+        first_seen: bool,
+        stop: Verdict | None,
+        reacting: bool,
+        judged: Config,
+    ) -> None:
+        """Run a window that was looked at (see `start`); not once the daemon is closing."""
+        if self.closing or self.windows is None:
+            return
+        # The store keeps the directory the window started in: a directory deleted and made
+        # again under the same name is a new deploy, never this window's.
+        pinned = os.dup(look.fd) if look.fd is not None else None
+        self.start(
+            self.windows,
+            ItemStore(self.root, key, pinned),
+            start,
+            judged,
+            first_seen=first_seen,
+            stop=stop,
+            reacting=reacting,
+            series=look.series,
+        )
+
+    def start_armed(
+        self, armed: Sequence[tuple[ItemKey, WindowStart, Arm, Look]], judged: Config
+    ) -> None:
+        """Run the new windows whose starts an intake batch recorded."""
+        for key, start, arm, look in armed:
+            log.info(
+                "window.armed",
+                repo=key.repo,
+                work_item=key.work_item,
+                armed_at=iso(arm.armed_at),
+                max_ticks=start.schedule.max_ticks,
+                interval_s=start.schedule.interval_s,
+                metadata=arm.metadata,
+            )
+            self.start_looked(
+                key,
+                start,
+                look,
+                first_seen=True,
+                stop=arm.stop,
+                reacting=arm.reacting,
+                judged=judged,
+            )
 
     def start(
         self,
