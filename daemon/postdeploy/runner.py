@@ -524,14 +524,20 @@ class WindowRunner:
 
         `done` is the commit point: written before an event the disk refused a moment ago,
         a crash right after it would lose that alert for good."""
+        written = False
         async with anyio.create_task_group() as tg:
 
-            async def written() -> None:
+            async def until_written() -> None:
+                nonlocal written
                 await self._until_written(self._emitted)
+                written = True
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(written)
+            tg.start_soon(until_written)
             await self._shutdown.wait()
+            tg.cancel_scope.cancel()
+        # Raised out here: inside the task group it would come out as an ExceptionGroup.
+        if not written:
             raise Interrupted("waiting for its events to be written")
 
     async def _rollback(self, verdict: Verdict) -> tuple[Action, dict[str, Any] | None]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from postdeploy import durable, layout, reaction
 from postdeploy.config import RepoConfig, WindowSettings
@@ -305,3 +306,49 @@ async def test_done_waits_until_the_windows_events_are_on_disk(
     kinds = {json.loads((p / "event.json").read_text())["event"]["kind"] for p in pending.iterdir()}
     assert {"window.degraded", "rollback.ok"} <= kinds
     assert read_json(item / layout.DONE)["action_taken"] == "ROLLBACK_OK"
+
+
+async def test_shutdown_while_events_wait_for_the_disk_pauses_the_window(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown while `done` waits for the window's events (the outbox's disk refuses
+    them): the window pauses, nothing is written, and it is not an ERROR (the crash suite
+    found `window.error` here: the interruption came out of a task group as an
+    ExceptionGroup)."""
+    from postdeploy.alerts import Outbox
+    from postdeploy.alerts import spool as spool_module
+    from postdeploy.alerts.config import OutboxSettings, WebhookSink
+
+    def refuse(self: Any, event_id: str, data: Any) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(spool_module.Spool, "write_event", refuse)
+    root = tmp_path / "state"
+    root.mkdir()
+    sink = WebhookSink(type="webhook", url="http://127.0.0.1:9/hook")
+    outbox = Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    window = make_runner(root, target, hook, tmp_path / "ran", [])
+    window.emit = outbox.emit
+    window._until_written = outbox.until_written
+    item = root / KEY.repo / KEY.work_item
+    try:
+        with anyio.fail_after(DEADLINE_S), capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(outbox.run)
+                tg.start_soon(window.run)
+                while not (item / layout.ROLLBACK_RESULT).exists():
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.1)  # now waiting for its events to reach the disk
+                window.stop(None)
+                await window.ended.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        await window.prober.aclose()
+    assert not (item / layout.DONE).exists()
+    assert not window.completed
+    events = [line["event"] for line in logs]
+    assert "window.paused" in events
+    assert "window.error" not in events and "window.error_unrecorded" not in events
