@@ -620,8 +620,17 @@ class Outbox:
             )
             return
         if not new:
-            # Written meanwhile by another path: the copy on disk rules.
-            log.warning("alert.write_raced", **record.context())
+            # Already on disk: the same event emitted again after it was written (and perhaps
+            # delivered and archived) while this copy waited for the disk. The copy on disk
+            # rules: this one is dropped, never delivered (it would deliver twice). A pending
+            # copy is taken up by the next load.
+            log.info("alert.duplicate", **record.context(), late=True)
+            self._records.pop(record.id, None)
+            self._loaded = False
+            self._load_due = time.monotonic()
+            self._late_write.set()
+            self._late_write = anyio.Event()
+            return
         record.written = True
         self._late_write.set()
         self._late_write = anyio.Event()
