@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -37,6 +36,7 @@ import pytest
 from postdeploy.probe import Prober
 from postdeploy.transport import SSL_CONTEXT, Address, LeanTransport, ThreadedResolver
 from support.dns_shim import build_hung_dns_shim
+from support.tls import self_signed
 
 DEADLINE_S = 20.0  # only reached when something is broken
 NO_EXPIRY_S = 3600.0
@@ -232,23 +232,8 @@ class Seam:
 @pytest.fixture(scope="module")
 def named_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for the name "named.test" only (skips without openssl)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not on PATH")
-    folder = tmp_path_factory.mktemp("tls")
-    key, crt = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(
-        [
-            openssl,
-            *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=named.test"),
-            *("-addext", "subjectAltName=DNS:named.test", "-days", "1"),
-            *("-keyout", str(key), "-out", str(crt)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=DEADLINE_S,
-    )
-    return crt, key
+    made = self_signed(tmp_path_factory.mktemp("tls"), "named.test", "DNS:named.test")
+    return made.cert, made.key
 
 
 async def test_resolver_seam_and_tls_by_name(named_cert: tuple[Path, Path]) -> None:

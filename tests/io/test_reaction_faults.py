@@ -25,6 +25,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from postdeploy import durable, layout, reaction
+from postdeploy.alerts import Outbox
+from postdeploy.alerts import spool as spool_module
+from postdeploy.alerts.config import OutboxSettings, WebhookSink
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
@@ -98,15 +101,23 @@ class Faults:
 
 
 def make_runner(
-    root: Path, base_url: str, hook: Path, ran: Path, events: list[Event]
+    tmp_path: Path, base_url: str, events: list[Event] | None = None, outbox: Outbox | None = None
 ) -> WindowRunner:
+    """A runner of one window (state in `tmp_path/state`), its hook appending to
+    `tmp_path/ran`; its events go to `events`, or through a real `outbox`."""
+    root = tmp_path / "state"
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    ran = tmp_path / "ran"
     item = root / KEY.repo / KEY.work_item
     item.mkdir(parents=True, exist_ok=True)
     pinned = ItemStore(root, KEY)
     pinned.pin()
 
     async def emit(event: Event) -> None:
-        events.append(event)
+        if events is not None:
+            events.append(event)
 
     settings = WindowSettings(
         window_s=5.0,
@@ -131,9 +142,18 @@ def make_runner(
         repo,
         settings,
         Prober(),
-        emit,
+        outbox.emit if outbox is not None else emit,
         first_seen=True,
+        **({"until_written": outbox.until_written} if outbox is not None else {}),
     )
+
+
+def refusing_outbox(tmp_path: Path) -> Outbox:
+    """A real outbox in `tmp_path/state` whose one sink is never reached."""
+    root = tmp_path / "state"
+    root.mkdir(exist_ok=True)
+    sink = WebhookSink(type="webhook", url="http://127.0.0.1:9/hook")
+    return Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -149,12 +169,9 @@ async def test_write_error_on_the_reaction_path_is_retried_and_the_hook_runs_onc
 ) -> None:
     faults = Faults(monkeypatch)
     faults.fail(point, code, times=3)
-    hook = tmp_path / "hook.py"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
     ran = tmp_path / "ran"
     events: list[Event] = []
-    window = make_runner(tmp_path / "state", target, hook, ran, events)
+    window = make_runner(tmp_path, target, events)
     try:
         with anyio.fail_after(DEADLINE_S):
             await window.run()
@@ -180,11 +197,8 @@ async def test_shutdown_while_the_intent_cannot_be_written_runs_nothing(
     without writing anything, so a restart decides again (nothing was started)."""
     faults = Faults(monkeypatch)
     faults.fail(layout.ROLLBACK_INTENT, errno.ENOSPC, times=10**9)
-    hook = tmp_path / "hook.py"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
     ran = tmp_path / "ran"
-    window = make_runner(tmp_path / "state", target, hook, ran, [])
+    window = make_runner(tmp_path, target)
     try:
         with anyio.fail_after(DEADLINE_S):
             async with anyio.create_task_group() as tg:
@@ -210,11 +224,8 @@ async def test_hook_that_fills_the_disk_is_still_recorded_as_run(
     faults = Faults(monkeypatch)
     for name in (layout.ROLLBACK_RESULT, layout.REPORT, layout.DONE):
         faults.fail(name, errno.ENOSPC, times=4)
-    hook = tmp_path / "hook.py"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
     ran = tmp_path / "ran"
-    window = make_runner(tmp_path / "state", target, hook, ran, [])
+    window = make_runner(tmp_path, target)
     try:
         with anyio.fail_after(DEADLINE_S):
             await window.run()
@@ -230,11 +241,8 @@ async def test_deleted_work_item_ends_its_window_without_a_verdict(
 ) -> None:
     """A work item directory deleted mid-window: the window ends (no endless retries), writes
     nothing anywhere, and a directory made again under the same name is left alone."""
-    ok_hook = tmp_path / "hook.py"
-    ok_hook.write_text(HOOK)
-    ok_hook.chmod(0o755)
     root = tmp_path / "state"
-    window = make_runner(root, target, ok_hook, tmp_path / "ran", [])
+    window = make_runner(tmp_path, target)
     window.settings = window.settings.model_copy(update={"fail_threshold": 10**6})
     item = root / KEY.repo / KEY.work_item
     try:
@@ -262,10 +270,6 @@ async def test_done_waits_until_the_windows_events_are_on_disk(
     failing with `code`): `done` is not written while they are held in memory only, so a
     crash can never leave a finished window whose alert is lost; once the disk takes them,
     the window finishes."""
-    from postdeploy.alerts import Outbox
-    from postdeploy.alerts import spool as spool_module
-    from postdeploy.alerts.config import OutboxSettings, WebhookSink
-
     refusing = [True]
     refused: list[str] = []
     real_write = spool_module.Spool.write_event
@@ -278,15 +282,8 @@ async def test_done_waits_until_the_windows_events_are_on_disk(
 
     monkeypatch.setattr(spool_module.Spool, "write_event", write_event)
     root = tmp_path / "state"
-    root.mkdir()
-    sink = WebhookSink(type="webhook", url="http://127.0.0.1:9/hook")  # never delivered
-    outbox = Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
-    hook = tmp_path / "hook.py"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
-    window = make_runner(root, target, hook, tmp_path / "ran", [])
-    window.emit = outbox.emit
-    window._until_written = outbox.until_written
+    outbox = refusing_outbox(tmp_path)
+    window = make_runner(tmp_path, target, outbox=outbox)
     item = root / KEY.repo / KEY.work_item
     try:
         with anyio.fail_after(DEADLINE_S):
@@ -315,24 +312,14 @@ async def test_shutdown_while_events_wait_for_the_disk_pauses_the_window(
     them): the window pauses, nothing is written, and it is not an ERROR (the crash suite
     found `window.error` here: the interruption came out of a task group as an
     ExceptionGroup)."""
-    from postdeploy.alerts import Outbox
-    from postdeploy.alerts import spool as spool_module
-    from postdeploy.alerts.config import OutboxSettings, WebhookSink
 
     def refuse(self: Any, event_id: str, data: Any) -> bool:
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(spool_module.Spool, "write_event", refuse)
     root = tmp_path / "state"
-    root.mkdir()
-    sink = WebhookSink(type="webhook", url="http://127.0.0.1:9/hook")
-    outbox = Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
-    hook = tmp_path / "hook.py"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
-    window = make_runner(root, target, hook, tmp_path / "ran", [])
-    window.emit = outbox.emit
-    window._until_written = outbox.until_written
+    outbox = refusing_outbox(tmp_path)
+    window = make_runner(tmp_path, target, outbox=outbox)
     item = root / KEY.repo / KEY.work_item
     try:
         with anyio.fail_after(DEADLINE_S), capture_logs() as logs:

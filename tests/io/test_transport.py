@@ -14,22 +14,20 @@ transport's own state (`transport.connections`), `eventually()` polls it briefly
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
 from postdeploy.transport import LeanTransport
+from support.tls import Cert, self_signed
 
 DEADLINE_S = 20.0  # only reached when something is broken
 CANCEL_AFTER_S = 0.2  # the caller's timeout in the cancellation tests
@@ -935,41 +933,10 @@ async def test_aclose_fails_requests_in_flight() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Cert:
-    cert: Path
-    key: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        return context
-
-    def client_context(self) -> ssl.SSLContext:
-        """A context that trusts this (self-signed) certificate and nothing else."""
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
 @pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cert]:
-    """A self-signed certificate for 127.0.0.1, made by openssl (skips without it)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not on PATH")
-    folder = tmp_path_factory.mktemp("tls")
-    key, crt = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(
-        [
-            openssl,
-            *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1", "-days", "1"),
-            *("-keyout", str(key), "-out", str(crt)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=DEADLINE_S,
-    )
-    yield Cert(crt, key)
+def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
+    """A self-signed certificate for 127.0.0.1 (skips without openssl)."""
+    return self_signed(tmp_path_factory.mktemp("tls"), "127.0.0.1", "IP:127.0.0.1")
 
 
 async def test_tls_with_keep_alive(cert: Cert) -> None:

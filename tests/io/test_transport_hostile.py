@@ -15,13 +15,10 @@ TLS context is tested with a self-signed certificate made by openssl.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import httpx
@@ -37,6 +34,7 @@ from postdeploy.transport import (
     check_heads,
     no_answer_to_us,
 )
+from support.tls import Cert, self_signed
 
 DEADLINE_S = 20.0  # only reached when something is broken
 NO_EXPIRY_S = 3600.0  # keep-alive expiry: never what closes a connection in these tests
@@ -551,41 +549,10 @@ def test_check_heads(data: bytes, expected: tuple[str | None, bool]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Cert:
-    cert: Path
-    key: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        return context
-
-    def client_context(self) -> ssl.SSLContext:
-        """A new context that trusts this certificate and nothing else."""
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
 @pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cert]:
-    """A self-signed certificate for 127.0.0.1, made by openssl (skips without it)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not on PATH")
-    folder = tmp_path_factory.mktemp("tls")
-    key, crt = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(
-        [
-            openssl,
-            *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1", "-days", "1"),
-            *("-keyout", str(key), "-out", str(crt)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=DEADLINE_S,
-    )
-    yield Cert(crt, key)
+def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
+    """A self-signed certificate for 127.0.0.1 (skips without openssl)."""
+    return self_signed(tmp_path_factory.mktemp("tls"), "127.0.0.1", "IP:127.0.0.1")
 
 
 async def test_per_request_tls_context(cert: Cert, transport: LeanTransport) -> None:
