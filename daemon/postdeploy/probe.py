@@ -258,7 +258,14 @@ class Prober:
             await stream.aclose()
 
     async def probe(
-        self, repo: RepoConfig, timeout: float, tick: int, scheduled_ts: float, catch_up: bool
+        self,
+        repo: RepoConfig,
+        timeout: float,
+        tick: int,
+        scheduled_ts: float,
+        catch_up: bool,
+        *,
+        urgent: bool = True,
     ) -> ProbeRow:
         """One tick: the health path, the 5xx paths, the feature checks and the control
         probe, all at once.
@@ -269,7 +276,10 @@ class Prober:
         connection it is written at once and nobody waits; with none open, hundreds of
         windows ticking together would open every connection of every request at once, and
         the health requests' connects would queue behind the others'. Like the wait for a
-        request slot, that wait is not part of a request's own `timeout`."""
+        request slot, that wait is not part of a request's own `timeout`.
+
+        `urgent=False` (a baseline probe, see sampler.py) puts the health request in the
+        non-urgent class too: a baseline probe never takes a slot a window's tick needs."""
         ts = time.time()
         settings = repo.resolved_probe  # prepared when the config was loaded
         if settings is None:  # a repo validated on its own: once, off the event loop
@@ -321,7 +331,7 @@ class Prober:
                     timeout,
                     read_body=True,
                     service=repo.base_url,
-                    urgent=True,
+                    urgent=urgent,
                     on_sent=health_out.set,
                     ssl_context=tls,
                 )

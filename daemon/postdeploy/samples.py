@@ -1,0 +1,116 @@
+"""A repo's baseline samples: `<state_dir>/<repo>/.baseline.jsonl`.
+
+The baseline task (`sampler.py`) probes a repo while none of its windows is open and appends
+one series row per probe here, so a window can later be compared with what normal looked like
+before its deploy. The file is append-only JSON Lines like a window's `series.jsonl`: each row
+is appended whole and fsynced, a torn last line (a crash mid-append) is skipped when read and
+never glued to the next row. It is bounded: once enough rows are older than `baseline_keep_s`,
+the file is rewritten atomically with the recent rows only.
+
+The functions that decide (`parse`, `recent`, `due_for_compaction`) are pure; `SampleFile`
+does the blocking I/O (callers run it in a worker thread), relative to the repo directory's
+descriptor and never through a symlink.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from postdeploy import layout
+from postdeploy.durable import append_fd, mkdir_at, write_atomic_at
+from postdeploy.series import ProbeRow
+from postdeploy.store import dump_line, parse_json_lines, read_at
+
+BASELINE = ".baseline.jsonl"
+
+# Rewrite the file once this share of its rows (and at least COMPACT_MIN) have expired: the
+# file stays within ~1.25x of what `baseline_keep_s` holds, and a rewrite is rare.
+COMPACT_SHARE = 4
+COMPACT_MIN = 32
+# However short the interval, the file never holds more rows than this.
+MAX_ROWS = 20_000
+# A larger file is not read whole (a window reads this file at its start).
+MAX_BYTES = 64 * 1024 * 1024
+
+
+def parse(data: bytes) -> list[ProbeRow]:
+    """The valid rows of a baseline file, oldest first; bad and torn lines count for nothing."""
+    rows = (ProbeRow.from_dict(raw) for raw in parse_json_lines(data).rows)
+    return sorted((row for row in rows if row is not None), key=lambda row: row.ts)
+
+
+def recent(rows: Sequence[ProbeRow], now: float, keep_s: float) -> list[ProbeRow]:
+    """The rows still within `keep_s` of `now` (at most MAX_ROWS, the newest)."""
+    kept = [row for row in rows if row.ts >= now - keep_s]
+    return kept[-MAX_ROWS:]
+
+
+def due_for_compaction(total: int, expired: int) -> bool:
+    """Whether a file of `total` rows, `expired` of them too old, should be rewritten."""
+    return expired >= max(COMPACT_MIN, total // COMPACT_SHARE) or total > MAX_ROWS
+
+
+class SampleFile:
+    """The blocking reads and writes of one repo's baseline file."""
+
+    def __init__(self, root: Path, repo: str) -> None:
+        if not layout.valid_name(repo):
+            raise layout.UnsafePath(f"invalid repo name {repo!r}")
+        self.root = root
+        self.repo = repo
+
+    def _repo_fd(self, *, create: bool) -> int:
+        """A descriptor of the repo's directory (made if `create`), refusing a symlink."""
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if create:
+                mkdir_at(root_fd, self.repo, 0o775)
+            flags = layout.open_file_flags(os.O_RDONLY | os.O_DIRECTORY)
+            return os.open(self.repo, flags, dir_fd=root_fd)
+        finally:
+            os.close(root_fd)
+
+    def load(self) -> list[ProbeRow]:
+        """Every valid row, oldest first; none when the file or the repo directory is missing.
+
+        Raises OSError when the file cannot be read (not a regular file, an I/O error)."""
+        try:
+            repo_fd = self._repo_fd(create=False)
+        except FileNotFoundError:
+            return []
+        try:
+            data = read_at(repo_fd, BASELINE, limit=MAX_BYTES)
+        finally:
+            os.close(repo_fd)
+        return parse(data) if data is not None else []
+
+    def append(self, row: ProbeRow) -> None:
+        """Append one row and fsync it (all or nothing)."""
+        data = dump_line(row.to_dict())
+        flags = layout.open_file_flags(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
+        repo_fd = self._repo_fd(create=True)
+        try:
+            fd = os.open(BASELINE, flags, 0o664, dir_fd=repo_fd)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(f"{BASELINE} is not a regular file")
+                if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                    data = b"\n" + data  # after a torn line: never glued to it
+                append_fd(fd, data)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(repo_fd)
+
+    def rewrite(self, rows: Sequence[ProbeRow]) -> None:
+        """Replace the file atomically with `rows` (a crash leaves the old file or the new)."""
+        repo_fd = self._repo_fd(create=True)
+        try:
+            write_atomic_at(repo_fd, BASELINE, b"".join(dump_line(r.to_dict()) for r in rows))
+        finally:
+            os.close(repo_fd)
+
