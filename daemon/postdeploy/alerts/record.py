@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from postdeploy.alerts.config import OutboxSettings
-from postdeploy.alerts.spool import SinkState
+from postdeploy.alerts.spool import EventFile, SinkState
 
 
 @dataclass
@@ -60,9 +60,9 @@ class Record:
             "work_item": self.event.get("work_item"),
         }
 
-    def stored(self) -> dict[str, Any]:
+    def stored(self) -> EventFile:
         """The content of the event's `event.json` (see spool.py)."""
-        return {"event": self.event, "targets": self.targets, "emitted_at": self.emitted_at}
+        return EventFile(self.event, self.targets, self.emitted_at)
 
 
 def backoff(settings: OutboxSettings, attempts: int) -> float:
