@@ -92,10 +92,6 @@ class WindowRunner:
     # -- what the daemon reads and changes ----------------------------------------------
 
     @property
-    def repo(self) -> RepoConfig:
-        return self.ctx.repo
-
-    @property
     def settings(self) -> WindowSettings:
         return self.ctx.settings
 
@@ -106,10 +102,6 @@ class WindowRunner:
     @property
     def prober(self) -> Prober:
         return self.ctx.prober
-
-    @property
-    def emit(self) -> Emit:
-        return self.events.emit
 
     @property
     def tally(self) -> Tally:
