@@ -146,6 +146,12 @@ class Prober:
                 self._urls[url] = parsed
         return parsed
 
+    async def __aenter__(self) -> Prober:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         await self._transport.aclose()
 

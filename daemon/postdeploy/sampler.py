@@ -83,6 +83,11 @@ class Sampler:
         self._changed = anyio.Event()
         self._running: dict[str, tuple[Plan, anyio.CancelScope]] = {}
 
+    @property
+    def repos(self) -> list[str]:
+        """The repos sampled now."""
+        return sorted(self._running)
+
     def reconfigure(self) -> None:
         """The config was reloaded: start, stop or restart the repos' tasks to match it."""
         self._changed.set()
