@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import structlog
 
-from postdeploy import layout, manual, metrics, reaction
+from postdeploy import layout, manual, metrics, reaction, timeline
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
@@ -653,8 +653,10 @@ class WindowRunner:
             verified = (await self.store.read_lines(layout.VERIFY)).rows
             checked = [r for r in map(ProbeRow.from_dict, verified) if r is not None]
             outcome = dataclasses.replace(outcome, verification=checked)
+        outcome = timeline.attach(outcome, rows, self.start.schedule, self.settings)
         report = render_report(outcome, rows)
         await self.store.write_atomic(layout.REPORT, report.encode())
+        await self.store.write_atomic(layout.TIMELINE, outcome.timeline.encode())
         await self.store.write_json(layout.DONE, done_record(outcome))
         self.finished = (outcome, report)
 
