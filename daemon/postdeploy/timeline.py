@@ -155,14 +155,11 @@ def num(value: float) -> str:
 
 
 def offset(seconds: float) -> str:
-    """Seconds after the deploy, compactly: +0.5s, +45s, +12m, +2h."""
-    if seconds < 10:
-        return f"+{seconds:.1f}".removesuffix(".0") + "s"
-    if seconds < 120:
-        return f"+{seconds:.0f}s"
-    if seconds < 7200:
-        return f"+{seconds / 60:.0f}m"
-    return f"+{seconds / 3600:.1f}".removesuffix(".0") + "h"
+    """Seconds after the deploy, compactly: +0.5s, +45s, +1.5m, +12m, +2h."""
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"+{seconds / size:.1f}".removesuffix(".0") + unit
+    return f"+{seconds:.1f}".removesuffix(".0") + "s"
 
 
 def _ms(value: float) -> str:
@@ -289,7 +286,7 @@ class _Svg:
 
     def __init__(self, prefix: str) -> None:
         self.parts: list[str] = []
-        self.prefix = prefix
+        self.prefix = esc(prefix)
 
     def add(self, element: str) -> None:
         self.parts.append(element)
@@ -360,7 +357,7 @@ def _latency_panel(svg: _Svg, tl: Timeline, frame: _Frame, top: float) -> None:
             f'y2="{num(y)}" stroke="{OTHER_STATUS_COLOUR}" stroke-dasharray="6 4"/>'
         )
         label = f"probe timeout {_ms(tl.limits.probe_timeout_s * 1000)}"
-        svg.text(LEFT + PLOT_W - 4, y - 4, label, "note", text_anchor="end")
+        svg.text(LEFT + 4, y - 4, label, "note")
     points = [(frame.x(r.ts), r) for r in tl.rows]
     _latency_marks(svg, points, axis, "lat")
     checked = [(frame.x(r.ts), r) for r in tl.verification]
