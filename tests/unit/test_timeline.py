@@ -17,8 +17,13 @@ from typing import Any
 import pytest
 
 from postdeploy import timeline
+from postdeploy.config import WindowSettings
+from postdeploy.layout import ItemKey
+from postdeploy.report import Outcome, render_report
 from postdeploy.series import ProbeRow
 from postdeploy.timeline import Band, Limits, Rollback, Span, Timeline, render
+from postdeploy.verdict import Action, Status
+from postdeploy.window import Schedule
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -296,3 +301,42 @@ def test_after_a_catch_up_probe_every_tick_of_the_window_was_due() -> None:
 )
 def test_offsets_on_the_time_axis(seconds: float, text: str) -> None:
     assert timeline.offset(seconds) == text
+
+
+def finished() -> tuple[Outcome, list[ProbeRow]]:
+    rows = [row(0), failing(1), failing(2), failing(3)]
+    outcome = Outcome(
+        key=ItemKey("shop", "ORCH-21"),
+        status=Status.DEGRADED,
+        action_taken=Action.ROLLBACK_OK,
+        reason="health failed 3 consecutive probes (threshold 3)",
+        checks_total=4,
+        checks_failed=3,
+        window_s=900,
+        finished_at=ARMED + 200,
+        rollback={"exit_code": 0, "detail": "exited 0", "duration_s": 2.0},
+    )
+    return outcome, rows
+
+
+def test_a_finished_window_gets_its_picture_and_report_md_links_it() -> None:
+    outcome, rows = finished()
+    schedule = Schedule(ARMED, 30.0, 30.0, 30)
+    drawn = timeline.attach(outcome, rows, schedule, WindowSettings())
+    root = parse(drawn.timeline)
+    assert classes(root, "rollback", "ok") and classes(root, "tick", "failed")
+    assert "![timeline](timeline.svg)" in render_report(drawn, rows)
+    assert "timeline" not in render_report(outcome, rows)  # no picture, no link
+
+
+def test_a_picture_that_cannot_be_drawn_never_holds_up_the_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_: object, **__: object) -> str:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(timeline, "render", broken)
+    outcome, rows = finished()
+    drawn = timeline.attach(outcome, rows, Schedule(ARMED, 30.0, 30.0, 30), None)
+    assert drawn.timeline == timeline.UNDRAWN
+    parse(drawn.timeline)
