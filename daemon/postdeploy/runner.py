@@ -653,7 +653,9 @@ class WindowRunner:
             verified = (await self.store.read_lines(layout.VERIFY)).rows
             checked = [r for r in map(ProbeRow.from_dict, verified) if r is not None]
             outcome = dataclasses.replace(outcome, verification=checked)
-        outcome = timeline.attach(outcome, rows, self.start.schedule, self.settings)
+        # Drawn off the event loop: 10,000 ticks take a while, and other windows are ticking.
+        draw = partial(timeline.attach, outcome, rows, self.start.schedule, self.settings)
+        outcome = await anyio.to_thread.run_sync(draw)
         report = render_report(outcome, rows)
         await self.store.write_atomic(layout.REPORT, report.encode())
         await self.store.write_atomic(layout.TIMELINE, outcome.timeline.encode())

@@ -26,7 +26,7 @@ import re
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from postdeploy.series import ProbeRow
 
@@ -173,20 +173,25 @@ def _utc(ts: float) -> str:
 # -- geometry ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Frame:
     """The time axis: `t0` at the plot's left edge, `t1` at its right edge."""
 
-    t0: float
-    t1: float
+    __slots__ = ("_scale", "t0", "t1")
+
+    def __init__(self, t0: float, t1: float) -> None:
+        self.t0, self.t1 = t0, t1
+        self._scale = PLOT_W / (t1 - t0)
 
     def x(self, t: float) -> float:
-        fraction = (t - self.t0) / (self.t1 - self.t0)
-        return LEFT + min(1.0, max(0.0, fraction)) * PLOT_W
+        return LEFT + min(float(PLOT_W), max(0.0, (t - self.t0) * self._scale))
+
+    def slot(self, start: float, seconds: float) -> tuple[float, float]:
+        """The pixels of `seconds` from `start`, at least one pixel wide."""
+        x0 = self.x(start)
+        return x0, max(self.x(start + seconds), x0 + 1)
 
 
-@dataclass(frozen=True)
-class _Cell:
+class _Cell(NamedTuple):
     x0: float
     x1: float
     state: str
@@ -331,7 +336,7 @@ def _y_axis(tl: Timeline, top: float) -> _YAxis:
     return _YAxis(lo, hi if hi > lo else lo * 10, top)
 
 
-def _latency_panel(svg: _Svg, tl: Timeline, frame: _Frame, top: float) -> None:
+def _latency_panel(svg: _Svg, tl: Timeline, states: list[str], frame: _Frame, top: float) -> None:
     axis = _y_axis(tl, top)
     bottom = top + PANEL_H
     svg.add(
@@ -358,9 +363,9 @@ def _latency_panel(svg: _Svg, tl: Timeline, frame: _Frame, top: float) -> None:
         )
         label = f"probe timeout {_ms(tl.limits.probe_timeout_s * 1000)}"
         svg.text(LEFT + 4, y - 4, label, "note")
-    points = [(frame.x(r.ts), r) for r in tl.rows]
+    points = [(frame.x(r.ts), r, state) for r, state in zip(tl.rows, states, strict=True)]
     _latency_marks(svg, points, axis, "lat")
-    checked = [(frame.x(r.ts), r) for r in tl.verification]
+    checked = [(frame.x(r.ts), r, tick_state(r)) for r in tl.verification]
     _latency_marks(svg, checked, axis, "lat verify")
     svg.add(
         f'<line x1="{LEFT}" y1="{num(bottom)}" x2="{LEFT + PLOT_W}" y2="{num(bottom)}" '
@@ -391,7 +396,7 @@ def _band(svg: _Svg, band: Band, axis: _YAxis) -> None:
 
 
 def _latency_marks(
-    svg: _Svg, points: list[tuple[float, ProbeRow]], axis: _YAxis, kind: str
+    svg: _Svg, points: list[tuple[float, ProbeRow, str]], axis: _YAxis, kind: str
 ) -> None:
     """A dot per probe, joined by a line; past DOTS_MAX, one min..max bar per pixel column
     drawn in the column's worst state (one path per state)."""
@@ -400,10 +405,9 @@ def _latency_marks(
     hollow = "verify" in kind
     if len(points) <= DOTS_MAX:
         if len(points) > 1 and not hollow:
-            line = " ".join(f"{num(x)},{num(axis.y(r.latency_ms))}" for x, r in points)
+            line = " ".join(f"{num(x)},{num(axis.y(r.latency_ms))}" for x, r, _ in points)
             svg.add(f'<polyline class="lat-line" points="{line}" fill="none" stroke="#9aa0a6"/>')
-        for x, r in points:
-            state = tick_state(r)
+        for x, r, state in points:
             paint = f'fill="#fff" stroke="{COLOUR[state]}" stroke-width="2"'
             if not hollow:
                 paint = f'fill="{COLOUR[state]}"'
@@ -414,9 +418,8 @@ def _latency_marks(
             )
         return
     columns: dict[int, tuple[float, float, str]] = {}
-    for x, r in points:
+    for x, r, state in points:
         col = min(int((x - LEFT) // COLUMN_PX), PLOT_W // COLUMN_PX - 1)
-        state = tick_state(r)
         low, high, worst = columns.get(col, (r.latency_ms, r.latency_ms, state))
         if RANK[state] > RANK[worst]:
             worst = state
@@ -434,31 +437,34 @@ def _latency_marks(
         )
 
 
-def _strips(svg: _Svg, tl: Timeline, frame: _Frame, top: float) -> float:
+def _strips(svg: _Svg, tl: Timeline, states: list[str], frame: _Frame, top: float) -> float:
     """The tick strip, the 5xx strip, a strip per feature check, the rollback and the
     verification probes; returns the y below them."""
     interval = tl.span.interval_s
-
-    def cell(start: float, state: str) -> _Cell:
-        return _Cell(frame.x(start), max(frame.x(start + interval), frame.x(start) + 1), state)
-
     y = top
-    ticks = [cell(r.scheduled_ts, tick_state(r)) for r in tl.rows]
-    ticks += [
-        cell(tl.span.tick_time(k), "skipped") for k in skipped_ticks(tl.rows, tl.span.max_ticks)
-    ]
+    # Each row's pixels and state, worked out once for every strip (10,000 rows are common).
+    slots = [frame.slot(r.scheduled_ts, interval) for r in tl.rows]
+    ticks = [_Cell(x0, x1, state) for (x0, x1), state in zip(slots, states, strict=True)]
+    for k in skipped_ticks(tl.rows, tl.span.max_ticks):
+        ticks.append(_Cell(*frame.slot(tl.span.tick_time(k), interval), "skipped"))
     rows_shown: list[tuple[str, list[_Cell], str]] = [("ticks", ticks, "tick")]
     if any(r.total for r in tl.rows):
-        fivexx = [cell(r.scheduled_ts, "failed" if r.fivexx else "ok") for r in tl.rows if r.total]
+        fivexx = [
+            _Cell(x0, x1, "failed" if r.fivexx else "ok")
+            for (x0, x1), r in zip(slots, tl.rows, strict=True)
+            if r.total
+        ]
         rows_shown.append(("5xx paths", fivexx, "fivexx"))
     names = sorted({name for r in tl.rows for name in r.checks})
     for name in names[:MAX_CHECK_STRIPS]:
         checks = [
-            cell(r.scheduled_ts, _check_state(r.checks[name])) for r in tl.rows if name in r.checks
+            _Cell(x0, x1, _check_state(r.checks[name]))
+            for (x0, x1), r in zip(slots, tl.rows, strict=True)
+            if name in r.checks
         ]
         rows_shown.append((f"check {name}", checks, "check"))
     if tl.verification:
-        verify = [cell(r.ts, tick_state(r)) for r in tl.verification]
+        verify = [_Cell(*frame.slot(r.ts, interval), tick_state(r)) for r in tl.verification]
         rows_shown.append(("verification", verify, "verify"))
     for label, cells, kind in rows_shown:
         svg.text(LEFT - 6, y + STRIP_H - 3, _clip(label, 16), "label", text_anchor="end")
@@ -525,7 +531,7 @@ def _verdict_line(svg: _Svg, tl: Timeline, frame: _Frame, top: float, bottom: fl
     )
 
 
-def _header(svg: _Svg, tl: Timeline) -> float:
+def _header(svg: _Svg, tl: Timeline, states: list[str]) -> float:
     status = tl.status or "OPEN"
     colour = STATUS_COLOUR.get(status, OTHER_STATUS_COLOUR)
     action = f" · {tl.action}" if tl.action else ""
@@ -551,7 +557,7 @@ def _header(svg: _Svg, tl: Timeline) -> float:
     facts = [
         f"deployed {_utc(span.armed_at)}",
         f"{span.max_ticks} ticks every {span.interval_s:g} s",
-        f"{len(tl.rows)} probed, {sum(1 for r in tl.rows if r.failed)} failed",
+        f"{len(tl.rows)} probed, {states.count('failed')} failed",
     ]
     facts += [f"{k} {_clip(tl.metadata[k], 40)}" for k in META_SHOWN if tl.metadata.get(k)]
     svg.text(16, y, _clip(" · ".join(facts), 150), "meta")
@@ -597,10 +603,10 @@ def render(tl: Timeline, *, id_prefix: str = "") -> str:
     """The window's timeline as an SVG document (deterministic for the same input)."""
     svg = _Svg(id_prefix)
     frame, note = _frame(tl)
-    top = _header(svg, tl)
-    _latency_panel(svg, tl, frame, top)
+    top = _header(svg, tl, states := [tick_state(r) for r in tl.rows])
+    _latency_panel(svg, tl, states, frame, top)
     strips_top = top + PANEL_H + 10
-    bottom = _strips(svg, tl, frame, strips_top)
+    bottom = _strips(svg, tl, states, frame, strips_top)
     _verdict_line(svg, tl, frame, top, bottom)
     _x_axis(svg, frame, bottom, note)
     height = _legend(svg, tl, bottom + (50 if note else 36)) + 8
