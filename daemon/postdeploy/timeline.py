@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from postdeploy.series import ProbeRow
+from postdeploy.window import Schedule
 
 if TYPE_CHECKING:
     from postdeploy.config import WindowSettings
     from postdeploy.report import Outcome
-    from postdeploy.window import Schedule
 
 WIDTH = 960
 LEFT = 104  # room for the strips' labels
@@ -64,19 +64,6 @@ STATUS_COLOUR |= {"INCONCLUSIVE": "#80868b", "OPEN": "#1a73e8"}
 OTHER_STATUS_COLOUR = "#5f6368"
 # When ticks share a column, the worst state is drawn: a failed tick is never hidden.
 RANK = {"failed": 4, "skipped": 3, "unknown": 2, "inconclusive": 1, "ok": 0}
-
-
-@dataclass(frozen=True)
-class Span:
-    """The window's schedule: tick k is due at `armed_at + initial_delay_s + k*interval_s`."""
-
-    armed_at: float
-    initial_delay_s: float
-    interval_s: float
-    max_ticks: int
-
-    def tick_time(self, k: int) -> float:
-        return self.armed_at + self.initial_delay_s + k * self.interval_s
 
 
 @dataclass(frozen=True)
@@ -116,7 +103,7 @@ class Timeline:
 
     repo: str
     work_item: str
-    span: Span
+    span: Schedule
     rows: Sequence[ProbeRow]
     status: str = ""
     action: str = ""
@@ -674,9 +661,7 @@ def of_outcome(
     return Timeline(
         repo=outcome.key.repo,
         work_item=outcome.key.work_item,
-        span=Span(
-            schedule.armed_at, schedule.initial_delay_s, schedule.interval_s, schedule.max_ticks
-        ),
+        span=schedule,
         rows=rows,
         status=status,
         action=str(outcome.action_taken),

@@ -27,6 +27,7 @@ from postdeploy.layout import ItemKey
 from postdeploy.series import ProbeRow
 from postdeploy.store import ItemStore, parse_json_lines
 from postdeploy.timeline import esc
+from postdeploy.window import Schedule
 
 PAGE_ROWS = 500  # the probe table shows the last this many (the picture shows them all)
 MAX_VERIFY_BYTES = 4 * 1024 * 1024
@@ -108,26 +109,18 @@ def _verification(store: ItemStore) -> list[ProbeRow]:
     return [r for r in rows if r is not None]
 
 
-def _span(window: dict[str, Any] | None, rows: Sequence[ProbeRow]) -> timeline.Span | None:
+def _span(window: dict[str, Any] | None, rows: Sequence[ProbeRow]) -> Schedule | None:
     """The schedule from `window.json`; without it (not taken up yet, or damaged), guessed
     from the rows; None when there is nothing to draw."""
     try:
-        if window is not None:
-            span = timeline.Span(
-                float(window["armed_at"]),
-                float(window["initial_delay_s"]),
-                float(window["interval_s"]),
-                int(window["max_ticks"]),
-            )
-            if span.interval_s > 0 and span.max_ticks >= 1:
-                return span
+        return Schedule.from_dict(window or {})
     except (KeyError, TypeError, ValueError):
         pass
     if not rows:
         return None
     gaps = [b.scheduled_ts - a.scheduled_ts for a, b in itertools.pairwise(rows)]
     interval = min((g for g in gaps if g > 0), default=1.0)
-    return timeline.Span(rows[0].scheduled_ts, 0.0, interval, rows[-1].tick + 1)
+    return Schedule(rows[0].scheduled_ts, 0.0, interval, rows[-1].tick + 1)
 
 
 def picture(

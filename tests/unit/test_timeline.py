@@ -21,7 +21,7 @@ from postdeploy.config import WindowSettings
 from postdeploy.layout import ItemKey
 from postdeploy.report import Outcome, render_report
 from postdeploy.series import ProbeRow
-from postdeploy.timeline import Band, Limits, Rollback, Span, Timeline, render
+from postdeploy.timeline import Band, Limits, Rollback, Timeline, render
 from postdeploy.verdict import Action, Status
 from postdeploy.window import Schedule
 
@@ -29,10 +29,10 @@ GOLDEN = Path(__file__).parent.parent / "golden"
 SVG = "{http://www.w3.org/2000/svg}"
 ARMED = 1_795_766_400.0  # 2026-11-27T08:00:00+00:00
 LIMITS = Limits(probe_timeout_s=5, fail_threshold=3, fivexx_threshold=0.2, min_samples=6)
-SPAN = Span(ARMED, 30.0, 30.0, 30)
+SPAN = Schedule(ARMED, 30.0, 30.0, 30)
 
 
-def row(k: int, span: Span = SPAN, **changes: Any) -> ProbeRow:
+def row(k: int, span: Schedule = SPAN, **changes: Any) -> ProbeRow:
     """Tick k of `span`, healthy unless `changes` say otherwise."""
     at = span.tick_time(k)
     fields: dict[str, Any] = {
@@ -50,7 +50,7 @@ def row(k: int, span: Span = SPAN, **changes: Any) -> ProbeRow:
     return ProbeRow(**fields)
 
 
-def failing(k: int, span: Span = SPAN, **changes: Any) -> ProbeRow:
+def failing(k: int, span: Schedule = SPAN, **changes: Any) -> ProbeRow:
     fields: dict[str, Any] = {"latency_ms": 4.2, "detail": "health 503", **changes}
     return row(k, span, health_ok=False, health_code=503, **fields)
 
@@ -122,7 +122,7 @@ def baseline_regression() -> Timeline:
 
 def ten_thousand() -> Timeline:
     """10,000 one-second ticks, some failed, some skipped, a feature check that flaps."""
-    span = Span(ARMED, 5.0, 1.0, 10_000)
+    span = Schedule(ARMED, 5.0, 1.0, 10_000)
     rnd = random.Random(7)
     rows = []
     for k in range(10_000):
@@ -199,7 +199,7 @@ def test_inconclusive_ticks_are_grey_and_the_band_is_drawn() -> None:
 
 @pytest.mark.parametrize("ticks", [1, 2, 3, 50, 211, 212, 420, 421, 1000, 10_000])
 def test_any_window_size_is_well_formed_and_bounded(ticks: int) -> None:
-    span = Span(ARMED, 0.0, 2.0, ticks)
+    span = Schedule(ARMED, 0.0, 2.0, ticks)
     rows = [failing(k, span) if k == ticks // 2 else row(k, span) for k in range(ticks)]
     svg = render(window(rows, span=span, status="DEGRADED"))
     root = parse(svg)
@@ -218,7 +218,7 @@ def test_ten_thousand_ticks_stay_small() -> None:
 
 
 def test_one_tick_without_a_delay_still_has_a_width() -> None:
-    span = Span(ARMED, 0.0, 30.0, 1)
+    span = Schedule(ARMED, 0.0, 30.0, 1)
     root = parse(render(window([row(0, span)], span=span)))
     (cell,) = classes(root, "tick", "ok")
     assert float(cell.get("width") or 0) > 100
