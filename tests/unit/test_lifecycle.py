@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import structlog
@@ -129,3 +130,17 @@ def test_an_illegal_move_is_logged_with_the_item_and_contained() -> None:
     assert line["log_level"] == "error"
     assert (line["repo"], line["work_item"]) == ("shop", "w1")
     assert (line["state"], line["lifecycle_event"]) == ("settled", "started")
+
+
+def test_the_readme_shows_the_table_as_it_is() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| state | event → next state |\n| --- | --- |\n", 1)[1]
+    shown: dict[tuple[State, Event], State] = {}
+    for line in table.split("\n\n", 1)[0].splitlines():
+        state, moves = (cell.strip() for cell in line.strip("|").split("|"))
+        if moves == "(terminal)":
+            continue
+        for move in moves.split(", "):
+            event, after = move.split(" → ")
+            shown[(State[state], Event(event.strip("`")))] = State[after]
+    assert shown == TRANSITIONS
