@@ -349,7 +349,7 @@ class Intake:
                     for key, _, _, _ in armed:
                         self.ctx.items.move(key, Event.RECORDED)
             except Exception as exc:
-                self._batch_failed(batch, exc)
+                _batch_failed(batch, exc)
             finally:
                 # The new windows' stores take copies of their directories' descriptors
                 # when they start (below); every other one is closed now.
@@ -369,7 +369,7 @@ class Intake:
                 await self._until_recorded()
                 self.start_armed(armed, judged)
         except Exception as exc:
-            self._batch_failed(batch, exc)
+            _batch_failed(batch, exc)
         finally:
             for _, _, _, look in armed:
                 _close_fd(look)
@@ -408,18 +408,6 @@ class Intake:
         with anyio.move_on_after(MAX_START_DELAY_S):
             while self._recording:
                 await self._recorded.wait()
-
-    def _batch_failed(self, batch: list[ItemKey], exc: Exception) -> None:
-        """A bug while recording a batch: it must not stop the daemon. Nothing of the batch
-        is settled, so the next rescan looks at every item again."""
-        log.error(
-            "intake.batch_failed",
-            work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
-            batch_size=len(batch),
-            error=f"{type(exc).__name__}: {exc}",
-            exc_info=exc,
-            note="the next rescan takes these work items in again",
-        )
 
     def _decide(
         self,
@@ -517,6 +505,19 @@ class Intake:
         self.ctx.items.move(key, Event.SETTLED)
         if self.watcher is not None:
             self.watcher.unfollow(key)
+
+
+def _batch_failed(batch: list[ItemKey], exc: Exception) -> None:
+    """A bug while recording a batch: it must not stop the daemon. Nothing of the batch is
+    settled, so the next rescan looks at every item again."""
+    log.error(
+        "intake.batch_failed",
+        work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
+        batch_size=len(batch),
+        error=f"{type(exc).__name__}: {exc}",
+        exc_info=exc,
+        note="the next rescan takes these work items in again",
+    )
 
 
 def _close_fd(look: Look) -> None:
