@@ -10,11 +10,11 @@ from functools import partial
 import anyio
 
 from postdeploy import layout, reaction, timeline
-from postdeploy.context import WindowContext
 from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.series import ProbeRow
 from postdeploy.series_log import SeriesLog
 from postdeploy.store import ItemStore
+from postdeploy.window_context import WindowContext
 
 
 class OutcomeWriter:

@@ -19,7 +19,6 @@ from postdeploy import manual
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.conclusion import Conclusion
 from postdeploy.config import RepoConfig, WindowSettings
-from postdeploy.context import WindowContext
 from postdeploy.emission import Emit, Emitter, UntilWritten, written_at_once
 from postdeploy.layout import ItemKey
 from postdeploy.observe import Observation
@@ -32,6 +31,7 @@ from postdeploy.series_log import SeriesLog
 from postdeploy.store import ItemStore, ItemVanished
 from postdeploy.verdict import Action, Status, Verdict
 from postdeploy.window import WindowStart
+from postdeploy.window_context import WindowContext
 
 log = structlog.get_logger("postdeploy.window")
 
