@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,39 +24,34 @@ import anyio
 import structlog
 
 from postdeploy import layout, manual, reaction
-from postdeploy.config import Config
+from postdeploy.context import Context
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey, UnsafePath
+from postdeploy.registry import Registry
 from postdeploy.rollback import rollback_env
-from postdeploy.runner import WindowRunner
 from postdeploy.store import ItemStore
 
 log = structlog.get_logger("postdeploy.approvals")
 
 
+@dataclass(eq=False)
 class Approvals:
     """Every request being answered, at most one per work item at a time."""
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        config: Callable[[], Config],
-        runners: Mapping[ItemKey, WindowRunner],
-        emit: Callable[[Event], Awaitable[None]],
-        spawn: Callable[..., None],
-        report: Callable[[str, str], None],
-        shutdown: anyio.Event,
-    ) -> None:
-        self.root = root
-        self.dir = root / layout.REQUESTS_DIR
-        self._config = config  # the config in force now (a reload replaces it)
-        self._runners = runners
-        self._emit = emit
-        self._spawn = spawn
-        self._report = report
-        self._shutdown = shutdown
-        self._requesting: set[ItemKey] = set()
+    ctx: Context
+    registry: Registry  # the open windows: a request for one goes to its runner
+    emit: Callable[[Event], Awaitable[None]]
+    shutdown: anyio.Event  # set when the daemon is asked to stop
+    _requesting: set[ItemKey] = field(default_factory=set, init=False)
+
+    @property
+    def dir(self) -> Path:
+        return self.ctx.root / layout.REQUESTS_DIR
+
+    @property
+    def answering(self) -> int:
+        """How many requests are being answered now (a rollback may be running)."""
+        return len(self._requesting)
 
     def make_dir(self) -> None:
         with contextlib.suppress(FileExistsError):
@@ -65,17 +61,17 @@ class Approvals:
     async def take(self) -> None:
         """Handle every poke in `.requests` that is not being handled yet."""
         try:
-            names = await anyio.to_thread.run_sync(_list_pokes, self.root)
+            names = await anyio.to_thread.run_sync(_list_pokes, self.ctx.root)
         except OSError as exc:
             log.error("requests.unreadable", path=str(self.dir), error=str(exc))
             return
         for name in names:
             key = manual.key_of_poke(name)
             if key is None:
-                self._report(str(self.dir / name), "not REPO~WORK_ITEM")
+                self.ctx.report(str(self.dir / name), "not REPO~WORK_ITEM")
             elif key not in self._requesting:
                 self._requesting.add(key)
-                self._spawn(self._handle_request, key)
+                self.ctx.spawn(self._handle_request, key)
 
     async def _handle_request(self, key: ItemKey) -> None:
         """Carry out, or refuse, a person's rollback of `key`; the poke is removed once it is
@@ -84,7 +80,7 @@ class Approvals:
         try:
             with bound:
                 if await self._answer_request(key):
-                    await anyio.to_thread.run_sync(_unpoke, self.root, manual.poke_name(key))
+                    await anyio.to_thread.run_sync(_unpoke, self.ctx.root, manual.poke_name(key))
         except reaction.Interrupted:
             log.warning("rollback.request_paused", note="answered after the restart")
         except (OSError, UnsafePath, ValueError) as exc:
@@ -96,15 +92,15 @@ class Approvals:
 
     async def _answer_request(self, key: ItemKey) -> bool:
         """True once the request is answered for good."""
-        store = ItemStore(self.root, key)
+        store = ItemStore(self.ctx.root, key)
         data = await store.read(layout.ROLLBACK_REQUEST)
         if data is None:
             return True  # nothing asked (a stray poke)
         request = manual.parse_request(data)
         log.warning("rollback.requested", requested_by=request.requested_by, reason=request.reason)
-        runner = self._runners.get(key)
+        runner = self.registry.runners.get(key)
         if runner is not None:
-            taken = runner.request_rollback(request)
+            taken = self.registry.request_rollback(runner, request)
             await runner.ended.wait()
             if not runner.completed:
                 return False  # shut down (or vanished) first: asked again after a restart
@@ -117,7 +113,7 @@ class Approvals:
     ) -> bool:
         """A person's rollback of a work item that has no open window."""
         done = await store.read_json(layout.DONE)
-        repo = self._config().repos.get(key.repo)
+        repo = self.ctx.config.repos.get(key.repo)
         decision = manual.judge_finished(
             done,
             armed=await store.exists(layout.ARMED),
@@ -137,9 +133,9 @@ class Approvals:
                 partial(
                     store.write_atomic, layout.ROLLBACK_REFUSED, decision.reason.encode() + b"\n"
                 ),
-                self._shutdown,
+                self.shutdown,
             )
-            await self._emit(
+            await self.emit(
                 Event(
                     "rollback.refused",
                     key,
@@ -154,7 +150,7 @@ class Approvals:
         metadata = start.get("metadata", {}) if start else {}
         metadata = {k: v for k, v in metadata.items() if isinstance(v, str)}
         status, action_was = str(done.get("status")), str(done.get("action_taken"))
-        await self._emit(
+        await self.emit(
             Event(
                 "rollback.manual",
                 key,
@@ -175,17 +171,17 @@ class Approvals:
             reason=request.reason or str(done.get("reason", "")),
             metadata=metadata,
         )
-        settings = self._config().window_settings(key.repo)
+        settings = self.ctx.config.window_settings(key.repo)
         action, result = await reaction.rollback(
             store,
             list(repo.rollback_command),
             env,
             settings.rollback_timeout_s,
-            self._shutdown,
+            self.shutdown,
             manual=True,
         )
         detail = reaction.detail_of(result)
-        await self._emit(
+        await self.emit(
             Event(
                 reaction.ROLLBACK_EVENT[action],
                 key,
@@ -201,7 +197,7 @@ class Approvals:
         await reaction.durably(
             layout.DONE,
             partial(store.write_json, layout.DONE, {**done, "manual_rollback": record}),
-            self._shutdown,
+            self.shutdown,
         )
         log.warning("rollback.manual_finished", action=str(action), detail=detail)
         return True

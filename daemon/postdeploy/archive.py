@@ -9,48 +9,40 @@ that removes the windows older than `retention_days` at start-up and then hourly
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
 
 from postdeploy import history, layout
-from postdeploy.config import Config
+from postdeploy.context import Context
+from postdeploy.history import History, Record
 from postdeploy.layout import ItemKey
+from postdeploy.lifecycle import State
 from postdeploy.report import iso
-from postdeploy.runner import WindowRunner
 
 log = structlog.get_logger("postdeploy.archive")
 
 JOURNAL_EVERY_S = 0.5  # lines of finished windows are appended to the journal at most this often
 
 
+@dataclass(eq=False)
 class Archive:
     """Keeps the history index's journals in step, and applies retention."""
 
-    def __init__(
-        self,
-        root: Path,
-        index: history.History,
-        *,
-        config: Callable[[], Config],
-        runners: Mapping[ItemKey, WindowRunner],
-        unfollow: Callable[[ItemKey], None],
-    ) -> None:
-        self.root = root
-        self.history = index
-        self._config = config  # the config in force now (a reload replaces it)
-        self._runners = runners
-        self._unfollow = unfollow
-        self._just_finished: list[ItemKey] = []  # windows whose runner wrote `done`
-        self.journal_due = anyio.Event()  # set when the history has lines to write
-        self._sweep_refused: set[tuple[str, str]] = set()  # left alone once: not tried again
+    ctx: Context
+    history: History
+    unfollow: Callable[[ItemKey], None]  # drop a finished window's inotify watch
+    journal_due: anyio.Event = field(default_factory=anyio.Event)  # lines to write
+    _just_finished: list[ItemKey] = field(default_factory=list, init=False)  # wrote `done`
+    # Left alone once by the sweep: not tried again.
+    _sweep_refused: set[tuple[str, str]] = field(default_factory=set, init=False)
 
     def window_finished(self, key: ItemKey) -> None:
         """A runner wrote `done`: the window goes into the history index (by `journal_loop`)."""
-        self._unfollow(key)
+        self.unfollow(key)
         self._just_finished.append(key)
         self.journal_due.set()
 
@@ -65,7 +57,7 @@ class Archive:
             except Exception as exc:  # a cache: a failure costs a look after a restart
                 log.warning(
                     "history.journal_failed",
-                    state_dir=str(self.root),
+                    state_dir=str(self.ctx.root),
                     error=f"{type(exc).__name__}: {exc}",
                 )
             await anyio.sleep(JOURNAL_EVERY_S)
@@ -73,9 +65,9 @@ class Archive:
     async def _write_journal(self) -> None:
         keys, self._just_finished = self._just_finished, []
         if keys:
-            found = await anyio.to_thread.run_sync(history.look_finished, self.root, keys)
+            found = await anyio.to_thread.run_sync(history.look_finished, self.ctx.root, keys)
             for key, record in found:
-                if key not in self._runners:  # not armed again meanwhile
+                if self.ctx.items.state(key) is State.UNSEEN:  # not taken in again meanwhile
                     self.history.add(key, record)
         queued, untidy = self.history.take_queued(), self.history.take_untidy()
         if queued or untidy:
@@ -91,7 +83,7 @@ class Archive:
                 self.history.untidy.add(repo)
 
     def _journal_write(
-        self, queued: dict[str, list[history.Record]], untidy: dict[str, dict[str, Any]]
+        self, queued: dict[str, list[Record]], untidy: dict[str, dict[str, Any]]
     ) -> list[tuple[str, Exception]]:
         """Append the queued lines, then rewrite the untidy journals (blocking); failures."""
         failed: list[tuple[str, Exception]] = []
@@ -122,12 +114,12 @@ class Archive:
                     "history.sweep_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
                 )
             first = False
-            await anyio.sleep(history.sweep_every_s(self._config().retention_days))
+            await anyio.sleep(history.sweep_every_s(self.ctx.config.retention_days))
 
     async def _sweep(self, *, relist: bool) -> None:
         if relist:
             self.history.relist_all()
-        days = self._config().retention_days
+        days = self.ctx.config.retention_days
         now = time.time()
         removed: list[ItemKey] = []
         for repo in list(self.history.index):
@@ -140,7 +132,7 @@ class Archive:
             for start in range(0, len(due), history.SWEEP_BATCH):
                 batch = [(n, entries[n].dir_id) for n in due[start : start + history.SWEEP_BATCH]]
                 outcomes = await anyio.to_thread.run_sync(
-                    history.remove_items, self.root, repo, batch
+                    history.remove_items, self.ctx.root, repo, batch
                 )
                 for (name, did), outcome in zip(batch, outcomes, strict=True):
                     key = ItemKey(repo, name)

@@ -14,21 +14,21 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import anyio
 import structlog
 
-from postdeploy import history, intake, layout, watcher
+from postdeploy import events, history, intake, layout
 from postdeploy.alerts import Outbox
 from postdeploy.config import Config
-from postdeploy.events import Event
+from postdeploy.context import Context
 from postdeploy.intake import Arm, Look, Quiet, Reject, Resume, Settled
 from postdeploy.layout import ItemKey, UnsafePath
-from postdeploy.runner import WindowRunner
+from postdeploy.lifecycle import Event, State
+from postdeploy.watcher import Watcher
 from postdeploy.window import WindowStart
 
 log = structlog.get_logger("postdeploy.daemon")
@@ -53,13 +53,13 @@ class _Waiting:
     spare: intake.Spare | None = None  # window.json's temporary file, made during the wait
 
 
+@dataclass(eq=False)
 class QuietWait:
     """New `armed` files that cannot be quiet yet, in a heap by when each is next due."""
 
-    def __init__(self) -> None:
-        self.waiting: dict[ItemKey, _Waiting] = {}
-        self._due: list[tuple[float, ItemKey]] = []  # heap of (_Waiting.due, key)
-        self._due_changed = anyio.Event()
+    waiting: dict[ItemKey, _Waiting] = field(default_factory=dict)
+    _due: list[tuple[float, ItemKey]] = field(default_factory=list)  # (_Waiting.due, key)
+    _due_changed: anyio.Event = field(default_factory=anyio.Event)
 
     def push_due(self, key: ItemKey, due: float) -> None:
         """Look at `key` (waiting) again at `due` (monotonic)."""
@@ -93,20 +93,14 @@ class QuietWait:
                 return keys
 
 
+@dataclass(eq=False)
 class Recorder:
     """The intake's writes: each batch's rejections and new windows' starts, as one group
     commit per file name (the new windows' `window.armed` events first)."""
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        *,
-        failed: Callable[[ItemKey, Exception], None],
-        rejected: Callable[[ItemKey], None],
-    ) -> None:
-        self._outbox = outbox
-        self._failed = failed  # a write that failed: the item is looked at again later
-        self._rejected = rejected  # `rejected` is written
+    outbox: Outbox
+    failed: Callable[[ItemKey, Exception], None]  # a write failed: looked at again later
+    rejected: Callable[[ItemKey], None]  # `rejected` is written
 
     async def write_all(
         self,
@@ -145,9 +139,9 @@ class Recorder:
         )
         for (key, _, _), error in zip(rejects, errors, strict=True):
             if error is None:
-                self._rejected(key)
+                self.rejected(key)
             else:
-                self._failed(key, error)
+                self.failed(key, error)
 
     async def record_all(
         self,
@@ -165,10 +159,10 @@ class Recorder:
         ]
         # The events first: a crash between the two re-emits one (same id, a no-op) rather
         # than losing it, because without window.json the window is "first seen" again.
-        events: list[Event | None] = []
+        armed_events: list[events.Event | None] = []
         async with anyio.create_task_group() as tg:
             for (key, arm, _, _), start in zip(arms, starts, strict=True):
-                event = Event(
+                event = events.Event(
                     "window.armed",
                     key,
                     f"window armed: {start.schedule.max_ticks} ticks every "
@@ -177,16 +171,16 @@ class Recorder:
                     evidence=start.schedule.to_dict(),
                     metadata=arm.metadata,
                 )
-                wanted = self._outbox.wants(event)  # else emitting it has nothing to do
-                events.append(event if wanted else None)
+                wanted = self.outbox.wants(event)  # else emitting it has nothing to do
+                armed_events.append(event if wanted else None)
                 if wanted:
-                    tg.start_soon(self._outbox.emit, event)
+                    tg.start_soon(self.outbox.emit, event)
         # An event the outbox's disk refused is only in memory: with window.json written
         # after it, a crash would lose it for good. Such a window starts at a later look.
         held = {
             key
-            for (key, _, _, _), event in zip(arms, events, strict=True)
-            if event is not None and self._outbox.held_in_memory(event.id)
+            for (key, _, _, _), event in zip(arms, armed_events, strict=True)
+            if event is not None and self.outbox.held_in_memory(event.id)
         }
         for key in held:
             log.warning(
@@ -213,50 +207,29 @@ class Recorder:
             if error is None:
                 recorded.append((key, start, arm, look))
             else:
-                self._failed(key, error)  # not started: the next look retries it
+                self.failed(key, error)  # not started: the next look retries it
         return recorded
 
 
+@dataclass(eq=False)
 class Intake:
     """Takes new work items in, in batches; `take` is also what the rescan calls."""
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        config: Callable[[], Config],
-        runners: Mapping[ItemKey, WindowRunner],
-        outbox: Outbox,
-        index: history.History,
-        indexed: Callable[[], None],
-        note_armed: Callable[[ItemKey, float], None],
-        start: StartWindow,
-        start_armed: Callable[[Sequence[tuple[ItemKey, WindowStart, Arm, Look]], Config], None],
-        spawn: Callable[..., None],
-        report: Callable[[str, str], None],
-        valid: Callable[[ItemKey], bool],
-    ) -> None:
-        self.root = root
-        self._config = config  # the config in force now (a reload replaces it)
-        self._runners = runners
-        self._outbox = outbox
-        self._history = index
-        self._indexed = indexed  # the history index has new lines to write
-        self._note_armed = note_armed
-        self._start = start  # run a window that was looked at (a resumed one)
-        self._start_armed = start_armed  # run the new windows a batch recorded
-        self._spawn = spawn
-        self._report = report
-        self._valid = valid
-        self._recorder = Recorder(outbox, failed=self._intake_failed, rejected=self._park_rejected)
-        self.watcher: watcher.Watcher | None = None  # set once inotify is set up
-        self.closing = False  # set at shutdown: nothing more is taken in
-        self._settled: set[ItemKey] = set()  # finished, but not indexable: never looked at again
-        self._intaking: set[ItemKey] = set()
-        self.quiet = QuietWait()  # new `armed` files not quiet yet
-        self.quiet_pass = anyio.Event()  # set after each intake of due keys
-        self._recording = 0  # intake batches looking at or writing their directories
-        self._recorded = anyio.Event()  # set (and replaced) whenever _recording drops to 0
+    ctx: Context
+    outbox: Outbox
+    index: history.History  # the finished windows
+    indexed: Callable[[], None]  # the history index has new lines to write
+    note_armed: Callable[[ItemKey, float], None]
+    start: StartWindow  # run a window that was looked at (a resumed one)
+    start_armed: Callable[[Sequence[tuple[ItemKey, WindowStart, Arm, Look]], Config], None]
+    watcher: Watcher | None = None  # set once inotify is set up
+    quiet: QuietWait = field(default_factory=QuietWait)  # new `armed` files not quiet yet
+    quiet_pass: anyio.Event = field(default_factory=anyio.Event)  # after each due intake
+    _recording: int = 0  # intake batches looking at or writing their directories
+    _recorded: anyio.Event = field(default_factory=anyio.Event)  # _recording dropped to 0
+
+    def __post_init__(self) -> None:
+        self._recorder = Recorder(self.outbox, self._intake_failed, self._park_rejected)
 
     @property
     def waiting(self) -> dict[ItemKey, _Waiting]:
@@ -268,10 +241,12 @@ class Intake:
     def expect_quiet(self, key: ItemKey) -> bool:
         """inotify saw `armed` arrive: look at it once it can be quiet (no sooner: a look now
         could only say "not quiet yet"). True if it is newly waiting."""
-        if key in self._runners or key in self._settled or key in self.quiet.waiting:
+        items = self.ctx.items
+        if not items.accepts(key, Event.ARMED_SEEN) or key in self.quiet.waiting:
             return False
-        if not self._valid(key):
+        if not self.ctx.valid(key):
             return False
+        items.move(key, Event.ARMED_SEEN)  # while it is being looked at: see `take`
         now = time.monotonic()
         self.quiet.waiting[key] = _Waiting(
             time.time(), now + intake.MAX_QUIET_WAIT_S, now + intake.QUIET_S
@@ -282,7 +257,9 @@ class Intake:
     async def make_spares(self, keys: list[ItemKey]) -> None:
         """Use the quiet wait, when the daemon is idle, to create the temporary files of the
         waiting windows' window.json (the costliest part of the write that follows)."""
-        made = await anyio.to_thread.run_sync(intake.make_spares, self.root, keys, layout.WINDOW)
+        made = await anyio.to_thread.run_sync(
+            intake.make_spares, self.ctx.root, keys, layout.WINDOW
+        )
         unused: list[intake.Spare] = []
         for key, spare in zip(keys, made, strict=True):
             if isinstance(spare, Exception):
@@ -291,8 +268,8 @@ class Intake:
             if (
                 waiting is None
                 or waiting.spare is not None
-                or key in self._intaking
-                or self.closing  # shutdown removed the spares it knew of already
+                or self.ctx.items.state(key) is not State.QUIET_WAIT  # being looked at
+                or self.ctx.closing  # shutdown removed the spares it knew of already
             ):
                 unused.append(spare)
             else:
@@ -303,10 +280,8 @@ class Intake:
     async def quiet_loop(self) -> None:
         """Take in every waiting `armed` that is due, all together, in due order."""
         while True:
-            keys = await self.quiet.next_due(
-                lambda key: key in self._intaking or key in self._runners
-            )
-            self._spawn(self._intake_due, keys)
+            keys = await self.quiet.next_due(lambda key: not self.ctx.items.accepts(key, Event.DUE))
+            self.ctx.spawn(self._intake_due, keys)
             # The next batch no sooner than BATCH_EVERY_S: while one batch waits for its
             # fsyncs, the next one is looked at and prepared.
             await anyio.sleep(BATCH_EVERY_S)
@@ -318,10 +293,11 @@ class Intake:
 
     # -- intake ---------------------------------------------------------------------------
 
-    def _takes(self, key: ItemKey, due: bool) -> bool:
-        if key in self._runners or key in self._settled or key in self._intaking:
-            return False
-        return due or key not in self.quiet.waiting  # a waiting key is looked at when it is due
+    def _taken(self, key: ItemKey, due: bool) -> bool:
+        """Whether `key` joins the batch (it is then LOOKING): a waiting key joins only the
+        batch of the keys due, a running or settled one none."""
+        event = Event.DUE if due else Event.TAKEN
+        return self.ctx.items.accepts(key, event) and self.ctx.items.move(key, event)
 
     async def take(self, keys: Iterable[ItemKey], *, due: bool = False) -> None:
         """Take in work items together: look at each, decide (`intake.judge`), record the
@@ -330,12 +306,11 @@ class Intake:
         whole batch.
 
         `due`: the keys are waiting for `armed` to be quiet, and now due for a look."""
-        if self.closing:
+        if self.ctx.closing:
             return
-        batch = [key for key in dict.fromkeys(keys) if self._takes(key, due)]
+        batch = [key for key in dict.fromkeys(keys) if self._taken(key, due)]
         if not batch:
             return
-        self._intaking.update(batch)
         self._recording += 1
         armed: list[tuple[ItemKey, WindowStart, Arm, Look]] = []
         try:
@@ -351,14 +326,14 @@ class Intake:
             # Shielded: the worker threads finish their looks anyway, and each look holds a
             # directory open that only this function closes.
             with anyio.CancelScope(shield=True):
-                looks = await intake.run_all(partial(intake.look_all, self.root), requests)
+                looks = await intake.run_all(partial(intake.look_all, self.ctx.root), requests)
             # The batch owns the spares of its waiting keys: used by the write, handed back
             # to a key that waits on, or removed at the end.
             spares = {key: w.spare for key, w in zip(batch, previous, strict=True) if w and w.spare}
             for w in previous:
                 if w is not None:
                     w.spare = None
-            judged = self._config()  # a reload may replace it while the batch is written
+            judged = self.ctx.config  # a reload may replace it while the batch is written
             try:
                 rejects: list[tuple[ItemKey, str, Look]] = []
                 arms: list[tuple[ItemKey, Arm, Look, float]] = []
@@ -371,8 +346,10 @@ class Intake:
                     await self._recorder.reject_all(rejects)
                 if arms:
                     armed = await self._recorder.record_all(arms, spares, judged)
+                    for key, _, _, _ in armed:
+                        self.ctx.items.move(key, Event.RECORDED)
             except Exception as exc:
-                self._batch_failed(batch, exc)
+                _batch_failed(batch, exc)
             finally:
                 # The new windows' stores take copies of their directories' descriptors
                 # when they start (below); every other one is closed now.
@@ -385,17 +362,39 @@ class Intake:
                         await anyio.to_thread.run_sync(intake.drop_spares, list(spares.values()))
         finally:
             self._recorded_one()
-        # The batch's keys stay in `_intaking` until their windows run: no rescan takes them.
+        # The batch's keys stay LOOKING or RECORDED until their windows run: no rescan
+        # takes them.
         try:
             if armed:
                 await self._until_recorded()
-                self._start_armed(armed, judged)
+                self.start_armed(armed, judged)
         except Exception as exc:
-            self._batch_failed(batch, exc)
+            _batch_failed(batch, exc)
         finally:
             for _, _, _, look in armed:
                 _close_fd(look)
-            self._intaking.difference_update(batch)
+            await self._release(batch)
+
+    async def _release(self, batch: list[ItemKey]) -> None:
+        """The batch is over: its keys not running (unarmed, a failed look or write, the
+        daemon closing) are UNSEEN again, or QUIET_WAIT if `armed` arrived during the look."""
+        unused: list[intake.Spare] = []
+        for key in batch:
+            state = self.ctx.items.state(key)
+            if state in (State.LOOKING, State.RECORDED):
+                self.ctx.items.move(key, Event.RELEASED)
+            waiting = self.quiet.waiting.get(key)
+            if waiting is None or state is State.QUIET_WAIT:
+                continue
+            if self.ctx.items.accepts(key, Event.ARMED_SEEN) and not self.ctx.closing:
+                self.ctx.items.move(key, Event.ARMED_SEEN)
+            else:  # it runs, or is settled: the hint has nothing left to do
+                del self.quiet.waiting[key]
+                if waiting.spare is not None:
+                    unused.append(waiting.spare)
+        if unused:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(intake.drop_spares, unused)
 
     def _recorded_one(self) -> None:
         """An intake batch is done looking and writing."""
@@ -409,18 +408,6 @@ class Intake:
         with anyio.move_on_after(MAX_START_DELAY_S):
             while self._recording:
                 await self._recorded.wait()
-
-    def _batch_failed(self, batch: list[ItemKey], exc: Exception) -> None:
-        """A bug while recording a batch: it must not stop the daemon. Nothing of the batch
-        is settled, so the next rescan looks at every item again."""
-        log.error(
-            "intake.batch_failed",
-            work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
-            batch_size=len(batch),
-            error=f"{type(exc).__name__}: {exc}",
-            exc_info=exc,
-            note="the next rescan takes these work items in again",
-        )
 
     def _decide(
         self,
@@ -438,8 +425,8 @@ class Intake:
         decision = intake.judge(
             result,
             repo=key.repo,
-            known=key.repo in self._config().repos,
-            enabled=self._config().enabled,
+            known=key.repo in self.ctx.config.repos,
+            enabled=self.ctx.config.enabled,
         )
         if isinstance(decision, Quiet):
             waiting = self.quiet.waiting.get(key)
@@ -449,23 +436,25 @@ class Intake:
             waiting.identity = decision.identity
             waiting.spare = spares.pop(key, None)  # still waiting: so is its spare
             self.quiet.push_due(key, time.monotonic() + decision.delay)
+            self.ctx.items.move(key, Event.NOT_QUIET)
             return
         waiting = self.quiet.waiting.pop(key, None)
         if not isinstance(decision, Settled):
-            self._history.forget(key)  # a directory made anew under a finished window's name
+            self.index.forget(key)  # a directory made anew under a finished window's name
         if isinstance(decision, Settled):
             if result.finished is not None:  # `done`: indexed, never looked at again
                 if self.watcher is not None:
                     self.watcher.unfollow(key)
-                self._history.add(key, result.finished)
-                self._indexed()
+                self.index.add(key, result.finished)
+                self.ctx.items.move(key, Event.DONE)
+                self.indexed()
             elif result.kinds[layout.REJECTED] and not result.kinds[layout.DONE]:
                 self._park_rejected(key)
             else:
                 self._settle(key)
             if decision.armed_at is not None:
                 # A finished window still counts when deciding which window is current.
-                self._note_armed(key, decision.armed_at)
+                self.note_armed(key, decision.armed_at)
         elif isinstance(decision, Reject):
             rejects.append((key, decision.reason, result))
         elif isinstance(decision, Arm):
@@ -476,21 +465,21 @@ class Intake:
             start = decision.start
             if start is None:  # window.json is unreadable: the window only ends, as ERROR
                 now = time.time()
-                start = WindowStart.new(self._config().window_settings(key.repo), now, {}, now)
-            self._start(
+                start = WindowStart.new(self.ctx.config.window_settings(key.repo), now, {}, now)
+            self.start(
                 key,
                 start,
                 result,
                 first_seen=False,
                 stop=decision.stop,
                 reacting=decision.reacting,
-                judged=self._config(),
+                judged=self.ctx.config,
             )
         # Unarmed: the directory's watch says when `armed` arrives (else the next rescan).
 
     def _intake_failed(self, key: ItemKey, exc: Exception) -> None:
         if isinstance(exc, UnsafePath):
-            self._report(str(self.root / key.repo / key.work_item), str(exc))
+            self.ctx.report(str(self.ctx.root / key.repo / key.work_item), str(exc))
         elif isinstance(exc, FileNotFoundError):
             pass  # removed while we looked
         elif isinstance(exc, OSError):
@@ -507,13 +496,28 @@ class Intake:
     def _park_rejected(self, key: ItemKey) -> None:
         """A rejected item is not settled for good: deleting `rejected` (after fixing
         `armed`) asks for another look, which the next rescan makes. It is not watched."""
+        self.ctx.items.move(key, Event.REJECTED)
         if self.watcher is not None:
             self.watcher.unfollow(key)
 
     def _settle(self, key: ItemKey) -> None:
-        self._settled.add(key)
+        """Finished, but not indexable: never looked at again in this daemon's life."""
+        self.ctx.items.move(key, Event.SETTLED)
         if self.watcher is not None:
             self.watcher.unfollow(key)
+
+
+def _batch_failed(batch: list[ItemKey], exc: Exception) -> None:
+    """A bug while recording a batch: it must not stop the daemon. Nothing of the batch is
+    settled, so the next rescan looks at every item again."""
+    log.error(
+        "intake.batch_failed",
+        work_items=[f"{key.repo}/{key.work_item}" for key in batch[:20]],
+        batch_size=len(batch),
+        error=f"{type(exc).__name__}: {exc}",
+        exc_info=exc,
+        note="the next rescan takes these work items in again",
+    )
 
 
 def _close_fd(look: Look) -> None:

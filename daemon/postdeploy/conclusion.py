@@ -17,7 +17,6 @@ import anyio
 import structlog
 
 from postdeploy import metrics, reaction
-from postdeploy.context import WindowContext
 from postdeploy.emission import Emitter
 from postdeploy.manual import Request
 from postdeploy.outcome import OutcomeWriter
@@ -27,6 +26,7 @@ from postdeploy.rollback import rollback_env
 from postdeploy.series import ticks_missed
 from postdeploy.verdict import Action, Decision, Status, Verdict, decide_action
 from postdeploy.verification import Verification, verify
+from postdeploy.window_context import WindowContext
 
 log = structlog.get_logger("postdeploy.window")
 

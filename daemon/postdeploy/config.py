@@ -75,6 +75,15 @@ def _absolute_path(value: str) -> str:
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 
 
+def _url_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with /")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(_url_path)]  # a request's path: "/health"
+
+
 def _check_conditions(value: list[str]) -> list[str]:
     """Every condition parses (the feature checks' grammar); every bad one is named."""
     problems = []
@@ -278,7 +287,7 @@ class HttpCheck(_Check):
 
     type: Literal["http"] = "http"
     method: Literal["GET", "HEAD", "POST"] = "GET"
-    path: str
+    path: UrlPath
     headers: dict[str, str] = Field(default_factory=dict)
     headers_env: dict[str, Annotated[str, Field(pattern=ENV_NAME_RE)]] = Field(
         default_factory=dict
@@ -288,13 +297,6 @@ class HttpCheck(_Check):
     # The headers to send, secret values included, read once when the config is loaded.
     _headers: dict[str, str] = PrivateAttr(default_factory=dict)
     _secret_problem: str | None = PrivateAttr(default=None)
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with /")
-        return value
 
     @field_validator("headers")
     @classmethod
@@ -378,7 +380,7 @@ class RepoConfig(WindowOverrides, ProbeOverrides):
     """One `[repos.NAME]` table: the service to watch and how to react."""
 
     base_url: BaseUrl
-    health_path: str = "/health"
+    health_path: UrlPath = "/health"
     fivexx_paths: list[str] = Field(default_factory=list)
     self_hosting: bool = False
     rollback_command: Argv | None = None
@@ -412,13 +414,6 @@ class RepoConfig(WindowOverrides, ProbeOverrides):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"check names must be unique: {', '.join(duplicates)}")
-        return value
-
-    @field_validator("health_path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with /")
         return value
 
     @field_validator("fivexx_paths")

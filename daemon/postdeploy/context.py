@@ -1,70 +1,48 @@
-"""What every part of one window's task shares: its work item, its config, its tally, its clock.
-
-A window's task is split in parts (`observe`, `conclusion`, `verification`, `outcome`,
-`emission`), run one after the other by `runner.WindowRunner`; this is the state they hand on.
-The config is read live: a reload (`WindowRunner.reconfigure`) applies from the next tick.
-"""
+"""What the daemon's units share: the state directory, the config in force, each work item's
+state (`lifecycle.WorkItems`), the task group their tasks run in, and the one report of a
+problem with a path. The daemon makes one and hands it to each unit it builds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from postdeploy.clock import Clock
-from postdeploy.config import RepoConfig, WindowSettings
+import anyio.abc
+import structlog
+
+from postdeploy import layout
+from postdeploy.config import Config
 from postdeploy.layout import ItemKey
-from postdeploy.probe import Prober
-from postdeploy.series import Tally
-from postdeploy.store import ItemStore
-from postdeploy.verdict import Thresholds
-from postdeploy.window import WindowStart
+from postdeploy.lifecycle import WorkItems
+
+log = structlog.get_logger("postdeploy.daemon")
 
 
-def thresholds(settings: WindowSettings, repo: RepoConfig) -> Thresholds:
-    """The rule thresholds of a repo's windows, with each feature check's own."""
-    checks = {c.name: c.fail_threshold for c in repo.checks if c.fail_threshold is not None}
-    lookbacks = {c.name: c.fail_lookback for c in repo.checks if c.fail_lookback is not None}
-    return Thresholds(
-        settings.fail_threshold,
-        settings.fivexx_threshold,
-        settings.min_samples,
-        checks,
-        fail_lookback=settings.fail_lookback or 0,
-        check_lookbacks=lookbacks,
-        min_judged_fraction=settings.min_judged_fraction,
-    )
+@dataclass(eq=False)
+class Context:
+    root: Path  # the state directory
+    config: Config  # in force now: a reload replaces it
+    items: WorkItems = field(default_factory=WorkItems)
+    windows: anyio.abc.TaskGroup | None = None  # where the units' tasks run, once serving
+    closing: bool = False  # set at shutdown: nothing new is taken in or started
+    _reported: set[tuple[str, str]] = field(default_factory=set)
 
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` as a task in `windows`; nothing once the daemon is closing."""
+        if self.windows is not None and not self.closing:
+            self.windows.start_soon(fn, *args)
 
-@dataclass
-class WindowContext:
-    """One open window's shared state (mutable: the tally grows, a reload swaps the config)."""
+    def report(self, path: str, problem: str) -> None:
+        """A problem with something in the state directory, logged once per daemon life."""
+        if (path, problem) not in self._reported:
+            self._reported.add((path, problem))
+            log.warning("sentinel.ignored", path=path, problem=problem)
 
-    store: ItemStore
-    start: WindowStart
-    repo: RepoConfig
-    settings: WindowSettings
-    prober: Prober
-    clock: Clock
-    tally: Tally = field(default_factory=Tally)
-    # The schedule's wall-clock times become monotonic deadlines once, here.
-    wall0: float = field(init=False)
-    mono0: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.wall0 = self.clock.time()
-        self.mono0 = self.clock.monotonic()
-
-    @property
-    def key(self) -> ItemKey:
-        return self.store.key
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return self.start.metadata
-
-    def now(self) -> float:
-        """Schedule time: wall time at load, advanced by the monotonic clock."""
-        return self.wall0 + (self.clock.monotonic() - self.mono0)
-
-    def thresholds(self) -> Thresholds:
-        """The rule thresholds under the config in force now."""
-        return thresholds(self.settings, self.repo)
+    def valid(self, key: ItemKey) -> bool:
+        """Whether both of `key`'s names are valid (an invalid one is reported)."""
+        if layout.valid_name(key.repo) and layout.valid_name(key.work_item):
+            return True
+        self.report(str(self.root / key.repo / key.work_item), "invalid name")
+        return False

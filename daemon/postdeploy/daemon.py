@@ -1,14 +1,15 @@
 """The daemon: start-up (recover every open window), main loop (watch, rescan), shutdown.
 
 Structure, after uvicorn's server: `serve()` runs `startup()`, waits in the main loop until
-a signal asks it to stop, then runs `shutdown()`. Signals only set flags; everything they
-cause happens here, in the main flow.
+a signal asks it to stop, then runs `shutdown()`. The signal task only sets events (SIGHUP:
+a reload is wanted, and the reloader task does it; SIGTERM or SIGINT: stop), except that a
+second SIGTERM or SIGINT exits at once.
 
-Each open window is one `WindowRunner` task in the `windows` task group. Work items are taken
-in ("intake") when inotify or the periodic rescan points at them, in batches: each directory
-is looked at, judged (`intake.judge`, pure), the batch's rejections and new windows' starts
-are written as one group commit, and the runners start. A new `armed` reported by inotify
-waits in a heap until it can be quiet, then joins the batch due with it.
+The daemon builds the units and wires them together through one `Context`: `Discovery`
+(inotify and the rescan) hands work items to the `Intake` (arrivals.py: the quiet wait, the
+batched intake), which starts windows in the `Registry` (one `WindowRunner` task each);
+`Approvals` answers people's rollback requests, `Archive` indexes finished windows. Each work
+item moves through the states of `lifecycle.TRANSITIONS`, and only through them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import structlog
 from postdeploy import (
     history,
     intake,
-    layout,
     logs,
     metrics,
     watcher,
@@ -39,6 +39,7 @@ from postdeploy.archive import Archive
 from postdeploy.arrivals import Intake
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config, ConfigError, load_config
+from postdeploy.context import Context
 from postdeploy.discovery import Discovery
 from postdeploy.layout import ItemKey
 from postdeploy.lock import LockHeld, StateLock
@@ -48,6 +49,11 @@ from postdeploy.registry import Registry
 from postdeploy.runner import Phase, WindowRunner
 
 log = structlog.get_logger("postdeploy.daemon")
+
+# At shutdown, while a reaction still runs: systemd is asked for EXTEND_STOP_S more every
+# EXTEND_STOP_EVERY_S (five chances before an extension runs out: a busy loop is no risk).
+EXTEND_STOP_EVERY_S = 2.0
+EXTEND_STOP_S = 5 * EXTEND_STOP_EVERY_S
 
 
 WatcherFactory = Callable[[Path], watcher.Watcher]
@@ -71,11 +77,10 @@ class Daemon:
         clock: Clock = SYSTEM,
         handle_signals: bool = True,
     ) -> None:
-        self.config = config
+        self.ctx = Context(config.state_path, config)
         self.config_path = config_path
         self.root: Path = config.state_path
         self._watcher_factory = watcher_factory
-        self._clock = clock
         self._handle_signals = handle_signals
         self.notifier = Notifier()
         self.prober = prober or Prober(
@@ -84,71 +89,37 @@ class Daemon:
         )
         self.outbox = outbox or Outbox(self.root, config.alerts, config.outbox)
         self.ready = anyio.Event()
-        self.started_at = time.time()  # wall time: a window that ended before was missed
+        # wall time: a window that ended before was missed
+        started_at = time.time()
         self.registry = Registry(
-            self.root,
-            config=lambda: self.config,
-            prober=self.prober,
-            outbox=self.outbox,
-            ready=self.ready,
-            clock=clock,
-            started_at=self.started_at,
-            ended=self._window_ended,
+            self.ctx, self.prober, self.outbox, self.ready, clock, started_at, self._window_ended
         )
         self.runners = self.registry.runners  # the open windows, by work item
         # Finished windows: indexed (and journalled) so that none is looked at again.
         self.history = history.History(self.root)
-        self.archive = Archive(
-            self.root,
-            self.history,
-            config=lambda: self.config,
-            runners=self.runners,
-            unfollow=self._unfollow,
-        )
-        self._reported: set[tuple[str, str]] = set()
+        self.archive = Archive(self.ctx, self.history, self._unfollow)
         self._watcher: watcher.Watcher | None = None
         self._should_exit = anyio.Event()
         self._reload_wanted = anyio.Event()  # set by SIGHUP
-        self._closing = False
-        self._windows: anyio.abc.TaskGroup | None = None
         self._lock = StateLock(self.root)
         self.intake = Intake(
-            self.root,
-            config=lambda: self.config,
-            runners=self.runners,
-            outbox=self.outbox,
-            index=self.history,
-            indexed=lambda: self.archive.journal_due.set(),
+            self.ctx,
+            self.outbox,
+            self.history,
+            indexed=self.archive.journal_due.set,
             note_armed=self.registry.note_armed,
             start=self.registry.start_looked,
             start_armed=self.registry.start_armed,
-            spawn=self._spawn,
-            report=self._report_once,
-            valid=self._valid,
         )
-        self.approvals = Approvals(
-            self.root,
-            config=lambda: self.config,
-            runners=self.runners,
-            emit=self.outbox.emit,
-            spawn=self._spawn,
-            report=self._report_once,
-            shutdown=self._should_exit,
-        )
+        self.approvals = Approvals(self.ctx, self.registry, self.outbox.emit, self._should_exit)
         self.discovery = Discovery(
-            self.root,
-            config=lambda: self.config,
-            index=self.history,
-            intake=self.intake,
-            registry=self.registry,
-            approvals=self.approvals,
-            runners=self.runners,
-            ready=self.ready,
-            spawn=self._spawn,
-            closing=lambda: self._closing,
-            report=self._report_once,
-            valid=self._valid,
+            self.ctx, self.history, self.intake, self.registry, self.approvals, self.ready
         )
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload replaces it)."""
+        return self.ctx.config
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -176,7 +147,7 @@ class Daemon:
             outer.start_soon(self._reloader)
             outer.start_soon(self.outbox.run)
             async with anyio.create_task_group() as windows:
-                self._windows = self.registry.windows = windows
+                self.ctx.windows = windows
                 outer.start_soon(self._watchdog)  # pings during a long recovery too
                 outer.start_soon(self.intake.quiet_loop)
                 await self.startup()
@@ -186,6 +157,7 @@ class Daemon:
                 outer.start_soon(self.archive.sweep_loop)  # after READY: it never delays it
                 await self._should_exit.wait()
                 await self.shutdown()
+                outer.start_soon(self._extend_stop_timeout)
             outer.cancel_scope.cancel()
         if self._watcher is not None:
             self._watcher.close()
@@ -227,7 +199,7 @@ class Daemon:
         for runner in list(self.runners.values()):
             await runner.scheduled.wait()
         self.ready.set()
-        self._spawn(self.approvals.take)  # people's rollbacks asked for while it was down
+        self.ctx.spawn(self.approvals.take)  # people's rollbacks asked for while it was down
         self.notifier.ready(f"watching {len(self.runners)} open windows")
         log.info(
             "daemon.ready",
@@ -242,21 +214,39 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop intake, pause observing windows, let reactions in progress finish."""
-        self._closing = True
+        self.ctx.closing = True
         self.discovery.stop_watching()
         self.notifier.stopping()
-        concluding = [r.key for r in self.runners.values() if r.phase is Phase.CONCLUDING]
         log.info(
-            "daemon.stopping", open_windows=len(self.runners), reactions_running=len(concluding)
+            "daemon.stopping",
+            open_windows=len(self.runners),
+            reactions_running=self._reactions_running(),
         )
-        for runner in list(self.runners.values()):
-            runner.stop(None)
-        self.intake.closing = self.registry.closing = True
+        self.registry.pause_all()
         spares = [w.spare for w in self.intake.waiting.values() if w.spare is not None]
         for waiting in self.intake.waiting.values():
             waiting.spare = None
         if spares:
             await anyio.to_thread.run_sync(intake.drop_spares, spares)
+
+    def _reactions_running(self) -> int:
+        """Reactions under way (rollbacks, their verification, people's rollbacks): shutdown
+        waits for each to end."""
+        concluding = sum(1 for r in self.runners.values() if r.phase is Phase.CONCLUDING)
+        return concluding + self.approvals.answering
+
+    async def _extend_stop_timeout(self) -> None:
+        """While shutdown waits for reactions under way, ask systemd for more time before its
+        stop timeout (TimeoutStopSec) would SIGKILL the daemon in the middle of a rollback. A
+        rollback ends by `rollback_timeout_s` (its process group is then killed), so the stop
+        still ends; a daemon stuck with no reaction running gets no extension."""
+        while self.notifier.enabled:
+            running = self._reactions_running()
+            if not running:
+                return
+            self.notifier.extend_timeout(EXTEND_STOP_S)
+            self.notifier.status(f"stopping: waiting for {running} reaction(s) to finish")
+            await anyio.sleep(EXTEND_STOP_EVERY_S)
 
     def stop(self) -> None:
         """Ask `serve()` to shut down, as SIGTERM does."""
@@ -305,7 +295,7 @@ class Daemon:
             self.notifier.ready("reload failed; old config in force")
             return
         logs.register_config_secrets(new)
-        old, self.config = self.config, new
+        old, self.ctx.config = self.config, new
         self.outbox.reconfigure(new.alerts, new.outbox)
         for runner in self.runners.values():
             if runner.key.repo in new.repos:
@@ -318,8 +308,7 @@ class Daemon:
                     note="the open window keeps its previous settings",
                 )
         if not new.enabled:
-            for runner in list(self.runners.values()):
-                runner.stop(intake.DISABLED)
+            self.registry.disable_all()
         self.notifier.ready("config reloaded")
         log.info(
             "config.reloaded",
@@ -328,31 +317,16 @@ class Daemon:
             changed=config_changes(old, new),
         )
 
-    def _spawn(self, fn: Any, *args: Any) -> None:
-        if self._windows is not None and not self._closing:
-            self._windows.start_soon(fn, *args)
-
-    def _valid(self, key: ItemKey) -> bool:
-        if layout.valid_name(key.repo) and layout.valid_name(key.work_item):
-            return True
-        self._report_once(str(self.root / key.repo / key.work_item), "invalid name")
-        return False
-
     def _unfollow(self, key: ItemKey) -> None:
         if self._watcher is not None:
             self._watcher.unfollow(key)
-
-    def _report_once(self, path: str, problem: str) -> None:
-        if (path, problem) not in self._reported:
-            self._reported.add((path, problem))
-            log.warning("sentinel.ignored", path=path, problem=problem)
 
     def _window_ended(self, runner: WindowRunner) -> None:
         """A runner's task ended: index a finished window; a vanished one frees its name."""
         if runner.completed:
             self.archive.window_finished(runner.key)
         elif runner.vanished:  # a directory made anew under its name is a new work item
-            self._spawn(self.intake.take, [runner.key])
+            self.ctx.spawn(self.intake.take, [runner.key])
 
 
 def config_changes(old: Config, new: Config, limit: int = 50) -> list[str]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import anyio
 
-from postdeploy.context import WindowContext
 from postdeploy.events import Event
 from postdeploy.reaction import Interrupted
 from postdeploy.verdict import Verdict
+from postdeploy.window_context import WindowContext
 
 Emit = Callable[[Event], Awaitable[None]]
 UntilWritten = Callable[[list[str]], Awaitable[None]]

@@ -33,6 +33,7 @@ ROLLBACK_RESULT = "rollback.json"  # the rollback command's outcome
 ROLLBACK_LOG = "rollback.log"  # the rollback command's stdout and stderr
 VERIFY = "verify.jsonl"  # probe rows after a rollback, confirming recovery
 REPORT = "report.md"
+TIMELINE = "timeline.svg"  # the window's picture, written with report.md (which embeds it)
 DONE = "done"  # written last: the window is finished for good
 REJECTED = "rejected"  # written instead of starting a window
 ROLLBACK_REQUEST = "rollback.request"  # written by `postdeploy rollback`: a person asks
@@ -180,14 +181,3 @@ def parse_armed(data: bytes) -> dict[str, str]:
     if mode is not None and mode not in ("act", "shadow"):
         raise ArmedError(f"metadata mode {mode!r} must be 'act' or 'shadow'")
     return value
-
-
-def item_key_from_path(root: Path, path: Path) -> ItemKey | None:
-    """The work item a changed path below `root` belongs to, if any (names unchecked)."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return None
-    if len(parts) < 2:
-        return None
-    return ItemKey(parts[0], parts[1])

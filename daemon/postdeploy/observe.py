@@ -12,12 +12,12 @@ import anyio
 import structlog
 
 from postdeploy import layout, metrics
-from postdeploy.context import WindowContext
 from postdeploy.emission import Emitter
 from postdeploy.series import fold, replay
 from postdeploy.series_log import SeriesLog
 from postdeploy.verdict import Status, Verdict, classify
 from postdeploy.window import Admission, Finish, Probe, Wait, admit, missed, next_step
+from postdeploy.window_context import WindowContext
 
 log = structlog.get_logger("postdeploy.window")
 

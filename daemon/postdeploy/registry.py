@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 import structlog
 
-from postdeploy import gitreport, intake, layout, metrics
+from postdeploy import gitreport, intake, layout, manual, metrics
 from postdeploy.alerts import Outbox
 from postdeploy.clock import Clock
 from postdeploy.config import Config
+from postdeploy.context import Context
 from postdeploy.intake import Arm, Look
 from postdeploy.layout import ItemKey, UnsafePath
+from postdeploy.lifecycle import Event
 from postdeploy.probe import Prober
 from postdeploy.report import iso
 from postdeploy.runner import Phase, WindowRunner
@@ -27,35 +29,22 @@ from postdeploy.window import WindowStart
 log = structlog.get_logger("postdeploy.daemon")
 
 
+@dataclass(eq=False)
 class Registry:
     """Every open window by work item, and each repo's latest armed window."""
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        config: Callable[[], Config],
-        prober: Prober,
-        outbox: Outbox,
-        ready: anyio.Event,
-        clock: Clock,
-        started_at: float,
-        ended: Callable[[WindowRunner], None],
-    ) -> None:
-        self.root = root
-        self._config = config  # the config in force now (a reload replaces it)
-        self.windows: anyio.abc.TaskGroup | None = None  # the task group runners run in
-        self.closing = False  # set at shutdown: no window starts any more
-        self._prober = prober
-        self._outbox = outbox
-        self._ready = ready  # probing waits for the daemon's READY
-        self._clock = clock
-        self._started_at = started_at
-        self._ended = ended  # called when a runner's task ends, whatever the outcome
-        self.runners: dict[ItemKey, WindowRunner] = {}
-        # Each repo's open windows that are not superseded yet (see `supersede`).
-        self._contenders: dict[str, dict[ItemKey, WindowRunner]] = {}
-        self._latest: dict[str, tuple[float, str]] = {}  # repo -> newest (armed_at, work_item)
+    ctx: Context
+    prober: Prober
+    outbox: Outbox
+    ready: anyio.Event  # probing waits for the daemon's READY
+    clock: Clock
+    started_at: float  # the daemon's start (wall time)
+    ended: Callable[[WindowRunner], None]  # a runner's task ended, whatever the outcome
+    runners: dict[ItemKey, WindowRunner] = field(default_factory=dict, init=False)
+    # Each repo's open windows that are not superseded yet (see `supersede`).
+    _contenders: dict[str, dict[ItemKey, WindowRunner]] = field(default_factory=dict, init=False)
+    # Each repo's newest (armed_at, work_item), finished windows included.
+    _latest: dict[str, tuple[float, str]] = field(default_factory=dict, init=False)
 
     def start_looked(
         self,
@@ -69,14 +58,14 @@ class Registry:
         judged: Config,
     ) -> None:
         """Run a window that was looked at (see `start`); not once the daemon is closing."""
-        if self.closing or self.windows is None:
+        if self.ctx.closing or self.ctx.windows is None:
             return
         # The store keeps the directory the window started in: a directory deleted and made
         # again under the same name is a new deploy, never this window's.
         pinned = os.dup(look.fd) if look.fd is not None else None
         self.start(
-            self.windows,
-            ItemStore(self.root, key, pinned),
+            self.ctx.windows,
+            ItemStore(self.ctx.root, key, pinned),
             start,
             judged,
             first_seen=first_seen,
@@ -128,7 +117,10 @@ class Registry:
         the open windows: the new settings if its repo is still configured, the judged ones
         if the repo was removed, and DISABLED if the kill switch was thrown."""
         key = store.key
-        config = self._config()
+        if not self.ctx.items.move(key, Event.STARTED):
+            store.close()  # never two runners for one work item
+            return
+        config = self.ctx.config
         if key.repo not in config.repos:
             config = judged
             log.warning(
@@ -137,25 +129,25 @@ class Registry:
                 work_item=key.work_item,
                 note="the open window keeps its previous settings",
             )
-        if stop is None and not self._config().enabled:
+        if stop is None and not self.ctx.config.enabled:
             stop = intake.DISABLED
         runner = WindowRunner(
             store,
             start,
             config.repos[key.repo],
             config.window_settings(key.repo),
-            self._prober,
-            self._outbox.emit,
+            self.prober,
+            self.outbox.emit,
             first_seen=first_seen,
             reacting=reacting,
             series=series,
-            go=self._ready,
-            running_since=self._started_at,
-            until_written=self._outbox.until_written,
-            clock=self._clock,
+            go=self.ready,
+            running_since=self.started_at,
+            until_written=self.outbox.until_written,
+            clock=self.clock,
         )
-        if stop is not None:
-            runner.stop(stop)
+        if stop is not None and runner.stop(stop):
+            self.ctx.items.move(key, _STOP_EVENTS.get(stop.status, Event.BROKEN))
         self.runners[key] = runner
         self._contenders.setdefault(key.repo, {})[key] = runner
         metrics.open_windows(len(self.runners))
@@ -188,12 +180,13 @@ class Registry:
                 continue
             del contenders[key]  # superseded once; a reaction under way is never stopped
             if runner.stop(Verdict(Status.SUPERSEDED, reason)):
+                self.ctx.items.move(key, Event.SUPERSEDED)
                 log.info("window.superseded", repo=repo, work_item=key.work_item, by=work_item)
 
     async def _run(self, runner: WindowRunner) -> None:
         try:
             await runner.run()
-            git = self._config().git_report
+            git = self.ctx.config.git_report
             if runner.finished is not None and git is not None:
                 # After `done`: best-effort, it can never delay or change the verdict.
                 outcome, report = runner.finished
@@ -207,7 +200,13 @@ class Registry:
             if not same_repo:
                 self._contenders.pop(runner.key.repo, None)
             metrics.open_windows(len(self.runners))
-            self._ended(runner)
+            if runner.completed:
+                self.ctx.items.move(runner.key, Event.DONE)
+            elif runner.vanished:
+                self.ctx.items.move(runner.key, Event.VANISHED)
+            else:
+                self.ctx.items.move(runner.key, Event.PAUSED)
+            self.ended(runner)
 
     async def check_cancel(self, key: ItemKey) -> None:
         runner = self.runners.get(key)
@@ -233,4 +232,28 @@ class Registry:
         if runner is None or runner.phase is not Phase.OBSERVING:
             return
         if runner.stop(Verdict(Status.CANCELLED, "cancelled by an operator")):
+            self.ctx.items.move(key, Event.CANCELLED)
             log.info("window.cancel_requested", repo=key.repo, work_item=key.work_item)
+
+    def request_rollback(self, runner: WindowRunner, request: manual.Request) -> bool:
+        """A person asks for `runner`'s window to roll back (see `WindowRunner`)."""
+        taken = runner.request_rollback(request)
+        if taken:
+            self.ctx.items.move(runner.key, Event.ROLLBACK_ASKED)
+        return taken
+
+    def disable_all(self) -> None:
+        """The kill switch was thrown: every observing window ends DISABLED."""
+        for key, runner in list(self.runners.items()):
+            if runner.stop(intake.DISABLED):
+                self.ctx.items.move(key, Event.DISABLED)
+
+    def pause_all(self) -> None:
+        """At shutdown: observing windows pause (they resume after the restart); reactions
+        under way finish."""
+        for runner in list(self.runners.values()):
+            runner.stop(None)
+
+
+# A window started with its verdict already given (see `intake.judge`): why it stops.
+_STOP_EVENTS = {Status.CANCELLED: Event.CANCELLED, Status.DISABLED: Event.DISABLED}

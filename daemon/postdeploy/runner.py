@@ -19,7 +19,6 @@ from postdeploy import manual
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.conclusion import Conclusion
 from postdeploy.config import RepoConfig, WindowSettings
-from postdeploy.context import WindowContext
 from postdeploy.emission import Emit, Emitter, UntilWritten, written_at_once
 from postdeploy.layout import ItemKey
 from postdeploy.observe import Observation
@@ -32,6 +31,7 @@ from postdeploy.series_log import SeriesLog
 from postdeploy.store import ItemStore, ItemVanished
 from postdeploy.verdict import Action, Status, Verdict
 from postdeploy.window import WindowStart
+from postdeploy.window_context import WindowContext
 
 log = structlog.get_logger("postdeploy.window")
 
@@ -79,7 +79,7 @@ class WindowRunner:
             running_since=running_since,
         )
         self._shutdown = anyio.Event()  # set by stop(None): waits for the disk give up
-        self.writer = OutcomeWriter(store, rows)
+        self.writer = OutcomeWriter(self.ctx, rows)
         self.conclusion = Conclusion(self.ctx, self.events, self.writer, self._shutdown)
         self.scheduled = anyio.Event()  # set once the window knows its next step (or ended)
         # A rollback was started before a restart: the window had its verdict and its reaction

@@ -14,11 +14,11 @@ import anyio
 import structlog
 
 from postdeploy import layout
-from postdeploy.context import WindowContext
 from postdeploy.emission import Emitter
 from postdeploy.series import fold, replay
 from postdeploy.store import dump_line
 from postdeploy.verdict import Action, Status, Verdict, classify, recovery
+from postdeploy.window_context import WindowContext
 
 log = structlog.get_logger("postdeploy.window")
 

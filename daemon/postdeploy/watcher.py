@@ -1,4 +1,5 @@
-"""Sentinel discovery: inotify for speed, a full rescan for safety.
+"""Sentinel discovery's fast half: inotify (the periodic rescan behind it, for safety, is
+`history.scan`).
 
 Both only produce *hints*: the work items that may have changed. The daemon then checks each
 one itself (names, symlinks, files), so a missed or spurious event costs nothing but time.
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import stat
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,90 +32,17 @@ from inotify_simple import flags as F
 from postdeploy.layout import (
     ARMED,
     CANCEL,
-    NAME_RE,
     REQUESTS_DIR,
     ItemKey,
-    has_cancel,
-    valid_name,
 )
 
 log = structlog.get_logger("postdeploy.watcher")
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # New entries only: a directory, or `armed` / `cancel`, created or renamed into place. Writes
 # to existing files (series.jsonl on every tick) raise no event at all. ONLYDIR and
 # DONT_FOLLOW: a watch is only ever put on a real directory, never through a symlink.
 COALESCE_S = 0.003  # inotify is read at most this often (see `changes`)
 _MASK = F.CREATE | F.MOVED_TO | F.ONLYDIR | F.DONT_FOLLOW | F.EXCL_UNLINK
-
-
-@dataclass
-class Scan:
-    """What a full scan of the state directory found."""
-
-    items: list[ItemKey] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, what is wrong)
-    cancelled: list[ItemKey] = field(default_factory=list)  # of those asked about: with `cancel`
-
-
-def _entry_problem(entry: os.DirEntry[str]) -> str | None:
-    if entry.name.startswith("."):
-        return ""  # hidden entries (temporary files) are skipped silently
-    if not valid_name(entry.name):
-        return f"name does not match {NAME_RE.pattern}"
-    mode = entry.stat(follow_symlinks=False).st_mode
-    if stat.S_ISLNK(mode):
-        return "is a symlink; symlinks are never followed"
-    if not stat.S_ISDIR(mode):
-        return "is not a directory"
-    return None
-
-
-def scan_state_dir(
-    root: Path, only_repo: str | None = None, watched: frozenset[ItemKey] = frozenset()
-) -> Scan:
-    """List every `<repo>/<work_item>` directory below `root`, and which of the `watched`
-    ones hold a `cancel` file (blocking; run in a thread).
-
-    Looking for `cancel` here, in the same pass, costs one `lstat` per open window; checking
-    each window on its own cost a worker-thread hop each, every rescan."""
-    scan = Scan()
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for repo in os.scandir(root_fd):
-            if only_repo is not None and repo.name != only_repo:
-                continue
-            problem = _entry_problem(repo)
-            if problem is not None:
-                if problem:
-                    scan.problems.append((str(root / repo.name), problem))
-                continue
-            try:
-                repo_fd = os.open(repo.name, _DIR_FLAGS, dir_fd=root_fd)
-            except OSError as exc:
-                scan.problems.append((str(root / repo.name), f"cannot be opened: {exc}"))
-                continue
-            try:
-                for item in os.scandir(repo_fd):
-                    problem = _entry_problem(item)
-                    if problem is None:
-                        key = ItemKey(repo.name, item.name)
-                        scan.items.append(key)
-                        if key in watched and has_cancel(repo_fd, item.name):
-                            scan.cancelled.append(key)
-                    elif problem:
-                        scan.problems.append((str(root / repo.name / item.name), problem))
-            finally:
-                os.close(repo_fd)
-    finally:
-        os.close(root_fd)
-    return scan
-
-
-async def scan(
-    root: Path, only_repo: str | None = None, watched: frozenset[ItemKey] = frozenset()
-) -> Scan:
-    return await anyio.to_thread.run_sync(scan_state_dir, root, only_repo, watched)
 
 
 @dataclass

@@ -8,11 +8,13 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 
+from postdeploy.daemon import EXTEND_STOP_S
 from postdeploy.notify import Notifier
 
 if TYPE_CHECKING:
@@ -65,10 +67,61 @@ def test_ready_after_recovery_then_watchdog_reload_and_stop(ops: Ops) -> None:
     notify.wait_for(lambda m: m.get("STOPPING") == "1", after=reloaded + 1)
     assert daemon.stop(None) == 0
     daemon.wait_for("daemon.stopped")
+    # No reaction was running: nothing asked systemd for more time to stop.
+    assert not [m for m in notify.fields() if "EXTEND_TIMEOUT_USEC" in m]
     # Stopping pauses the open windows: they are resumed by the next start, not judged now.
     for repo, item in (("shop", "w1"), ("billing", "w2")):
         daemon.wait_for("window.paused", repo=repo, work_item=item)
         assert not (ops.item(repo, item) / "done").exists()
+
+
+# A rollback hook that says it started (touches argv[1]), then runs until argv[2] exists.
+HELD_HOOK = """
+import pathlib, sys, time
+pathlib.Path(sys.argv[1]).touch()
+deadline = time.monotonic() + 120
+while not pathlib.Path(sys.argv[2]).exists() and time.monotonic() < deadline:
+    time.sleep(0.02)
+"""
+
+
+def test_a_rollback_running_at_stop_extends_the_stop_timeout(ops: Ops) -> None:
+    """SIGTERM while a rollback hook runs: the daemon waits for it, and meanwhile keeps
+    asking systemd for more time (EXTEND_TIMEOUT_USEC, again and again), so TimeoutStopSec
+    never SIGKILLs it mid-rollback; the verdict is written and the exit is clean."""
+    started, release = ops.tmp / "hook-started", ops.tmp / "hook-release"
+    hook = [sys.executable, "-c", HELD_HOOK, str(started), str(release)]
+    shop = ops.repo(
+        fail_threshold=2,
+        auto_rollback=True,
+        rollback_command=hook,
+        rollback_timeout_s=120.0,
+        verify_ticks=0,
+    )
+    ops.write_config(repos={"shop": shop})
+    notify = ops.notify_socket()
+    daemon = ops.start(env={"NOTIFY_SOCKET": str(notify.path)})
+    daemon.wait_for("daemon.ready")
+    ops.service.set(health="fail")
+    ops.arm("shop", "w1")
+    ops.wait_until(started.exists, "the rollback hook to start")
+
+    daemon.proc.send_signal(signal.SIGTERM)
+    stopping = notify.wait_for(lambda m: m.get("STOPPING") == "1")
+    first = notify.wait_for(lambda m: "EXTEND_TIMEOUT_USEC" in m, after=stopping + 1)
+    second = notify.wait_for(lambda m: "EXTEND_TIMEOUT_USEC" in m, after=first + 1)
+    for index in (first, second):
+        assert notify.fields()[index]["EXTEND_TIMEOUT_USEC"] == str(int(EXTEND_STOP_S * 1e6))
+    status = notify.wait_for(lambda m: "STATUS" in m, after=stopping + 1)
+    assert notify.fields()[status]["STATUS"] == "stopping: waiting for 1 reaction(s) to finish"
+    assert daemon.proc.poll() is None  # still waiting for the hook
+    assert not (ops.item("shop", "w1") / "done").exists()
+
+    release.touch()
+    assert daemon.stop(None) == 0
+    done = ops.wait_done("shop", "w1")
+    assert (done["status"], done["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    daemon.wait_for("daemon.stopped")
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_one(ops: Ops) -> None:

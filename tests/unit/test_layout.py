@@ -19,7 +19,6 @@ from postdeploy.layout import (
     ArmedError,
     ItemKey,
     UnsafePath,
-    item_key_from_path,
     open_item_dir,
     parse_armed,
     valid_name,
@@ -76,11 +75,7 @@ def test_everything_the_contract_allows_is_accepted(name: str) -> None:
     assert valid_name(name)
 
 
-def test_item_key_from_path(tmp_path: Path) -> None:
-    assert item_key_from_path(tmp_path, tmp_path / "shop" / "w1" / "armed") == ItemKey("shop", "w1")
-    assert item_key_from_path(tmp_path, tmp_path / "shop" / "w1") == ItemKey("shop", "w1")
-    assert item_key_from_path(tmp_path, tmp_path / "shop") is None
-    assert item_key_from_path(tmp_path, tmp_path.parent / "x" / "y") is None
+def test_an_item_key_reads_as_repo_slash_work_item() -> None:
     assert str(ItemKey("shop", "w1")) == "shop/w1"
 
 
