@@ -17,11 +17,18 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from chaos.conftest import Target
+    from support.daemon import DaemonPool
+
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the contract's name rule
 META_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -116,7 +123,7 @@ fs_name = st.one_of(
 
 
 def test_sentinel_names_start_a_window_or_are_rejected_or_ignored(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Every directory name is either a window (valid names, configured repo), a `rejected`
     file (valid names, unknown repo), or refused and logged (anything else), with nothing
@@ -232,7 +239,7 @@ armed_bytes = st.one_of(
 
 
 def test_armed_contents_start_a_window_or_are_rejected_with_a_reason(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Any bytes in `armed`: a window with exactly that metadata, or a one-line `rejected`."""
     target = targets()
@@ -275,7 +282,7 @@ def test_armed_contents_start_a_window_or_are_rejected_with_a_reason(
 
 
 def test_deeply_nested_armed_is_rejected_not_an_intake_failure(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """`[[[[...` inside the 64 KiB limit exhausts the JSON parser's recursion: `rejected`,
     not `intake.failed` on every rescan."""
@@ -293,7 +300,7 @@ def test_deeply_nested_armed_is_rejected_not_an_intake_failure(
 
 
 def test_lone_surrogate_in_armed_is_rejected_not_an_intake_failure(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """`{"branch": "\\ud800"}` parses but cannot be written back as UTF-8 (`window.json`, the
     environment): `rejected`, not `intake.failed` on every rescan."""
@@ -391,7 +398,7 @@ def _render(tables: dict[str, dict[str, str]]) -> str:
 
 
 def test_config_reloads_apply_or_report_every_problem(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """SIGHUP with any config file on disk: `config.reloaded`, or `config.reload_failed` with
     `PATH: key: message` problems and the old config in force; the daemon stays alive."""
@@ -466,7 +473,7 @@ def test_config_reloads_apply_or_report_every_problem(
 
 @pytest.mark.parametrize("how", ["check-config", "reload"])
 def test_deeply_nested_config_is_a_config_error(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, how: str
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], how: str
 ) -> None:
     """`x = [[[[...]]]]` exhausts tomllib's recursion: still a config error (exit 2 from
     `check-config`, `config.reload_failed` on SIGHUP). (Regression: a traceback and exit 1,
@@ -499,7 +506,7 @@ def test_deeply_nested_config_is_a_config_error(
 
 
 def test_symlinks_and_special_files_never_lead_outside(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Symlinked repo and item directories, a symlinked `armed`, special files where files or
     directories belong: refused, logged, and nothing outside the state directory changes."""
@@ -562,7 +569,7 @@ def _victim(tmp: Path) -> tuple[Path, Path]:
     return outside, victim
 
 
-def _degrading_config(kit: Any, tmp: Path, targets: Any) -> Path:
+def _degrading_config(kit: Any, tmp: Path, targets: Callable[[], Target]) -> Path:
     """`shop` degrades at once and rolls back, so every work file gets written."""
     target = targets()
     target.set(health="fail")
@@ -583,7 +590,7 @@ def _finished_or_refused(directory: Path) -> bool:
 
 
 def test_precreated_symlinked_work_files_are_never_written_through(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """A deploy user pre-creates the daemon's own files as symlinks to a file outside
     (`report.md -> /etc/passwd`): the outside file never changes, the link is replaced or
@@ -616,7 +623,7 @@ def test_precreated_symlinked_work_files_are_never_written_through(
 
 
 def test_precreated_symlinked_series_is_rejected(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """`series.jsonl -> outside`: never followed, and the item is `rejected` with a reason.
     (Regression: the ELOOP escaped the window's task as `window.error`, ending it as ERROR.)"""
@@ -634,7 +641,7 @@ def test_precreated_symlinked_series_is_rejected(
 
 
 def test_precreated_symlinked_window_json_is_rejected(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """`window.json -> outside`: never followed, and the item is `rejected` with a reason.
     (Regression: the ELOOP escaped as `intake.failed` on every rescan, for ever.)"""
@@ -652,7 +659,7 @@ def test_precreated_symlinked_window_json_is_rejected(
 
 
 def test_fifo_as_series_file_is_never_opened(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """A FIFO where `series.jsonl` belongs is never opened: O_NOFOLLOW does not stop a FIFO,
     and opening one blocks, in a worker thread that cannot be cancelled, until the other end
@@ -720,7 +727,7 @@ meta_value = st.one_of(
 
 
 def test_metadata_reaches_the_rollback_only_as_environment_values(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Shell metacharacters in metadata arrive byte for byte in POSTDEPLOY_META_* and never
     run: the argv is exactly the configured one and no canary file ever appears."""
@@ -783,7 +790,7 @@ def test_metadata_reaches_the_rollback_only_as_environment_values(
 
 
 def test_nul_in_metadata_is_rejected_or_a_failed_rollback(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """`{"commit": "a\\u0000b"}` is valid JSON, but no environment value can hold NUL: the
     sentinel is rejected, or the rollback fails to start (ROLLBACK_FAILED). (Regression:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 
 def rollback_repo(pd: Harness, mode: str = "ok", **overrides: Any) -> dict[str, Any]:
@@ -110,7 +110,11 @@ def test_failing_hook_is_rollback_failed(pd: Harness, mode: str) -> None:
     if mode == "hang":
         # The timeout kills the hook's whole process group, its background child too.
         for pid in (calls[0]["pid"], calls[0]["child"]):
-            pd.wait_until(f"pid {pid} to be gone", lambda pid=pid: not alive(pid))
+
+            def gone(pid: int = pid) -> bool:
+                return not alive(pid)
+
+            pd.wait_until(f"pid {pid} to be gone", gone)
 
 
 def test_newer_window_supersedes_the_older_one_without_reaction(pd: Harness) -> None:

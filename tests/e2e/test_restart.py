@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 DEADLINE_S = 30.0
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
-ROW_FIELDS = {
+ROW_FIELDS: dict[str, type | tuple[type, ...]] = {
     "tick": int,
     "scheduled_ts": float,
     "ts": float,

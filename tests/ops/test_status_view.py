@@ -17,7 +17,7 @@ from postdeploy.config import load_config, parse_config
 from postdeploy.layout import ItemKey
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 HERE = Path(__file__).parent
 SNAPSHOT = HERE / "status_snapshot.json"
