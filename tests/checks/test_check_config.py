@@ -32,47 +32,32 @@ def prom(**fields: Any) -> dict[str, Any]:
     return {**base, **fields}
 
 
+# A bad condition (in an HTTP check's `expect`, after a good one) -> what check-config says.
+CONDITIONS: dict[str, str] = {
+    "$.x ==": "a value is missing after ==",
+    "$.items lenght > 0": "expected one of == != <= >= < > after the subject",
+    'body matches "["': "bad regular expression: unterminated character set at position 0",
+    "latency_ms < fast": "'fast' is not a value (use a number, \"text\", true, false, null)",
+    '$.items length > "many"': "length compares with a number",
+    'status == "200"': "status compares with a number",
+    "$..items exists": "'$..items' is not a JSON path like $.a.b[0]",
+    'headers contains "x"': "the subject must be status, latency_ms, body or a JSON path like "
+    "$.items",
+    '$.city ≠ "Zürich"': "expected one of == != <= >= < > after the subject",
+}
+
 # repo name -> (its table after `base_url`, the exact line after `PATH: repos.NAME.`)
 CASES: dict[str, tuple[dict[str, Any], str]] = {
-    "missing-value": (
-        {"checks": [http(expect=["status == 200", "$.x =="])]},
-        "checks[0].expect: '$.x ==': a value is missing after ==",
-    ),
+    **{
+        f"condition-{n}": (
+            {"checks": [http(expect=["status == 200", condition])]},
+            f"checks[0].expect: '{condition}': {why}",
+        )
+        for n, (condition, why) in enumerate(CONDITIONS.items())
+    },
     "second-check": (
         {"checks": [http(name="fine"), http(name="typo", expect=["$.items lenght > 0"])]},
         "checks[1].expect: '$.items lenght > 0': expected one of == != <= >= < > after the subject",
-    ),
-    "bad-regex": (
-        {"checks": [http(expect=['body matches "["'])]},
-        "checks[0].expect: 'body matches \"[\"': bad regular expression: "
-        "unterminated character set at position 0",
-    ),
-    "not-a-value": (
-        {"checks": [http(expect=["latency_ms < fast"])]},
-        "checks[0].expect: 'latency_ms < fast': 'fast' is not a value "
-        '(use a number, "text", true, false, null)',
-    ),
-    "length-string": (
-        {"checks": [http(expect=['$.items length > "many"'])]},
-        "checks[0].expect: '$.items length > \"many\"': length compares with a number",
-    ),
-    "status-string": (
-        {"checks": [http(expect=['status == "200"'])]},
-        "checks[0].expect: 'status == \"200\"': status compares with a number",
-    ),
-    "bad-path": (
-        {"checks": [http(expect=["$..items exists"])]},
-        "checks[0].expect: '$..items exists': '$..items' is not a JSON path like $.a.b[0]",
-    ),
-    "bad-subject": (
-        {"checks": [http(expect=['headers contains "x"'])]},
-        "checks[0].expect: 'headers contains \"x\"': "
-        "the subject must be status, latency_ms, body or a JSON path like $.items",
-    ),
-    "unicode": (
-        {"checks": [http(expect=['$.city ≠ "Zürich"'])]},
-        "checks[0].expect: '$.city ≠ \"Zürich\"': "
-        "expected one of == != <= >= < > after the subject",
     ),
     "empty": ({"checks": [http(expect=[""])]}, "checks[0].expect: empty condition"),
     "no-data": (
@@ -134,6 +119,18 @@ def config_text(cases: dict[str, tuple[dict[str, Any], str]]) -> str:
         name: {"base_url": "http://127.0.0.1:1", **table} for name, (table, _) in cases.items()
     }
     return render_toml({"state_dir": "state", "repos": repos})
+
+
+def one_check_config(folder: Path, **check: Any) -> Path:
+    """A config file in `folder`: repo `shop` with one check, `catalog` on /feature, and
+    `check`'s fields."""
+    table = {
+        "base_url": "http://127.0.0.1:8080",
+        "checks": [http(name="catalog", path="/feature", **check)],
+    }
+    path = folder / "config.toml"
+    path.write_text(render_toml({"state_dir": "state", "repos": {"shop": table}}), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -219,19 +216,7 @@ fail_threshold = 4
 def test_check_config_reports_every_bad_condition_of_a_check(
     tmp_path: Path, postdeploy_cli: Cli
 ) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:8080"
-[[repos.shop.checks]]
-name = "catalog"
-path = "/feature"
-expect = ["$.x ==", "status == 200", 'body matches "["']
-""",
-        encoding="utf-8",
-    )
+    path = one_check_config(tmp_path, expect=["$.x ==", "status == 200", 'body matches "["'])
     result = postdeploy_cli("check-config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "'$.x ==': a value is missing after ==" in result.stderr
@@ -240,19 +225,7 @@ expect = ["$.x ==", "status == 200", 'body matches "["']
 
 def test_run_refuses_a_bad_condition_with_the_same_line(tmp_path: Path) -> None:
     """`postdeploy run` validates the same way and exits 2 before starting."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:8080"
-[[repos.shop.checks]]
-name = "catalog"
-path = "/feature"
-expect = ["$.items length >"]
-""",
-        encoding="utf-8",
-    )
+    path = one_check_config(tmp_path, expect=["$.items length >"])
     result = subprocess.run(
         [sys.executable, "-m", "postdeploy", "run", "--config", str(path)],
         capture_output=True,
@@ -271,19 +244,7 @@ expect = ["$.items length >"]
 def test_check_config_rejects_a_header_value_that_cannot_be_sent(
     tmp_path: Path, postdeploy_cli: Cli
 ) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:8080"
-[[repos.shop.checks]]
-name = "catalog"
-path = "/feature"
-headers = { "X-Trace" = "tést" }
-""",
-        encoding="utf-8",
-    )
+    path = one_check_config(tmp_path, headers={"X-Trace": "tést"})
     result = postdeploy_cli("check-config", str(path), cwd=tmp_path)
     assert result.returncode == 2, result
     assert f"{path}: repos.shop.checks[0].headers" in result.stderr
