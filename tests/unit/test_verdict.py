@@ -22,6 +22,7 @@ from postdeploy.verdict import (
     healthy,
     rollback_action,
 )
+from support.series import series_line
 
 TH = Thresholds(fail_threshold=3, fivexx_threshold=0.2, min_samples=6)
 
@@ -31,18 +32,9 @@ FAIL = (False, 2, 0)
 
 
 def raw_row(tick: int, health_ok: bool = True, total: int = 2, fivexx: int = 0) -> dict[str, Any]:
-    """One `series.jsonl` line as the daemon writes it."""
-    return {
-        "tick": tick,
-        "scheduled_ts": 1_795_763_584.0 + tick,
-        "ts": 1_795_763_584.004 + tick,
-        "health_ok": health_ok,
-        "health_code": 200 if health_ok else 503,
-        "total": total,
-        "fivexx": fivexx,
-        "latency_ms": 3.1,
-        "detail": f"tick {tick} health={'ok' if health_ok else 'bad'} 5xx={fivexx}/{total}",
-    }
+    """One `series.jsonl` line, its detail naming the tick's figures."""
+    detail = f"tick {tick} health={'ok' if health_ok else 'bad'} 5xx={fivexx}/{total}"
+    return series_line(tick, health_ok, total=total, fivexx=fivexx, detail=detail)
 
 
 def rows(*ticks: tuple[bool, int, int]) -> list[dict[str, Any]]:
