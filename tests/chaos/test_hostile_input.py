@@ -281,33 +281,23 @@ def test_armed_contents_start_a_window_or_are_rejected_with_a_reason(
     _assert_sane(run)
 
 
-def test_deeply_nested_armed_is_rejected_not_an_intake_failure(
-    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
+@pytest.mark.parametrize(
+    "armed",
+    [
+        # Inside the 64 KiB limit, but it exhausts the JSON parser's recursion.
+        pytest.param(b"[" * 50_000, id="deeply-nested"),
+        # Parses, but cannot be written back as UTF-8 (`window.json`, the environment).
+        pytest.param(b'{"branch": "\\ud800"}', id="lone-surrogate"),
+    ],
+)
+def test_armed_that_breaks_the_parser_or_encoder_is_rejected_not_an_intake_failure(
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], armed: bytes
 ) -> None:
-    """`[[[[...` inside the 64 KiB limit exhausts the JSON parser's recursion: `rejected`,
-    not `intake.failed` on every rescan."""
+    """`rejected`, not `intake.failed` on every rescan."""
     run = daemons.start(_config(kit, tmp_path, targets().url))
-    directory = tmp_path / "state" / "shop" / "deep"
+    directory = tmp_path / "state" / "shop" / "w1"
     directory.mkdir(parents=True)
-    (directory / "armed").write_bytes(b"[" * 50_000)
-    _wait(
-        "rejected or intake.failed",
-        lambda: (directory / "rejected").exists() or bool(run.find("intake.failed")),
-        run,
-    )
-    _assert_sane(run)
-    assert (directory / "rejected").exists()
-
-
-def test_lone_surrogate_in_armed_is_rejected_not_an_intake_failure(
-    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
-) -> None:
-    """`{"branch": "\\ud800"}` parses but cannot be written back as UTF-8 (`window.json`, the
-    environment): `rejected`, not `intake.failed` on every rescan."""
-    run = daemons.start(_config(kit, tmp_path, targets().url))
-    directory = tmp_path / "state" / "shop" / "surrogate"
-    directory.mkdir(parents=True)
-    (directory / "armed").write_bytes(b'{"branch": "\\ud800"}')
+    (directory / "armed").write_bytes(armed)
     _wait(
         "rejected or intake.failed",
         lambda: (directory / "rejected").exists() or bool(run.find("intake.failed")),
@@ -622,39 +612,24 @@ def test_precreated_symlinked_work_files_are_never_written_through(
     _assert_sane(run)
 
 
-def test_precreated_symlinked_series_is_rejected(
-    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
+@pytest.mark.parametrize("name", ["series.jsonl", "window.json"])
+def test_precreated_symlinked_state_file_is_rejected(
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], name: str
 ) -> None:
-    """`series.jsonl -> outside`: never followed, and the item is `rejected` with a reason.
-    (Regression: the ELOOP escaped the window's task as `window.error`, ending it as ERROR.)"""
+    """`series.jsonl` or `window.json` -> outside: never followed, and the item is `rejected`
+    with a reason. (Regressions: for `series.jsonl` the ELOOP escaped the window's task as
+    `window.error`, ending it as ERROR; for `window.json` it escaped as `intake.failed` on
+    every rescan, for ever.)"""
     outside, victim = _victim(tmp_path)
     before = kit.listing(outside)
     path = _degrading_config(kit, tmp_path, targets)
     directory = tmp_path / "state" / "shop" / "w1"
     directory.mkdir(parents=True)
-    (directory / "series.jsonl").symlink_to(victim)
+    (directory / name).symlink_to(victim)
     run = daemons.start(path)
     (directory / "armed").touch()
     _wait("done or rejected", lambda: _finished_or_refused(directory), run)
     assert kit.listing(outside) == before  # never written through, bug or not
-    _assert_sane(run)
-
-
-def test_precreated_symlinked_window_json_is_rejected(
-    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
-) -> None:
-    """`window.json -> outside`: never followed, and the item is `rejected` with a reason.
-    (Regression: the ELOOP escaped as `intake.failed` on every rescan, for ever.)"""
-    outside, victim = _victim(tmp_path)
-    before = kit.listing(outside)
-    path = _degrading_config(kit, tmp_path, targets)
-    directory = tmp_path / "state" / "shop" / "w1"
-    directory.mkdir(parents=True)
-    (directory / "window.json").symlink_to(victim)
-    run = daemons.start(path)
-    (directory / "armed").touch()
-    run.wait_for(("window.finished", "sentinel.rejected", "intake.failed"))
-    assert kit.listing(outside) == before
     _assert_sane(run)
 
 
