@@ -77,8 +77,7 @@ class DaemonProcess:
         preexec_fn: Callable[[], None] | None = None,
         on_line: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.config_path = config_path
-        self.stderr_path = stderr_path
+        self.config_path, self.stderr_path = config_path, stderr_path
         self.journal = journal
         self.strict = strict
         self.handled_errors = handled_errors
