@@ -19,7 +19,7 @@ from postdeploy.probe import Prober
 from postdeploy.series import ProbeRow
 
 if TYPE_CHECKING:
-    from conftest import Service
+    from support.http import Service
 
 
 @pytest.fixture

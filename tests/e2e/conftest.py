@@ -169,6 +169,8 @@ class Harness:
         tag = str(self.calls).encode()
         for call in self.hook_calls():
             for pid in (call.get("pid"), call.get("child")):
+                if not isinstance(pid, int):
+                    continue  # a hook that started no child
                 # Only a process that still names this test's calls file (the hook in its argv,
                 # its child in its environment): pids get reused.
                 with contextlib.suppress(OSError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 
 def _cli(pd: Harness, *args: str) -> subprocess.CompletedProcess[str]:

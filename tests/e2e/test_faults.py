@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from support.env import child_env
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 DEADLINE_S = 30.0
 

@@ -119,6 +119,9 @@ def make_runner(
         if events is not None:
             events.append(event)
 
+    async def written_at_once(_: list[str]) -> None:
+        """Without an outbox, every event is in `events` when `emit` returns."""
+
     settings = WindowSettings(
         window_s=5.0,
         interval_s=0.05,
@@ -144,7 +147,7 @@ def make_runner(
         Prober(),
         outbox.emit if outbox is not None else emit,
         first_seen=True,
-        **({"until_written": outbox.until_written} if outbox is not None else {}),
+        until_written=outbox.until_written if outbox is not None else written_at_once,
     )
 
 

@@ -8,7 +8,9 @@ the connections it accepts and the requests each one carries, and can misbehave 
 the request's path. The server records what happens, and tests wait for those records (a
 connection accepted, a request read, the client's end-of-stream seen) with generous
 deadlines that are only reached when something is broken. Where the only signal is the
-transport's own state (`transport.connections`), `eventually()` polls it briefly.
+transport's own state (`transport.connections`), `eventually()` polls it briefly. The
+`transport` fixture (tests/conftest.py) is a LeanTransport whose idle connections never
+expire.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import httpx
 import pytest
 
 from postdeploy.transport import LeanTransport
+from support.aio import Changes, eventually, tcp_server
 from support.tls import Cert, self_signed
 
 DEADLINE_S = 20.0  # only reached when something is broken
@@ -88,7 +91,7 @@ Route = Callable[[Seen], Awaitable[bool]]
 
 
 @dataclass(eq=False)
-class Server:
+class Server(Changes):
     """What a running test server has seen; `wait_until` blocks on its events."""
 
     scheme: str = "http"
@@ -99,21 +102,9 @@ class Server:
     # then the connection is closed (or reset) without an answer, exactly as if the server's
     # idle timeout had fired while the request was on its way.
     drop_next_reused: str | None = None
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
-
-    def notify(self) -> None:
-        """Wake every `wait_until` so it re-checks its predicate."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool], deadline: float = DEADLINE_S) -> None:
-        """Wait until `predicate()` holds; TimeoutError after `deadline` seconds."""
-        async with asyncio.timeout(deadline):
-            while not predicate():
-                await self._changed.wait()
 
     def close(self, conn: Conn) -> None:
         """Close `conn` from the server's side (e.g. an idle keep-alive connection)."""
@@ -338,45 +329,23 @@ async def converse(server: Server, conn: Conn) -> None:
 async def serve(*, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     """Run a server on 127.0.0.1:0 for the duration of the block (HTTPS with `tls`)."""
     server = Server(scheme="https" if tls else "http")
-    closing = asyncio.Event()
-    connections: set[asyncio.Future[None]] = set()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Conn(len(server.conns), reader, writer)
         server.conns.append(conn)
         server.notify()
-        # The conversation runs in a task of its own, stopped when the server closes: hung
-        # routes would otherwise wait forever. (Cancelling asyncio's own connection task
-        # instead makes Python 3.11 log a spurious "Exception in callback".)
-        done = asyncio.get_running_loop().create_future()
-        connections.add(done)
-        work = asyncio.ensure_future(converse(server, conn))
-        stop = asyncio.ensure_future(closing.wait())
         try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (work, stop):
-                task.cancel()
-            await asyncio.gather(work, stop, return_exceptions=True)
+            await converse(server, conn)
+        finally:  # also when the server stops: a hung route is cancelled then
             if not conn.client_closed:
                 conn.server_closed = True
             writer.close()
             conn.finished = True
             server.notify()
-            done.set_result(None)
 
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
-    server.port = listener.sockets[0].getsockname()[1]
-    try:
+    async with tcp_server(on_connect, tls=tls) as port:
+        server.port = port
         yield server
-    finally:
-        # Shielded: this cleanup must also run when the test's own deadline has fired.
-        with anyio.CancelScope(shield=True):
-            listener.close()
-            closing.set()
-            if connections:
-                await asyncio.wait(connections)
-            await listener.wait_closed()
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,27 +389,6 @@ async def fetch_request(transport: LeanTransport, request: httpx.Request) -> Rep
 def ok(method: str, target: str, conn: int, number: int) -> bytes:
     """The body `answer_ok` sends for this request on that connection."""
     return f"{method} {target} conn={conn} n={number}".encode()
-
-
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Wait until `predicate()` holds, for state only the transport knows (no event to wait
-    on): brief polls, failing after DEADLINE_S."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[LeanTransport]:
-    """A LeanTransport whose idle connections never expire, closed after the test."""
-    instance = LeanTransport(keepalive_expiry=NO_EXPIRY_S)
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import anyio
 import httpx
 import pytest
 
@@ -34,11 +33,8 @@ from postdeploy.transport import (
     check_heads,
     no_answer_to_us,
 )
+from support.aio import Changes, eventually, tcp_server
 from support.tls import Cert, self_signed
-
-DEADLINE_S = 20.0  # only reached when something is broken
-NO_EXPIRY_S = 3600.0  # keep-alive expiry: never what closes a connection in these tests
-
 
 # --------------------------------------------------------------------------------------------
 # A scripted keep-alive server
@@ -68,25 +64,15 @@ Route = Callable[["Server", Seen], Awaitable[bool]]
 
 
 @dataclass(eq=False)
-class Server:
+class Server(Changes):
     routes: dict[str, Route]
     scheme: str = "http"
     port: int = 0
     conns: list[Conn] = field(default_factory=list)
     requests: list[Seen] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await self._changed.wait()
 
     def seen(self) -> list[tuple[int, int, str, str]]:
         """(connection, position on it, method, path) of every request, in arrival order."""
@@ -142,9 +128,11 @@ async def serve(
 ) -> AsyncIterator[Server]:
     """Run a server on 127.0.0.1:0; a path missing from `routes` gets `answer_ok`."""
     server = Server(routes, scheme="https" if tls else "http")
-    tasks: set[asyncio.Future[None]] = set()
 
-    async def converse(conn: Conn) -> None:
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Conn(len(server.conns), reader, writer)
+        server.conns.append(conn)
+        server.notify()
         try:
             while (request := await read_request(conn)) is not None:
                 conn.requests += 1
@@ -156,31 +144,14 @@ async def serve(
             conn.client_closed = True
         except OSError:
             conn.client_closed = True
-        finally:
-            conn.writer.close()
+        finally:  # also when the server stops: a hung route is cancelled then
+            writer.close()
             conn.finished = True
             server.notify()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Conn(len(server.conns), reader, writer)
-        server.conns.append(conn)
-        server.notify()
-        # In a task of its own, cancelled when the server stops (cancelling asyncio's own
-        # connection task makes Python 3.11 log a spurious "Exception in callback").
-        task = asyncio.ensure_future(converse(conn))
-        tasks.add(task)
-        await asyncio.wait({task})
-
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
-    server.port = listener.sockets[0].getsockname()[1]
-    try:
+    async with tcp_server(converse, tls=tls) as port:
+        server.port = port
         yield server
-    finally:
-        with anyio.CancelScope(shield=True):
-            listener.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass
@@ -205,25 +176,6 @@ async def fetch(
     finally:
         await stream.aclose()
     return Reply(response.status_code, bytes(body))
-
-
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """For state only the transport knows: brief polls, failing after DEADLINE_S."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[LeanTransport]:
-    instance = LeanTransport(keepalive_expiry=NO_EXPIRY_S)
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from postdeploy import logs
 from postdeploy.config import parse_config
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 ISO_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
