@@ -27,7 +27,7 @@ from postdeploy.config import Config
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey, UnsafePath
 from postdeploy.rollback import rollback_env
-from postdeploy.runner import ROLLBACK_EVENT, WindowRunner
+from postdeploy.runner import WindowRunner
 from postdeploy.store import ItemStore
 
 log = structlog.get_logger("postdeploy.approvals")
@@ -184,20 +184,20 @@ class Approvals:
             self._shutdown,
             manual=True,
         )
-        detail = (result or {}).get("detail", "result unknown")
+        detail = reaction.detail_of(result)
         await self._emit(
             Event(
-                ROLLBACK_EVENT[action],
+                reaction.ROLLBACK_EVENT[action],
                 key,
                 f"a person's rollback {action}: {detail}",
                 time.time(),
                 status=status,
                 action_taken=str(action),
-                evidence={"rollback": result, **request.to_dict()},
+                evidence={"rollback": result.to_json() if result else None, **request.to_dict()},
                 metadata=metadata,
             )
         )
-        record = {**request.to_dict(), "action": str(action), **(result or {})}
+        record = reaction.ManualRollback(request, action, result).to_json()
         await reaction.durably(
             layout.DONE,
             partial(store.write_json, layout.DONE, {**done, "manual_rollback": record}),

@@ -14,6 +14,9 @@ Both paths that roll back use it: a window that turned DEGRADED with `auto_rollb
 
 Every wait for the disk ends with `Interrupted` when the daemon shuts down: nothing more is
 written, and the restart takes the work item up again from what is on disk.
+
+The recorded result is a `RollbackRecord`, and a person's rollback is recorded in `done` as a
+`ManualRollback`: typed here, turned into JSON only where they are written.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,6 +32,7 @@ import anyio
 import structlog
 
 from postdeploy import layout, metrics
+from postdeploy.manual import Request
 from postdeploy.rollback import RollbackResult, run_command
 from postdeploy.store import ItemStore, ItemVanished
 from postdeploy.verdict import Action
@@ -39,8 +44,78 @@ WRITE_RETRY_FIRST_S = 0.5  # the first wait after the disk refused a write
 WRITE_RETRY_MAX_S = 30.0  # the longest wait between two tries of a write the disk refused
 
 
+# The event sent when a rollback ends with each action.
+ROLLBACK_EVENT = {
+    Action.ROLLBACK_OK: "rollback.ok",
+    Action.ROLLBACK_FAILED: "rollback.failed",
+    Action.ROLLBACK_UNKNOWN: "rollback.unknown",
+}
+
+
 class Interrupted(Exception):
     """The daemon is shutting down while a write still waits for the disk."""
+
+
+@dataclass(frozen=True)
+class RollbackRecord:
+    """What `rollback.json` says: the command's result, and whether a person asked for it.
+
+    `exit_code` is None when the command did not start or was killed at its timeout."""
+
+    exit_code: int | None
+    detail: str
+    duration_s: float  # rounded to the millisecond, as written
+    manual: bool = False
+
+    @classmethod
+    def of(cls, result: RollbackResult, *, manual: bool) -> RollbackRecord:
+        done = result.to_dict()
+        return cls(result.exit_code, result.detail, done["duration_s"], manual)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RollbackRecord:
+        """A record read back from `rollback.json` (wrong types become "unknown")."""
+        code, duration = data.get("exit_code"), data.get("duration_s")
+        return cls(
+            code if isinstance(code, int) and not isinstance(code, bool) else None,
+            str(data.get("detail", "")),
+            float(duration) if isinstance(duration, int | float) else 0.0,
+            data.get("manual") is True,
+        )
+
+    @property
+    def action(self) -> Action:
+        return action_for_exit(self.exit_code)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of `rollback.json` (and of `done`'s `rollback`)."""
+        return {
+            "exit_code": self.exit_code,
+            "detail": self.detail,
+            "duration_s": self.duration_s,
+            **({"manual": True} if self.manual else {}),
+        }
+
+
+def detail_of(record: RollbackRecord | None) -> str:
+    """What the rollback's event says of its result."""
+    return record.detail if record else "result unknown"
+
+
+@dataclass(frozen=True)
+class ManualRollback:
+    """A person's rollback as `done` records it (`manual_rollback`): who, why, the result."""
+
+    request: Request
+    action: Action
+    record: RollbackRecord | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.request.to_dict(),
+            "action": str(self.action),
+            **(self.record.to_json() if self.record else {}),
+        }
 
 
 async def durably(what: str, write: Callable[[], Awaitable[None]], shutdown: anyio.Event) -> None:
@@ -80,13 +155,14 @@ async def rollback(
     shutdown: anyio.Event,
     *,
     manual: bool = False,
-) -> tuple[Action, dict[str, Any] | None]:
+) -> tuple[Action, RollbackRecord | None]:
     """Run the rollback command at most once per work item, even across restarts (see the
     module docstring); returns the action and the recorded result."""
     previous = await store.read_json(layout.ROLLBACK_RESULT)
     if previous is not None:
         log.info("rollback.already_ran", result=previous)
-        return action_for_exit(previous.get("exit_code")), previous
+        record = RollbackRecord.from_json(previous)
+        return record.action, record
     if await store.exists(layout.ROLLBACK_INTENT):
         log.critical(
             "rollback.unknown",
@@ -101,16 +177,16 @@ async def rollback(
     )
     log.warning("rollback.started", argv=argv, manual=manual)
     result = await _run_logged(store, argv, dict(env), timeout)
-    action = action_for_exit(result.exit_code)
+    recorded = RollbackRecord.of(result, manual=manual)
+    action = recorded.action
     # Logged before the result is written: journald has it even if the disk never takes
     # the file and the daemon is stopped (the restart then says ROLLBACK_UNKNOWN).
     level = log.warning if action is Action.ROLLBACK_OK else log.critical
     level("rollback.finished", action=str(action), **result.to_dict())
     metrics.rollback_finished(store.key.repo, str(action))
-    recorded = {**result.to_dict(), **({"manual": True} if manual else {})}
     await durably(
         layout.ROLLBACK_RESULT,
-        partial(store.write_json, layout.ROLLBACK_RESULT, recorded),
+        partial(store.write_json, layout.ROLLBACK_RESULT, recorded.to_json()),
         shutdown,
     )
     return action, recorded

@@ -1,6 +1,6 @@
 """A window's schedule and its transitions, all in one pure place (no I/O, no clock).
 
-The shell (`runner.py`) asks `next_step(...)` what to do, does it, folds the result into the
+The shell (`observe.py`) asks `next_step(...)` what to do, does it, folds the result into the
 tally and asks again. Every rule about *when* to probe and *when* to stop lives here.
 
 Times are on the wall-clock axis of the window's schedule, but the shell measures "now" with

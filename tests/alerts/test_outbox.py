@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from structlog.testing import capture_logs
 
 from postdeploy.alerts import Outbox, pending
@@ -24,27 +26,45 @@ from postdeploy.alerts import Outbox, pending
 SECRET = "s3cr3t-hmac-key-for-tests"
 
 
+@pytest.fixture
+def new_outbox(tmp_path: Path, kit: Any) -> Callable[..., Outbox]:
+    """Make outboxes below `tmp_path` (or `root`) delivering to the sinks of `tables`
+    (validated as the config file's `[[alerts]]` tables are), with the test settings changed
+    by `settings`, in an empty environment unless `environ` is given."""
+
+    def make(
+        *tables: dict[str, Any],
+        root: Path | None = None,
+        environ: dict[str, str] | None = None,
+        **settings: float,
+    ) -> Outbox:
+        return Outbox(
+            tmp_path if root is None else root,
+            kit.sinks(*tables),
+            kit.settings(**settings),
+            environ={} if environ is None else environ,
+        )
+
+    return make
+
+
 def spool_pending(root: Path) -> Path:
     return root / ".outbox" / "pending"
 
 
 async def test_webhook_delivery_headers_signature_and_body(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     receiver = receivers()
     env = {"HOOK_SECRET": SECRET, "HOOK_TOKEN": "Bearer tok-123456"}
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {
-                "type": "webhook",
-                "url": receiver.url + "/hook",
-                "secret_env": "HOOK_SECRET",
-                "headers": {"X-Team": "shop"},
-                "headers_env": {"Authorization": "HOOK_TOKEN"},
-            }
-        ),
-        kit.settings(),
+    outbox = new_outbox(
+        {
+            "type": "webhook",
+            "url": receiver.url + "/hook",
+            "secret_env": "HOOK_SECRET",
+            "headers": {"X-Team": "shop"},
+            "headers_env": {"Authorization": "HOOK_TOKEN"},
+        },
         environ=env,
     )
     event = kit.event()
@@ -70,26 +90,22 @@ async def test_webhook_delivery_headers_signature_and_body(
 
 
 async def test_webhook_body_template_for_a_tracker(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     receiver = receivers()
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {
-                "type": "webhook",
-                "name": "plane",
-                "url": receiver.url + "/api/v1/workspaces/acme/projects/p1/work-items/",
-                "secret_env": "HOOK_SECRET",
-                "headers_env": {"X-API-Key": "PLANE_KEY"},
-                "body": {
-                    "name": "postdeploy: {title}",
-                    "description_html": "{details_html}",
-                    "priority": "urgent",
-                },
-            }
-        ),
-        kit.settings(),
+    outbox = new_outbox(
+        {
+            "type": "webhook",
+            "name": "plane",
+            "url": receiver.url + "/api/v1/workspaces/acme/projects/p1/work-items/",
+            "secret_env": "HOOK_SECRET",
+            "headers_env": {"X-API-Key": "PLANE_KEY"},
+            "body": {
+                "name": "postdeploy: {title}",
+                "description_html": "{details_html}",
+                "priority": "urgent",
+            },
+        },
         environ={"HOOK_SECRET": SECRET, "PLANE_KEY": "plane-api-key-1"},
     )
     event = kit.event(reason="5xx <ratio> & co")
@@ -109,13 +125,14 @@ async def test_webhook_body_template_for_a_tracker(
 
 
 async def test_failing_sink_is_retried_with_backoff_and_delivered_once(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     answers = iter([503, 503, 200])
     receiver = receivers(responder=lambda _: (next(answers, 200), {}, b"{}"))
-    settings = kit.settings(retry_initial_s=0.1, retry_max_s=0.4)
-    outbox = Outbox(
-        tmp_path, kit.sinks({"type": "webhook", "url": receiver.url}), settings, environ={}
+    outbox = new_outbox(
+        {"type": "webhook", "url": receiver.url},
+        retry_initial_s=0.1,
+        retry_max_s=0.4,
     )
     event = kit.event()
     with capture_logs() as logs:
@@ -136,14 +153,13 @@ async def test_failing_sink_is_retried_with_backoff_and_delivered_once(
 
 
 async def test_receiver_down_then_up_gets_each_event_exactly_once(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     receiver = receivers(listening=False)  # connections refused
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks({"type": "webhook", "url": receiver.url, "name": "hook", "min_severity": "info"}),
-        kit.settings(retry_initial_s=0.05, retry_max_s=0.1),
-        environ={},
+    outbox = new_outbox(
+        {"type": "webhook", "url": receiver.url, "name": "hook", "min_severity": "info"},
+        retry_initial_s=0.05,
+        retry_max_s=0.1,
     )
     events = [kit.event("window.armed", seq=str(i)) for i in range(3)]
     with capture_logs() as logs:
@@ -168,7 +184,7 @@ async def test_receiver_down_then_up_gets_each_event_exactly_once(
 
 
 async def test_telegram_429_retry_after_is_honoured(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     token = "123456:telegram-test-token-abcdef"
     limited = {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1"}
@@ -180,19 +196,17 @@ async def test_telegram_429_retry_after_is_honoured(
         return code, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
     api = receivers(responder=telegram)
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {
-                "type": "telegram",
-                "bot_token_env": "TG_TOKEN",
-                "chat_id": -100123,
-                "api_base": api.url,
-                "min_severity": "info",
-            }
-        ),
-        kit.settings(retry_initial_s=0.01, retry_max_s=0.02),  # far below retry_after
+    outbox = new_outbox(
+        {
+            "type": "telegram",
+            "bot_token_env": "TG_TOKEN",
+            "chat_id": -100123,
+            "api_base": api.url,
+            "min_severity": "info",
+        },
         environ={"TG_TOKEN": token},
+        retry_initial_s=0.01,  # far below retry_after
+        retry_max_s=0.02,
     )
     event = kit.event(reason="ratio <0.5> & rising", metadata={"commit": "<c1>"})
     with capture_logs() as logs:
@@ -216,18 +230,13 @@ async def test_telegram_429_retry_after_is_honoured(
 
 
 async def test_hanging_sink_does_not_delay_another_sink(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     hanging = receivers(responder=lambda _: kit.HANG)
     healthy = receivers()
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {"type": "webhook", "url": hanging.url, "name": "slow", "timeout_s": 600},
-            {"type": "webhook", "url": healthy.url, "name": "fast"},
-        ),
-        kit.settings(),
-        environ={},
+    outbox = new_outbox(
+        {"type": "webhook", "url": hanging.url, "name": "slow", "timeout_s": 600},
+        {"type": "webhook", "url": healthy.url, "name": "fast"},
     )
     first, second = kit.event(seq="1"), kit.event(seq="2")
     async with kit.running(outbox):
@@ -245,7 +254,9 @@ async def test_hanging_sink_does_not_delay_another_sink(
         )
 
 
-async def test_command_sink_gets_the_event_json_on_stdin(tmp_path: Path, kit: Any) -> None:
+async def test_command_sink_gets_the_event_json_on_stdin(
+    tmp_path: Path, kit: Any, new_outbox: Any
+) -> None:
     out = tmp_path / "received.json"
     script = (
         "import os, sys, pathlib\n"
@@ -254,16 +265,13 @@ async def test_command_sink_gets_the_event_json_on_stdin(tmp_path: Path, kit: An
         "pathlib.Path(sys.argv[1] + '.env').write_text(os.environ['POSTDEPLOY_EVENT_ID'] + ' '"
         " + os.environ['POSTDEPLOY_REPO'] + ' ' + os.environ['EXTRA'])\n"
     )
-    outbox = Outbox(
-        tmp_path / "state",
-        kit.sinks(
-            {
-                "type": "command",
-                "argv": [sys.executable, "-c", script, str(out)],
-                "env": {"EXTRA": "yes"},
-            }
-        ),
-        kit.settings(),
+    outbox = new_outbox(
+        {
+            "type": "command",
+            "argv": [sys.executable, "-c", script, str(out)],
+            "env": {"EXTRA": "yes"},
+        },
+        root=tmp_path / "state",
         environ=dict(os.environ),
     )
     (tmp_path / "state").mkdir()
@@ -276,19 +284,17 @@ async def test_command_sink_gets_the_event_json_on_stdin(tmp_path: Path, kit: An
 
 
 async def test_command_sink_failure_and_timeout_kill_the_process_group(
-    tmp_path: Path, kit: Any
+    tmp_path: Path, kit: Any, new_outbox: Any
 ) -> None:
     pidfile = tmp_path / "child.pid"
     # The command leaves a child behind and hangs; its timeout must end both.
     script = f"sleep 300 & echo $! > {pidfile}; wait"
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {"type": "command", "argv": ["sh", "-c", script], "timeout_s": 0.3, "name": "hang"},
-            {"type": "command", "argv": ["sh", "-c", "echo nope >&2; exit 3"], "name": "fail"},
-        ),
-        kit.settings(retry_initial_s=30, retry_max_s=30),
+    outbox = new_outbox(
+        {"type": "command", "argv": ["sh", "-c", script], "timeout_s": 0.3, "name": "hang"},
+        {"type": "command", "argv": ["sh", "-c", "echo nope >&2; exit 3"], "name": "fail"},
         environ=dict(os.environ),
+        retry_initial_s=30,
+        retry_max_s=30,
     )
     with capture_logs() as logs:
         async with kit.running(outbox):
@@ -312,16 +318,13 @@ def gone(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] == "Z"
 
 
-async def test_min_severity_filters_per_sink(tmp_path: Path, kit: Any, receivers: Any) -> None:
+async def test_min_severity_filters_per_sink(
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
+) -> None:
     everything, urgent = receivers(), receivers()
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {"type": "webhook", "url": everything.url, "name": "all", "min_severity": "info"},
-            {"type": "webhook", "url": urgent.url, "name": "pager", "min_severity": "critical"},
-        ),
-        kit.settings(),
-        environ={},
+    outbox = new_outbox(
+        {"type": "webhook", "url": everything.url, "name": "all", "min_severity": "info"},
+        {"type": "webhook", "url": urgent.url, "name": "pager", "min_severity": "critical"},
     )
     info = kit.event("window.armed")
     warning = kit.event("window.missed")
@@ -338,11 +341,11 @@ async def test_min_severity_filters_per_sink(tmp_path: Path, kit: Any, receivers
     assert stored["targets"] == ["all"]
 
 
-async def test_emit_is_idempotent_by_event_id(tmp_path: Path, kit: Any, receivers: Any) -> None:
+async def test_emit_is_idempotent_by_event_id(
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
+) -> None:
     receiver = receivers()
-    outbox = Outbox(
-        tmp_path, kit.sinks({"type": "webhook", "url": receiver.url}), kit.settings(), environ={}
-    )
+    outbox = new_outbox({"type": "webhook", "url": receiver.url})
     event = kit.event()
     async with kit.running(outbox):
         async with anyio.create_task_group() as tg:  # concurrent duplicates
@@ -361,7 +364,7 @@ async def test_emit_is_idempotent_by_event_id(tmp_path: Path, kit: Any, receiver
 
 
 async def test_restart_delivers_what_was_pending_and_resends_nothing(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     broken = {"yes": True}
     answered: list[tuple[str, int]] = []  # (Idempotency-Key, status code) as answered
@@ -374,8 +377,8 @@ async def test_restart_delivers_what_was_pending_and_resends_nothing(
         return code, {}, b"{}"
 
     receiver = receivers(responder=responder)
-    config = kit.sinks({"type": "webhook", "url": receiver.url, "min_severity": "info"})
-    before = Outbox(tmp_path, config, kit.settings(), environ={})
+    sink = {"type": "webhook", "url": receiver.url, "min_severity": "info"}
+    before = new_outbox(sink)
     with capture_logs() as logs:
         async with kit.running(before):
             await before.emit(first)
@@ -390,7 +393,7 @@ async def test_restart_delivers_what_was_pending_and_resends_nothing(
             )
     # The first outbox is gone (as after a crash); a new one takes over the directory.
     broken["yes"] = False
-    after = Outbox(tmp_path, config, kit.settings(), environ={})
+    after = new_outbox(sink)
     async with kit.running(after):
         await after.emit(first)  # re-emitted after the restart: already delivered, a no-op
         await kit.wait_for(lambda: not pending(tmp_path), "the second event's delivery mark")
@@ -404,14 +407,14 @@ async def test_restart_delivers_what_was_pending_and_resends_nothing(
 
 
 async def test_expired_event_is_logged_once_and_kept_on_disk(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     receiver = receivers(responder=lambda _: (503, {}, b"down"))
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks({"type": "webhook", "url": receiver.url, "name": "hook"}),
-        kit.settings(retry_initial_s=0.05, retry_max_s=0.1, max_age_s=0.3),
-        environ={},
+    outbox = new_outbox(
+        {"type": "webhook", "url": receiver.url, "name": "hook"},
+        retry_initial_s=0.05,
+        retry_max_s=0.1,
+        max_age_s=0.3,
     )
     first, second = kit.event(seq="1"), kit.event(seq="2")
     with capture_logs() as logs:
@@ -443,14 +446,14 @@ async def test_expired_event_is_logged_once_and_kept_on_disk(
     assert rows[first.id]["kind"] == "window.degraded" and rows[first.id]["sink"] == "hook"
     # A new outbox over the same directory neither retries nor re-logs it.
     with capture_logs() as later:
-        async with kit.running(Outbox(tmp_path, [], kit.settings(), environ={})):
+        async with kit.running(new_outbox()):
             await kit.wait_for(lambda: kit.logged(later, "outbox.loaded"), "the reload")
     assert kit.logged(later, "outbox.expired_kept", deliveries=2)
     assert not kit.logged(later, "alert.expired")
 
 
 async def test_disk_error_at_emit_keeps_the_event_and_writes_it_later(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     event = kit.event()
     seen_on_disk: list[bool] = []
@@ -463,11 +466,10 @@ async def test_disk_error_at_emit_keeps_the_event_and_writes_it_later(
     outbox_dir = tmp_path / ".outbox"
     outbox_dir.mkdir()
     (outbox_dir / "pending").write_text("not a directory")  # every write now fails
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks({"type": "webhook", "url": receiver.url}),
-        kit.settings(retry_initial_s=0.05, retry_max_s=0.1),
-        environ={},
+    outbox = new_outbox(
+        {"type": "webhook", "url": receiver.url},
+        retry_initial_s=0.05,
+        retry_max_s=0.1,
     )
     with capture_logs() as logs:
         async with kit.running(outbox):
@@ -485,18 +487,13 @@ async def test_disk_error_at_emit_keeps_the_event_and_writes_it_later(
 
 
 async def test_missing_secret_keeps_events_pending_and_other_sinks_going(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     receiver = receivers()
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks(
-            {"type": "webhook", "url": receiver.url, "secret_env": "NOPE_SECRET", "name": "a"},
-            {"type": "telegram", "bot_token_env": "NOPE_TOKEN", "chat_id": "1", "name": "t"},
-            {"type": "webhook", "url": receiver.url, "name": "b"},
-        ),
-        kit.settings(),
-        environ={},
+    outbox = new_outbox(
+        {"type": "webhook", "url": receiver.url, "secret_env": "NOPE_SECRET", "name": "a"},
+        {"type": "telegram", "bot_token_env": "NOPE_TOKEN", "chat_id": "1", "name": "t"},
+        {"type": "webhook", "url": receiver.url, "name": "b"},
     )
     event = kit.event()
     with capture_logs() as logs:
@@ -513,15 +510,10 @@ async def test_missing_secret_keeps_events_pending_and_other_sinks_going(
 
 
 async def test_reconfigure_moves_pending_deliveries_to_the_new_sink_config(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     old, new = receivers(listening=False), receivers()
-    outbox = Outbox(
-        tmp_path,
-        kit.sinks({"type": "webhook", "url": old.url, "name": "hook"}),
-        kit.settings(),
-        environ={},
-    )
+    outbox = new_outbox({"type": "webhook", "url": old.url, "name": "hook"})
     event = kit.event()
     with capture_logs() as logs:
         async with kit.running(outbox):
@@ -543,12 +535,10 @@ async def test_reconfigure_moves_pending_deliveries_to_the_new_sink_config(
 
 
 async def test_odd_event_data_is_stored_and_sent_as_plain_json(
-    tmp_path: Path, kit: Any, receivers: Any
+    tmp_path: Path, kit: Any, receivers: Any, new_outbox: Any
 ) -> None:
     receiver = receivers()
-    outbox = Outbox(
-        tmp_path, kit.sinks({"type": "webhook", "url": receiver.url}), kit.settings(), environ={}
-    )
+    outbox = new_outbox({"type": "webhook", "url": receiver.url})
     event = kit.event(reason="bad \ud800 surrogate, caf\u00e9 \U0001f534")
     event.evidence["where"] = tmp_path  # not JSON: sent as its string form
     async with kit.running(outbox):

@@ -407,7 +407,6 @@ def test_wall_clock_jumps_neither_fire_nor_delay_ticks(
 async def test_window_clock_is_monotonic_once_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without libfaketime: a runner's schedule time moves with the monotonic clock only, so
     a wall-clock step after the window was loaded changes nothing."""
-    from postdeploy import runner as runner_module
     from postdeploy.config import RepoConfig, WindowSettings
     from postdeploy.layout import ItemKey
     from postdeploy.runner import WindowRunner
@@ -426,8 +425,8 @@ async def test_window_clock_is_monotonic_once_loaded(monkeypatch: pytest.MonkeyP
     )
     before, mono = window.now(), time.monotonic()
     real_time = time.time
-    monkeypatch.setattr(runner_module.time, "time", lambda: real_time() + 3600)
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
     after = window.now()
     assert abs((after - before) - (time.monotonic() - mono)) < 0.05
-    monkeypatch.setattr(runner_module.time, "time", lambda: real_time() - 3600)
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
     assert abs(window.now() - before) < 1.0

@@ -22,8 +22,9 @@ from postdeploy import store
 from postdeploy.config import RepoConfig, WindowSettings
 from postdeploy.events import Event
 from postdeploy.layout import ItemKey
+from postdeploy.observe import LATE_TICK_S
 from postdeploy.probe import Prober
-from postdeploy.runner import LATE_TICK_S, WindowRunner
+from postdeploy.runner import WindowRunner
 from postdeploy.store import ItemStore
 from postdeploy.window import Schedule, WindowStart
 

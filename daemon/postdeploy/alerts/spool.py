@@ -3,6 +3,7 @@
 ```
 .outbox/
     pending/<event id>/event.json          {"event": {...}, "targets": [sink...], "emitted_at": ts}
+                                           (`EventFile`)
     pending/<event id>/sink.<name>.json    one sink's delivery state: attempts, next attempt,
                                            last error, delivered_at, expired_at
     delivered/<event id>/...               the same directory, moved here once every sink has it
@@ -85,6 +86,26 @@ class SinkState:
         )
 
 
+@dataclass(frozen=True)
+class EventFile:
+    """The content of `event.json`: the event, the sinks it is for, when it was emitted."""
+
+    event: dict[str, Any]
+    targets: list[str]
+    emitted_at: float  # epoch seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "targets": self.targets, "emitted_at": self.emitted_at}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EventFile:
+        """Parse `event.json`; raises ValueError, TypeError or KeyError if it is malformed."""
+        event, targets = data["event"], data["targets"]
+        if not isinstance(event, dict) or not isinstance(targets, list):
+            raise ValueError("event.json must hold an event object and a targets list")
+        return cls(event, [str(t) for t in targets], float(data["emitted_at"]))
+
+
 @dataclass
 class Stored:
     """One event directory read back from `pending/`."""
@@ -157,11 +178,11 @@ class Spool:
 
     # -- writing ------------------------------------------------------------------------
 
-    def write_event(self, event_id: str, record: dict[str, Any]) -> bool:
+    def write_event(self, event_id: str, record: EventFile) -> bool:
         """Create `pending/<id>/` holding `record`, durably; False if the id is already known."""
         if not EVENT_ID_RE.fullmatch(event_id):
             raise ValueError(f"invalid event id {event_id!r}")
-        data = dumps(record)
+        data = dumps(record.to_dict())
         with self._dirs(create=True) as (pending, delivered):
             if _exists(pending, event_id) or _exists(delivered, event_id):
                 return False
@@ -246,11 +267,8 @@ class Spool:
     def _load_one(self, pending: int, event_id: str) -> Stored:
         fd = os.open(event_id, _DIR_FLAGS, dir_fd=pending)
         try:
-            record = _read_json(fd, EVENT_FILE)
-            event, targets = record["event"], record["targets"]
-            if not isinstance(event, dict) or not isinstance(targets, list):
-                raise ValueError("event.json must hold an event object and a targets list")
-            stored = Stored(event_id, event, [str(t) for t in targets], float(record["emitted_at"]))
+            file = EventFile.from_dict(_read_json(fd, EVENT_FILE))
+            stored = Stored(event_id, file.event, file.targets, file.emitted_at)
             for sink in stored.targets:
                 try:
                     data = _read_json(fd, state_file(sink))

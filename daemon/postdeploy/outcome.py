@@ -1,0 +1,45 @@
+"""The end of a window on disk: `report.md`, then `done` (the commit point), retried while the
+disk refuses. `OutcomeWriter.write_outcome` is the one place the end-of-window artefacts are
+written."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import anyio
+
+from postdeploy import layout, reaction
+from postdeploy.report import Outcome, done_record, render_report
+from postdeploy.series import ProbeRow
+from postdeploy.series_log import SeriesLog
+from postdeploy.store import ItemStore
+
+
+class OutcomeWriter:
+    """Writes one window's outcome; `written` holds it (and its report) once on disk."""
+
+    def __init__(self, store: ItemStore, series: SeriesLog) -> None:
+        self._store = store
+        self._series = series
+        self.written: tuple[Outcome, str] | None = None  # the outcome and report.md
+
+    async def commit(self, outcome: Outcome, shutdown: anyio.Event) -> tuple[Outcome, str]:
+        """Write the outcome until the disk takes it (`reaction.durably`); Interrupted once
+        `shutdown` is set, ItemVanished if the directory is gone."""
+        await reaction.durably("the outcome", partial(self.write_outcome, outcome), shutdown)
+        assert self.written is not None
+        return self.written
+
+    async def write_outcome(self, outcome: Outcome) -> None:
+        """One try: the rows the disk refused so far, then `report.md`, then `done`."""
+        await self._series.flush()
+        rows = await self._series.rows()
+        if outcome.rollback and "verification" in outcome.rollback:
+            verified = (await self._store.read_lines(layout.VERIFY)).rows
+            checked = [r for r in map(ProbeRow.from_dict, verified) if r is not None]
+            outcome = dataclasses.replace(outcome, verification=checked)
+        report = render_report(outcome, rows)
+        await self._store.write_atomic(layout.REPORT, report.encode())
+        await self._store.write_json(layout.DONE, done_record(outcome))
+        self.written = (outcome, report)
