@@ -217,32 +217,34 @@ PAGE_HEADERS = [
     ("Referrer-Policy", "no-referrer"),
     ("Cache-Control", "no-store"),
 ]
-SNAPSHOT_REUSE_S = 1.0  # requests this close together share one read of the state directory
+SNAPSHOT_REUSE_S = 1.0  # requests this close together share one status page (one read)
 
 
 class Pages:
     """The WSGI application of the listener: the pages, and Prometheus for every other path.
 
-    `config` returns the daemon's current config (it changes on reload). One snapshot of the
-    state directory is read at a time, and reused for requests less than SNAPSHOT_REUSE_S
-    apart, so a storm of refreshes costs one read, not one per request.
+    `config` returns the daemon's current config (it changes on reload). One status page is
+    made at a time, and reused for requests less than SNAPSHOT_REUSE_S apart, so a storm of
+    refreshes costs one read of the state directory and one page, not one per request: the
+    pages' threads share the interpreter with the event loop, and take turns with it.
     """
 
     def __init__(self, config: Callable[[], Config]) -> None:
         self._config = config
         self._metrics = make_wsgi_app(REGISTRY)
         self._lock = threading.Lock()
-        self._snapshot: tuple[float, dict[str, Any]] | None = None
+        self._page: tuple[float, str] | None = None
 
-    def snapshot(self) -> dict[str, Any]:
-        """What `postdeploy status --json` prints, read now or less than a second ago."""
+    def page(self) -> str:
+        """The status page made from what `postdeploy status --json` prints, read now or
+        less than SNAPSHOT_REUSE_S ago."""
         from postdeploy import status
 
         with self._lock:
             now = time.monotonic()
-            if self._snapshot is None or now - self._snapshot[0] >= SNAPSHOT_REUSE_S:
-                self._snapshot = (now, status.collect(self._config()))
-            return self._snapshot[1]
+            if self._page is None or now - self._page[0] >= SNAPSHOT_REUSE_S:
+                self._page = (now, render_status_page(status.collect(self._config())))
+            return self._page[1]
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -264,7 +266,7 @@ class Pages:
 
     def status_page(self) -> tuple[str, str]:
         try:
-            return "200 OK", render_status_page(self.snapshot())
+            return "200 OK", self.page()
         except Exception as exc:  # the page must not take the listener down
             log.exception("page.failed", page="/")
             return "500 Internal Server Error", render_error_page(
