@@ -18,6 +18,7 @@ from postdeploy.alerts.format import slack_message, window_page_url
 from postdeploy.config import ConfigError, parse_config
 from postdeploy.demo_service import DemoService
 from support.daemon import DaemonPool
+from support.toml import render_toml
 
 # What a Slack webhook URL looks like: the path is the token.
 HOOK_PATH = "/services/T0000TEST/B0000TEST/sl4ckT0kenPathValueXyz"
@@ -364,29 +365,17 @@ def test_daemon_posts_a_degraded_window_to_slack_with_its_page_link(
 ) -> None:
     slack = receivers(responder=slack_answers((503, {}, b"service_unavailable")))
     config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-state_dir = "state"
-[defaults]
-window_s = 30.0
-interval_s = 0.2
-initial_delay_s = 0.1
-probe_timeout_s = 0.15
-fail_threshold = 2
-[daemon]
-rescan_interval_s = 0.2
-[outbox]
-retry_initial_s = 0.05
-retry_max_s = 0.2
-[repos.shop]
-base_url = "{service.url}"
-[[alerts]]
-type = "slack"
-name = "team"
-url_env = "PD_SLACK_URL"
-public_url = "https://postdeploy.example/"
-"""
-    )
+    fast = {"window_s": 30.0, "interval_s": 0.2, "initial_delay_s": 0.1, "probe_timeout_s": 0.15}
+    sink = {"type": "slack", "name": "team", "url_env": "PD_SLACK_URL"}
+    table = {
+        "state_dir": "state",
+        "defaults": {**fast, "fail_threshold": 2},
+        "daemon": {"rescan_interval_s": 0.2},
+        "outbox": {"retry_initial_s": 0.05, "retry_max_s": 0.2},
+        "repos": {"shop": {"base_url": service.url}},
+        "alerts": [{**sink, "public_url": "https://postdeploy.example/"}],
+    }
+    config.write_text(render_toml(table))
     service.set(health="fail")
     daemon = daemons.start(config, {"PD_SLACK_URL": slack.url + HOOK_PATH})
     item = tmp_path / "state" / "shop" / "r1"

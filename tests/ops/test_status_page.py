@@ -118,20 +118,27 @@ def test_window_paths_that_break_the_name_rule_are_404(tmp_path: Path, path: str
     assert headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_a_failing_read_is_a_500_page_and_the_next_request_is_served(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = config_for(tmp_path)
+def counting_collect(monkeypatch: pytest.MonkeyPatch, *faults: Exception) -> list[int]:
+    """Count the reads of the state directory (`status.collect` calls); the first ones raise
+    `faults`, in order. Returns the list that grows by one per read."""
     calls: list[int] = []
     real = status.collect
 
     def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("<disk on fire>")
+        if len(calls) <= len(faults):
+            raise faults[len(calls) - 1]
         return real(config, now)
 
     monkeypatch.setattr(status, "collect", collect)
+    return calls
+
+
+def test_a_failing_read_is_a_500_page_and_the_next_request_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = config_for(tmp_path)
+    counting_collect(monkeypatch, RuntimeError("<disk on fire>"))
     monkeypatch.setattr(metrics, "SNAPSHOT_REUSE_S", 0.0)
     pages = metrics.Pages(lambda: config)
     code, _, page = call(pages, "/")
@@ -144,14 +151,7 @@ def test_requests_close_together_share_one_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = config_for(tmp_path)
-    calls: list[int] = []
-    real = status.collect
-
-    def collect(config: Config, now: float | None = None) -> dict[str, Any]:
-        calls.append(1)
-        return real(config, now)
-
-    monkeypatch.setattr(status, "collect", collect)
+    calls = counting_collect(monkeypatch)
     pages = metrics.Pages(lambda: config)
     for _ in range(5):
         assert call(pages, "/")[0] == "200 OK"
