@@ -281,6 +281,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     key = _item(args)
     config = _load(args)
+    if args.html:
+        from postdeploy.windowpage import window_page
+
+        state, page = window_page(config.state_path, key, config)
+        print(page, end="")
+        return EXIT_OK if state not in ("missing", "unreadable") else EXIT_FAIL
     if args.json:
         from postdeploy import status
 
@@ -375,8 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", parents=[common], help="one window's timeline and report")
     show.add_argument("repo")
     show.add_argument("work_item")
-    show.add_argument(
+    form = show.add_mutually_exclusive_group()
+    form.add_argument(
         "--json", action="store_true", help="the window as JSON: done, window.json, series summary"
+    )
+    form.add_argument(
+        "--html", action="store_true", help="a self-contained HTML page: verdict, timeline, probes"
     )
     show.set_defaults(func=cmd_show)
 

@@ -160,6 +160,7 @@ def run(keep: bool = False) -> int:
             f"Each window's files are in {root}/<repo>/<work_item>/: armed, series.jsonl, "
             "report.md, done."
         )
+        console.print(f"The rolled-back window's timeline: {root}/checkout/release-42/timeline.svg")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
         console.print("The demo's files are removed; `postdeploy demo --keep` keeps them.")

@@ -15,9 +15,11 @@ import anyio
 import structlog
 
 from postdeploy.config import GitReportSettings
+from postdeploy.layout import TIMELINE
 from postdeploy.report import Outcome
 
 log = structlog.get_logger("postdeploy.gitreport")
+PICTURE_LINK = f"]({TIMELINE})"  # how report.md links the picture beside it
 
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "postdeploy",
@@ -50,13 +52,20 @@ async def publish(settings: GitReportSettings, outcome: Outcome, report: str, br
     worktree = Path(settings.worktree.format(**fields))
     relative = settings.path.format(**fields)
     target = worktree / relative
+    files = {relative: report}
+    if outcome.timeline:
+        picture = picture_path(settings.path, relative)
+        if Path(picture).name != TIMELINE:  # the report's link follows the picture
+            files[relative] = report.replace(PICTURE_LINK, f"]({Path(picture).name})", 1)
+        files[picture] = outcome.timeline
     try:
-        await anyio.to_thread.run_sync(_write, worktree, target, report)
+        for name, text in files.items():
+            await anyio.to_thread.run_sync(_write, worktree, worktree / name, text)
     except OSError as exc:
         log.warning("gitreport.write_failed", path=str(target), error=str(exc))
         return False
     message = f"post-deploy {outcome.status}/{outcome.action_taken} for {key.work_item}"
-    steps = [["add", "--", relative], ["commit", "-m", message, "--", relative]]
+    steps = [["add", "--", *files], ["commit", "-m", message, "--", *files]]
     if settings.push:
         steps.append(["push", settings.remote, f"HEAD:{branch}" if branch else "HEAD"])
     for args in steps:
@@ -66,6 +75,16 @@ async def publish(settings: GitReportSettings, outcome: Outcome, report: str, br
             return False
     log.info("gitreport.published", path=str(target), pushed=settings.push)
     return True
+
+
+def picture_path(template: str, report: str) -> str:
+    """Where the window's picture goes in the worktree: `timeline.svg` beside the report when
+    each work item has a folder of its own (as by default), else named after the report
+    (`docs/ORCH-1.md` -> `docs/ORCH-1.timeline.svg`), so reports sharing a folder keep
+    their own pictures."""
+    if "{work_item}" in str(Path(template).parent):
+        return str(Path(report).with_name(TIMELINE))
+    return str(Path(report).with_suffix(".timeline.svg"))
 
 
 def _write(worktree: Path, target: Path, text: str) -> None:

@@ -33,6 +33,7 @@ ROLLBACK_RESULT = "rollback.json"  # the rollback command's outcome
 ROLLBACK_LOG = "rollback.log"  # the rollback command's stdout and stderr
 VERIFY = "verify.jsonl"  # probe rows after a rollback, confirming recovery
 REPORT = "report.md"
+TIMELINE = "timeline.svg"  # the window's picture, written with report.md (which embeds it)
 DONE = "done"  # written last: the window is finished for good
 REJECTED = "rejected"  # written instead of starting a window
 ROLLBACK_REQUEST = "rollback.request"  # written by `postdeploy rollback`: a person asks

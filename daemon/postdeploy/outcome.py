@@ -1,6 +1,6 @@
-"""The end of a window on disk: `report.md`, then `done` (the commit point), retried while the
-disk refuses. `OutcomeWriter.write_outcome` is the one place the end-of-window artefacts are
-written."""
+"""The end of a window on disk: `report.md` and `timeline.svg`, then `done` (the commit point),
+retried while the disk refuses. `OutcomeWriter.write_outcome` is the one place the end-of-window
+artefacts are written."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from functools import partial
 
 import anyio
 
-from postdeploy import layout, reaction
+from postdeploy import layout, reaction, timeline
+from postdeploy.context import WindowContext
 from postdeploy.report import Outcome, done_record, render_report
 from postdeploy.series import ProbeRow
 from postdeploy.series_log import SeriesLog
@@ -19,8 +20,9 @@ from postdeploy.store import ItemStore
 class OutcomeWriter:
     """Writes one window's outcome; `written` holds it (and its report) once on disk."""
 
-    def __init__(self, store: ItemStore, series: SeriesLog) -> None:
-        self._store = store
+    def __init__(self, ctx: WindowContext, series: SeriesLog) -> None:
+        self._ctx = ctx
+        self._store: ItemStore = ctx.store
         self._series = series
         self.written: tuple[Outcome, str] | None = None  # the outcome and report.md
 
@@ -32,14 +34,19 @@ class OutcomeWriter:
         return self.written
 
     async def write_outcome(self, outcome: Outcome) -> None:
-        """One try: the rows the disk refused so far, then `report.md`, then `done`."""
+        """One try: the rows the disk refused so far, then `report.md` and `timeline.svg`,
+        then `done`."""
         await self._series.flush()
         rows = await self._series.rows()
         if outcome.rollback and "verification" in outcome.rollback:
             verified = (await self._store.read_lines(layout.VERIFY)).rows
             checked = [r for r in map(ProbeRow.from_dict, verified) if r is not None]
             outcome = dataclasses.replace(outcome, verification=checked)
+        # Drawn off the event loop: 10,000 ticks take a while, and other windows are ticking.
+        draw = partial(timeline.attach, outcome, rows, self._ctx.start.schedule, self._ctx.settings)
+        outcome = await anyio.to_thread.run_sync(draw)
         report = render_report(outcome, rows)
         await self._store.write_atomic(layout.REPORT, report.encode())
+        await self._store.write_atomic(layout.TIMELINE, outcome.timeline.encode())
         await self._store.write_json(layout.DONE, done_record(outcome))
         self.written = (outcome, report)

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from postdeploy.layout import ItemKey
+from postdeploy.layout import TIMELINE, ItemKey
 from postdeploy.series import ProbeRow
 from postdeploy.verdict import Action, Status
 
@@ -32,6 +32,7 @@ class Outcome:
     manual_rollback: dict[str, Any] | None = None  # a person's rollback: who, why, result
     ticks_missed: int = 0  # due ticks never probed (the daemon was down or stalled)
     verification: list[ProbeRow] = field(default_factory=list)  # probes after a rollback
+    timeline: str = ""  # the window's picture (SVG), once drawn: written as `timeline.svg`
 
 
 # libyaml's emitter and parser when PyYAML was built with them (its wheels are): the
@@ -134,6 +135,8 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
         lines.append(f"- **A person's rollback:** {manual_line(outcome.manual_rollback)}")
     for key, value in sorted(outcome.metadata.items()):
         lines.append(f"- `{key}`: {value}")
+    if outcome.timeline:  # beside report.md, so the relative link works in git hosts too
+        lines += ["", f"![timeline]({TIMELINE})"]
     if rows:
         lines += ["", "## Probes", ""]
         lines += _probe_table(rows)

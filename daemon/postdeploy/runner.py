@@ -79,7 +79,7 @@ class WindowRunner:
             running_since=running_since,
         )
         self._shutdown = anyio.Event()  # set by stop(None): waits for the disk give up
-        self.writer = OutcomeWriter(store, rows)
+        self.writer = OutcomeWriter(self.ctx, rows)
         self.conclusion = Conclusion(self.ctx, self.events, self.writer, self._shutdown)
         self.scheduled = anyio.Event()  # set once the window knows its next step (or ended)
         # A rollback was started before a restart: the window had its verdict and its reaction

@@ -118,4 +118,7 @@ def test_the_report_is_committed_and_pushed_into_the_worktree(pd: Harness) -> No
     run.wait_for("gitreport.published")
     report = worktree / "docs" / "work-items" / "r1" / "post-deploy-log.md"
     assert report.read_text() == (pd.item("shop", "r1") / "report.md").read_text()
+    picture = report.parent / "timeline.svg"  # the picture report.md links, committed with it
+    assert picture.read_text() == (pd.item("shop", "r1") / "timeline.svg").read_text()
+    assert "timeline.svg" in git("show", "--stat", "--format=", "main", cwd=remote)
     assert "post-deploy HEALTHY/NONE for r1" in git("log", "--oneline", "main", cwd=remote)
