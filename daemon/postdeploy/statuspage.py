@@ -21,12 +21,14 @@ from typing import Any
 
 from postdeploy.layout import valid_name
 from postdeploy.text import clip
+from postdeploy.timeline import COLOUR
 
 REFRESH_S = 10  # the page reloads itself this often
 SPARK_TICKS = 24  # tick slots in a sparkline (status.SPARK_POINTS rows are kept)
 SPARK_W, SPARK_H = 168, 28  # the sparkline's size in CSS pixels
-# Colours: a passing tick, a failed one, a tick with no row (skipped or missed while down).
-OK_COLOUR, FAILED_COLOUR, GAP_COLOUR = "#2e7d32", "#c62828", "#9e9e9e"
+# The timeline picture's colours: a passing tick, a failed one, a tick with no row (skipped,
+# or missed while the daemon was down).
+OK_COLOUR, FAILED_COLOUR, GAP_COLOUR = COLOUR["ok"], COLOUR["failed"], COLOUR["skipped"]
 STATUS_CLASS = {
     "HEALTHY": "good",
     "DEGRADED": "bad",
@@ -104,7 +106,7 @@ def badge(value: Any, classes: Mapping[str, str]) -> str:
 def sparkline(probes: Sequence[Mapping[str, Any]], slots: int = SPARK_TICKS) -> str:
     """An inline SVG: one bar per tick slot of the last `slots` ticks. A passing tick is a
     green bar as high as its latency (scaled to the largest shown); a failed one is a red bar
-    of the full height, whatever its latency; a tick with no row is a grey dot."""
+    of the full height, whatever its latency; a tick with no row is a low amber mark."""
     by_tick: dict[int, Mapping[str, Any]] = {}
     for p in probes:
         tick = p.get("tick")

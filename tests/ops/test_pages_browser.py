@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from postdeploy import statuspage
+from postdeploy import statuspage, timeline
 from support.browser import Chromium, chromium_missing, hex_rgb
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ HOSTILE = {
     "commit": "<script>document.title='pwned'</script>",
     "deployed_by": "<img src=x onerror=\"document.title='pwned'\">",
     "branch": "</title><script>document.title='pwned'</script>",
-    "image": "\"><svg onload=\"document.title='pwned'\">",
+    "image": '"><svg onload="document.title=\'pwned\'">',
 }
 
 
@@ -120,7 +120,8 @@ def test_markup_in_deploy_metadata_runs_nothing(ops: Ops, chromium: Chromium) ->
     assert title_of(dom) == "postdeploy: 1 open window"
     assert PWNED not in title_of(dom)
     assert "<script" not in dom.lower()
-    assert not re.search(r"<img\b", dom, re.I) and not re.search(r"<svg[^>]*onload", dom, re.I)
+    assert not re.search(r"<img\b", dom, re.I)
+    assert not re.search(r"<[a-z][^>]*\son\w+=", dom, re.I), "an element with a handler"
     # Shown as text: escaped in the serialised DOM, literal once unescaped.
     assert html.escape(HOSTILE["deployed_by"], quote=False)[:40] in dom
     text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
@@ -132,3 +133,67 @@ def test_markup_in_deploy_metadata_runs_nothing(ops: Ops, chromium: Chromium) ->
     control = "<title>postdeploy</title><p>" + HOSTILE["commit"] + "</p>"
     dom = chromium.dump_dom("data:text/html," + urllib.parse.quote(control))
     assert title_of(dom) == PWNED
+
+
+# -- a window's page and its timeline picture ------------------------------------------------
+
+RED, GREEN = hex_rgb(timeline.COLOUR["failed"]), hex_rgb(timeline.COLOUR["ok"])
+
+
+def test_window_page_and_timeline_show_failed_ticks_red(ops: Ops, chromium: Chromium) -> None:
+    """A window that passed a few ticks, then failed until DEGRADED: its page (through the
+    listener) shows the verdict and the reason over its picture; its `timeline.svg`, opened
+    alone, draws the failed ticks red and the passing ones green, where a healthy window's
+    picture has no red at all."""
+    address = start(ops, shop=ops.repo(), api=ops.repo(window_s=30.0, fail_threshold=2))
+    ops.arm("shop", "green")
+    assert ops.wait_done("shop", "green")["status"] == "HEALTHY"
+    ops.arm("api", "red", {"commit": "9ab03d1"})
+    ops.wait_until(lambda: len(ops.rows("api", "red")) >= 3, "three passing ticks")
+    ops.service.set(health="fail")
+    red = ops.wait_done("api", "red")
+    assert red["status"] == "DEGRADED"
+
+    url = f"http://{address}/w/api/red"
+    dom = chromium.dump_dom(url)
+    assert title_of(dom).startswith("api/red: DEGRADED")
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    assert red["reason"] in text and "9ab03d1" in text
+    assert "<svg" in dom and "<script" not in dom.lower()
+    page = chromium.screenshot(url, "window.png")
+    assert len(page.colours()) > 20, "a blank page"
+
+    degraded = chromium.screenshot((ops.item("api", "red") / "timeline.svg").as_uri(), "red.png")
+    healthy = chromium.screenshot(
+        (ops.item("shop", "green") / "timeline.svg").as_uri(), "green.png"
+    )
+    assert len(degraded.colours()) > 20 and len(healthy.colours()) > 20, "a blank picture"
+    assert degraded.count_near(RED) >= 50, degraded.count_near(RED)
+    assert degraded.count_near(GREEN) >= 20, degraded.count_near(GREEN)
+    assert healthy.count_near(GREEN) >= 20
+    assert healthy.count_near(RED) < degraded.count_near(RED) / 5, (
+        healthy.count_near(RED),
+        degraded.count_near(RED),
+    )
+
+
+def test_markup_in_metadata_runs_nothing_on_the_window_page_or_picture(
+    ops: Ops, chromium: Chromium
+) -> None:
+    address = start(ops, shop=ops.repo())
+    ops.arm("shop", "done", HOSTILE)
+    ops.wait_done("shop", "done")
+    dom = chromium.dump_dom(f"http://{address}/w/shop/done")
+    assert title_of(dom).startswith("shop/done: HEALTHY")
+    assert "<script" not in dom.lower() and not re.search(r"<img\b", dom, re.I)
+    assert not re.search(r"<[a-z][^>]*\son\w+=", dom, re.I), "an element with a handler"
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    assert HOSTILE["deployed_by"] in text
+    picture = chromium.dump_dom((ops.item("shop", "done") / "timeline.svg").as_uri())
+    assert "<script" not in picture.lower() and "pwned" not in title_of_svg(picture)
+
+
+def title_of_svg(dom: str) -> str:
+    """What a script that ran would have changed: the SVG document's first <title>."""
+    found = re.search(r"<title>(.*?)</title>", dom, re.S)
+    return html.unescape(found.group(1)) if found else ""
