@@ -19,7 +19,6 @@ is prometheus-client's (`/metrics`).
 from __future__ import annotations
 
 import bisect
-import importlib
 import itertools
 import socket
 import threading
@@ -288,13 +287,11 @@ class Pages:
             return "404 Not Found", render_error_page("404", f"No window {key}.")
         except OSError as exc:
             return "500 Internal Server Error", render_error_page(f"{key} is unreadable", str(exc))
+        # Loaded when first asked for: the daemon pays for it only if a person looks.
+        from postdeploy.windowpage import render_window_page
+
         try:
-            # Loaded when first asked for: the daemon pays for it only if a person looks.
-            windowpage = importlib.import_module("postdeploy.windowpage")
-        except ImportError:
-            return "404 Not Found", render_error_page("404", "Window pages are not available.")
-        try:
-            page: str = windowpage.render_window_page(config.state_path, key, config)
+            page = render_window_page(config.state_path, key, config)
         except Exception as exc:
             log.exception("page.failed", page="/w", repo=key.repo, work_item=key.work_item)
             return "500 Internal Server Error", render_error_page(

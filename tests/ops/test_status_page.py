@@ -7,7 +7,6 @@ headers, the routing, and the same page after a restart.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import signal
@@ -24,8 +23,6 @@ from support.browser import fetch
 if TYPE_CHECKING:
     from conftest import Ops
 
-HAS_WINDOW_PAGE = importlib.util.find_spec("postdeploy.windowpage") is not None
-NO_WINDOW_PAGE = "postdeploy.windowpage (the window page) is not in this tree yet"
 # Paths that must never reach the disk: each breaks the name rule somewhere.
 BAD_PATHS = [
     "/w/shop",
@@ -161,7 +158,6 @@ def test_requests_close_together_share_one_read(
     assert len(calls) == 2
 
 
-@pytest.mark.skipif(not HAS_WINDOW_PAGE, reason=NO_WINDOW_PAGE)
 def test_window_page_is_rendered_by_windowpage(tmp_path: Path) -> None:
     config = config_for(tmp_path)
     finished(config.state_path / "shop" / "green", "DEGRADED", "health <b>failed</b>")
@@ -228,7 +224,8 @@ def test_status_page_on_a_real_daemon_and_after_a_restart(ops: Ops) -> None:
     ):
         assert fetch(address, path).status == 404, path
     window = fetch(address, "/w/slow/open")
-    assert window.status == (200 if HAS_WINDOW_PAGE else 404)
+    assert window.status == 200 and "slow/open" in window.text
+    assert window.headers["content-security-policy"] == csp
     prom = fetch(address, "/metrics")
     assert prom.status == 200 and prom.headers["content-type"].startswith("text/plain")
     assert "postdeploy_open_windows 1.0" in prom.text
