@@ -682,7 +682,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 
 # The `type` values of tagged unions (checks, alert sinks): pydantic puts them in error paths.
-_UNION_TAGS = {"http", "prometheus", "webhook", "telegram", "alertmanager", "command"}
+_UNION_TAGS = {"http", "prometheus", "webhook", "telegram", "slack", "alertmanager", "command"}
 
 
 def _messages(path: str, errors: list[ErrorDetails]) -> list[str]:
