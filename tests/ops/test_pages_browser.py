@@ -22,7 +22,7 @@ from postdeploy import statuspage, timeline
 from support.browser import Chromium, chromium_missing, hex_rgb
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 

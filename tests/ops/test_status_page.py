@@ -21,7 +21,7 @@ from postdeploy.config import Config, parse_config
 from support.browser import fetch
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 # Paths that must never reach the disk: each breaks the name rule somewhere.
 BAD_PATHS = [
