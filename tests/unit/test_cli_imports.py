@@ -25,6 +25,7 @@ HEAVY = (
     "aiofiles",
     "anyio",
     "asyncio",
+    "concurrent.futures",  # durable's fsync threads, made when a group commit needs them
     "h11",
     "httpcore",
     "httpx",
