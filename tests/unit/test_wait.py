@@ -53,8 +53,11 @@ def _row(tick: int, ok: bool = True, **extra: Any) -> ProbeRow:
     """A probed tick at 12.4 ms, two 5xx paths (one failing when the health check fails)."""
     code, detail = (200, "health ok") if ok else (503, "health: HTTP 503")
     fields: dict[str, Any] = {"health_code": code, "detail": detail, **extra}
-    times: dict[str, Any] = {"scheduled_ts": 1000.0 + tick, "ts": 1000.001 + tick}
-    times["latency_ms"] = 12.4
+    times: dict[str, Any] = {
+        "scheduled_ts": 1000.0 + tick,
+        "ts": 1000.001 + tick,
+        "latency_ms": 12.4,
+    }
     return ProbeRow(tick=tick, health_ok=ok, total=2, fivexx=int(not ok), **times, **fields)
 
 
