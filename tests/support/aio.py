@@ -9,6 +9,9 @@ hung one would otherwise wait forever) and waits for them; a connection is close
 conversation ends. Bookkeeping a test needs at the end of a conversation goes in the
 conversation's own `finally`.
 
+`answering(reply)` is the simplest of them: every request on a connection gets the same raw
+answer, as a target that is always up (or always down) does.
+
 `KeepAliveServer` is the record a keep-alive HTTP test server keeps on top of `tcp_server`
 (each connection it accepted, `Conn`, and when it ended), for the test servers that script
 their answers byte by byte; `read_body` reads a transport's answer the way the Prober does.
@@ -60,6 +63,23 @@ async def tcp_server(
                 task.cancel()
             await asyncio.gather(*conversations, return_exceptions=True)
             await listener.wait_closed()
+
+
+@asynccontextmanager
+async def answering(reply: bytes) -> AsyncIterator[str]:
+    """An HTTP/1.1 server on 127.0.0.1 that answers every request (a head without a body, as
+    a probe sends) with the raw bytes `reply` and keeps the connection; yields its base URL."""
+
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+
+    async with tcp_server(converse) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 async def eventually(
