@@ -38,8 +38,9 @@ min_severity = "info"
 type = "webhook"
 name = "plane"
 url_env = "PLANE_URL"
-headers_env = { "X-API-Key" = "PLANE_API_KEY" }
 min_severity = "critical"
+[alerts.headers_env]  # a sub-table: the same as an inline table
+"X-API-Key" = "PLANE_API_KEY"
 [alerts.body]
 name = "{title}"
 description_html = "{details_html}"
@@ -76,6 +77,15 @@ max_age_s = 3600
     ]
     hook = config.alerts[0]
     assert isinstance(hook, WebhookSink) and hook.url == "https://hooks.example/postdeploy"
+    assert hook.headers == {"X-Team": "shop"}
+    plane = config.alerts[1]
+    assert isinstance(plane, WebhookSink) and plane.url_env == "PLANE_URL"
+    assert plane.headers_env == {"X-API-Key": "PLANE_API_KEY"}
+    assert plane.body == {
+        "name": "{title}",
+        "description_html": "{details_html}",
+        "priority": "urgent",
+    }
     telegram = config.alerts[2]
     assert isinstance(telegram, TelegramSink) and telegram.chat_id == "-1001234567890"
     assert telegram.min_severity == "warning"

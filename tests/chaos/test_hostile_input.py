@@ -559,16 +559,35 @@ def _victim(tmp: Path) -> tuple[Path, Path]:
     return outside, victim
 
 
-def _degrading_config(kit: Any, tmp: Path, targets: Callable[[], Target]) -> Path:
-    """`shop` degrades at once and rolls back, so every work file gets written."""
+def _rolling_back_config(
+    kit: Any, tmp: Path, targets: Callable[[], Target], rollback_command: list[str], **repo: Any
+) -> Path:
+    """`_config` against a new target whose health fails: `shop` degrades at its first probe
+    and rolls back with `rollback_command`."""
     target = targets()
     target.set(health="fail")
-    hook = tmp / "hook.sh"
-    hook.write_text("#!/bin/sh\necho rolled back\n")
-    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     return _config(
-        kit, tmp, target.url, auto_rollback=True, rollback_command=[str(hook)], fail_threshold=1
+        kit,
+        tmp,
+        target.url,
+        auto_rollback=True,
+        fail_threshold=1,
+        rollback_command=rollback_command,
+        **repo,
     )
+
+
+def _hook_script(path: Path, text: str) -> Path:
+    """An executable script at `path`."""
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _degrading_config(kit: Any, tmp: Path, targets: Callable[[], Target]) -> Path:
+    """`shop` degrades at once and rolls back, so every work file gets written."""
+    hook = _hook_script(tmp / "hook.sh", "#!/bin/sh\necho rolled back\n")
+    return _rolling_back_config(kit, tmp, targets, [str(hook)])
 
 
 def _finished_or_refused(directory: Path) -> bool:
@@ -707,20 +726,14 @@ def test_metadata_reaches_the_rollback_only_as_environment_values(
     """Shell metacharacters in metadata arrive byte for byte in POSTDEPLOY_META_* and never
     run: the argv is exactly the configured one and no canary file ever appears."""
     canary = tmp_path / "pwned"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(SHELL_HOOK.format())
-    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
-    target = targets()
-    target.set(health="fail")
+    hook = _hook_script(tmp_path / "hook.sh", SHELL_HOOK.format())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    path = _config(
+    path = _rolling_back_config(
         kit,
         tmp_path,
-        target.url,
-        auto_rollback=True,
-        fail_threshold=1,
-        rollback_command=["/bin/sh", str(hook), str(out_dir / "record"), "fixed arg"],
+        targets,
+        ["/bin/sh", str(hook), str(out_dir / "record"), "fixed arg"],
         rollback_env={"TARGET": "shop"},
         verify_ticks=0,
     )
@@ -770,17 +783,7 @@ def test_nul_in_metadata_is_rejected_or_a_failed_rollback(
     """`{"commit": "a\\u0000b"}` is valid JSON, but no environment value can hold NUL: the
     sentinel is rejected, or the rollback fails to start (ROLLBACK_FAILED). (Regression:
     starting the rollback raised ValueError, so the window ended as ERROR.)"""
-    target = targets()
-    target.set(health="fail")
-    path = _config(
-        kit,
-        tmp_path,
-        target.url,
-        auto_rollback=True,
-        fail_threshold=1,
-        rollback_command=["/bin/true"],
-        verify_ticks=0,
-    )
+    path = _rolling_back_config(kit, tmp_path, targets, ["/bin/true"], verify_ticks=0)
     run = daemons.start(path)
     directory = tmp_path / "state" / "shop" / "nul"
     directory.mkdir(parents=True)

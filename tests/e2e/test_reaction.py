@@ -209,9 +209,7 @@ def test_kill_switch_disables_open_and_new_windows(pd: Harness) -> None:
     """`enabled = false`: an open window and a new one both end DISABLED, with no reaction."""
     pd.configure({"shop": rollback_repo(pd, fail_threshold=100)})
     pd.service.set(health="fail")
-    run = pd.start()
-    pd.touch_armed("shop", "w1")
-    pd.wait_rows("shop", "w1", 1)
+    run = pd.start_window("shop", "w1")
     assert run.stop(signal.SIGTERM) == 0
     assert not (pd.item("shop", "w1") / "done").exists()
     rows_before = pd.rows("shop", "w1")
@@ -239,9 +237,7 @@ def test_kill_switch_by_reload_disables_the_open_window(pd: Harness) -> None:
     DISABLED at once, and the next one too."""
     pd.configure({"shop": rollback_repo(pd, fail_threshold=100)})
     pd.service.set(health="fail")
-    run = pd.start()
-    pd.touch_armed("shop", "w1")
-    pd.wait_rows("shop", "w1", 1)
+    run = pd.start_window("shop", "w1")
 
     pd.configure({"shop": rollback_repo(pd, fail_threshold=100)}, enabled=False)
     run.proc.send_signal(signal.SIGHUP)

@@ -33,22 +33,12 @@ from postdeploy.transport import (
     check_heads,
     no_answer_to_us,
 )
-from support.aio import Changes, eventually, tcp_server
+from support.aio import Conn, KeepAliveServer, eventually, read_body
 from support.tls import Cert, self_signed
 
 # --------------------------------------------------------------------------------------------
 # A scripted keep-alive server
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Conn:
-    index: int  # accept order, from 0
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    requests: int = 0  # requests read on it so far
-    client_closed: bool = False  # we read end-of-stream (or a reset) from the client
-    finished: bool = False  # the conversation is over, whoever ended it
 
 
 @dataclass(eq=False)
@@ -64,15 +54,9 @@ Route = Callable[["Server", Seen], Awaitable[bool]]
 
 
 @dataclass(eq=False)
-class Server(Changes):
-    routes: dict[str, Route]
-    scheme: str = "http"
-    port: int = 0
-    conns: list[Conn] = field(default_factory=list)
+class Server(KeepAliveServer):
+    routes: dict[str, Route] = field(default_factory=dict)
     requests: list[Seen] = field(default_factory=list)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def seen(self) -> list[tuple[int, int, str, str]]:
         """(connection, position on it, method, path) of every request, in arrival order."""
@@ -127,12 +111,9 @@ async def serve(
     routes: dict[str, Route], *, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[Server]:
     """Run a server on 127.0.0.1:0; a path missing from `routes` gets `answer_ok`."""
-    server = Server(routes, scheme="https" if tls else "http")
+    server = Server(routes=routes)
 
-    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Conn(len(server.conns), reader, writer)
-        server.conns.append(conn)
-        server.notify()
+    async def converse(conn: Conn) -> None:
         try:
             while (request := await read_request(conn)) is not None:
                 conn.requests += 1
@@ -144,13 +125,8 @@ async def serve(
             conn.client_closed = True
         except OSError:
             conn.client_closed = True
-        finally:  # also when the server stops: a hung route is cancelled then
-            writer.close()
-            conn.finished = True
-            server.notify()
 
-    async with tcp_server(converse, tls=tls) as port:
-        server.port = port
+    async with server.running(converse, tls=tls):
         yield server
 
 
@@ -167,15 +143,7 @@ async def fetch(
     content = b"data" if method == "POST" else None
     request = httpx.Request(method, url, content=content, extensions=extensions)
     response = await transport.handle_async_request(request)
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    body = bytearray()
-    try:
-        async for chunk in stream:
-            body += chunk
-    finally:
-        await stream.aclose()
-    return Reply(response.status_code, bytes(body))
+    return Reply(response.status_code, await read_body(response))
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ test's own deadline fired, it stops listening, cancels every conversation still 
 hung one would otherwise wait forever) and waits for them; a connection is closed when its
 conversation ends. Bookkeeping a test needs at the end of a conversation goes in the
 conversation's own `finally`.
+
+`answering(reply)` is the simplest of them: every request on a connection gets the same raw
+answer, as a target that is always up (or always down) does.
+
+`KeepAliveServer` is the record a keep-alive HTTP test server keeps on top of `tcp_server`
+(each connection it accepted, `Conn`, and when it ended), for the test servers that script
+their answers byte by byte; `read_body` reads a transport's answer the way the Prober does.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+import httpx
 
 from support.wait import DEADLINE_S
 
@@ -57,6 +65,23 @@ async def tcp_server(
             await listener.wait_closed()
 
 
+@asynccontextmanager
+async def answering(reply: bytes) -> AsyncIterator[str]:
+    """An HTTP/1.1 server on 127.0.0.1 that answers every request (a head without a body, as
+    a probe sends) with the raw bytes `reply` and keeps the connection; yields its base URL."""
+
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+
+    async with tcp_server(converse) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
 async def eventually(
     predicate: Callable[[], object], what: str, timeout: float = DEADLINE_S
 ) -> None:
@@ -87,3 +112,67 @@ class Changes:
         async with asyncio.timeout(deadline):
             while not predicate():
                 await self._changed.wait()
+
+
+@dataclass(eq=False)
+class Conn:
+    """One connection a keep-alive test server accepted, as that server sees it."""
+
+    index: int  # accept order on its server, from 0
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    requests: int = 0  # requests read on it so far
+    client_closed: bool = False  # the server read end-of-stream (or a reset) from the client
+    server_closed: bool = False  # the server ended it (on command, by its route, or stopping)
+    finished: bool = False  # the conversation is over, whoever ended it
+
+
+@dataclass(eq=False)
+class KeepAliveServer(Changes):
+    """A keep-alive test server's record: its connections in accept order and where it
+    listens. `running(converse)` serves for the block, `converse(conn)` once per connection;
+    every accept and every end of a connection wakes `wait_until`."""
+
+    scheme: str = "http"
+    port: int = 0
+    conns: list[Conn] = field(default_factory=list)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    @asynccontextmanager
+    async def running(
+        self, converse: Callable[[Conn], Awaitable[None]], *, tls: ssl.SSLContext | None = None
+    ) -> AsyncIterator[None]:
+        """Serve on 127.0.0.1 (HTTPS with `tls`) for the block."""
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = Conn(len(self.conns), reader, writer)
+            self.conns.append(conn)
+            self.notify()
+            try:
+                await converse(conn)
+            finally:  # also when the server stops: a hung conversation is cancelled then
+                if not conn.client_closed:
+                    conn.server_closed = True
+                writer.close()
+                conn.finished = True
+                self.notify()
+
+        self.scheme = "https" if tls else "http"
+        async with tcp_server(on_connect, tls=tls) as port:
+            self.port = port
+            yield
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """The whole body of a transport's answer, its stream closed after (as the Prober does)."""
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    body = bytearray()
+    try:
+        async for chunk in stream:
+            body += chunk
+    finally:
+        await stream.aclose()
+    return bytes(body)
