@@ -209,7 +209,6 @@ class WebhookSender(_HttpSink):
 
     def __init__(self, name: str, config: WebhookSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self.url = ""
         self._secret: str | None = None
         self._headers: dict[str, str] = {}
@@ -250,7 +249,6 @@ class TelegramSender(_HttpSink):
 
     def __init__(self, name: str, config: TelegramSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self._token = ""
         try:
             self._token = read_secret(env, config.bot_token_env)
@@ -308,7 +306,6 @@ class SlackSender(_HttpSink):
 
     def __init__(self, name: str, config: SlackSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self.url = ""
         try:
             self.url = sink_url(config, env)
@@ -334,7 +331,6 @@ class AlertmanagerSender(_HttpSink):
 
     def __init__(self, name: str, config: AlertmanagerSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self._headers: dict[str, str] = {}
         try:
             self._headers = _headers(config, env)
@@ -371,7 +367,6 @@ class CommandSender(Sink):
 
     def __init__(self, name: str, config: CommandSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self._env = dict(env)
 
     @property
