@@ -22,9 +22,11 @@ $(BASE_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# Over the whole tree: the daemon, the tests, the benchmarks and the tools (mypy's `files`
+# in pyproject.toml name them).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check daemon
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: $(STAMP) lint
@@ -45,5 +47,11 @@ bench: $(STAMP)
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py
 
+# Every build output, cache and scratch directory (all ignored by git; committed benchmark
+# figures in bench/results* and bench/lateness.png stay).
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache daemon/*.egg-info build dist
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf bench/out bench/.work bench/quick bench/.keep bench/profile.txt
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
+		-prune -exec rm -rf {} +
+	find . -path ./.git -prune -o -name '*.pyc' -type f -exec rm -f {} +

@@ -14,7 +14,7 @@ import bisect
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,20 +63,23 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    for line in text.splitlines():
+def json_objects(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
+    """Each line that is a JSON object; any other line (torn, foreign) is skipped."""
+    for line in lines:
         try:
             value = json.loads(line)
         except ValueError:
             continue
         if isinstance(value, dict):
-            rows.append(value)
-    return rows
+            yield value
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return list(json_objects(text.splitlines()))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -242,10 +245,4 @@ class SeriesReader:
                 continue
             complete = data[: data.rfind(b"\n") + 1]
             self.offsets[w.repo] = offset + len(complete)
-            for line in complete.splitlines():
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(value, dict):
-                    self.rows[w.repo].append(value)
+            self.rows[w.repo].extend(json_objects(complete.splitlines()))

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.analysis import Arrivals, SeriesReader, join, percentile, spread, summary
+from bench.analysis import (
+    Arrivals,
+    Joined,
+    SeriesReader,
+    join,
+    percentile,
+    spread,
+    summary,
+)
 from bench.harness import (
     DAEMON_CORE,
     FIVEXX,
@@ -39,6 +47,7 @@ from bench.harness import (
     NginxTarget,
     Proc,
     PyTarget,
+    Request,
     Window,
     arm,
     arm_spread,
@@ -179,6 +188,58 @@ def defaults(**overrides: Any) -> dict[str, Any]:
     return base
 
 
+@dataclass
+class Rig:
+    """One scenario's set-up in its scratch directory `d`: a target, `wins` on it, and the
+    daemon's config (`d/config.toml`, state in `d/state`)."""
+
+    d: Path
+    target: PyTarget | NginxTarget
+    wins: list[Window] = field(default_factory=list)
+    records: list[Request] = field(default_factory=list)  # what the target saw, once stopped
+
+    @property
+    def state(self) -> Path:
+        return self.d / "state"
+
+    @property
+    def config(self) -> Path:
+        return self.d / "config.toml"
+
+    def join(self, timeout: float) -> Joined:
+        """Every tick of every window joined to the request that answered it."""
+        return join(
+            self.state, self.wins, Arrivals(self.records), horizon=math.inf, within_s=timeout
+        )
+
+
+@contextlib.contextmanager
+def rig(
+    ctx: Ctx, d: Path, n: int, tag: str, settings: dict[str, float], ports: int = 1
+) -> Iterator[Rig]:
+    """A target (stopped at the end, its records kept in `records`) and `n` windows on it,
+    configured with `defaults(**settings)`."""
+    made = Rig(d, load_target(ctx.target, ports=ports))
+    try:
+        made.wins = windows(n, made.target.ports, tag=tag, paths=ctx.paths)
+        write_config(made.config, made.state, made.wins, defaults(**settings))
+        yield made
+    finally:
+        made.records = made.target.stop()
+
+
+@contextlib.contextmanager
+def running(setup: Rig, settle_s: float = 0.0) -> Iterator[Daemon]:
+    """The daemon on the rig's config, from READY (and `settle_s` more) until stopped."""
+    daemon = Daemon(setup.config, setup.d)
+    try:
+        daemon.wait_ready()
+        time.sleep(settle_s)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
 class Sampler:
     """Samples a process's RSS, descriptors and threads every `every` seconds."""
 
@@ -249,36 +310,23 @@ def _precision_round(ctx: Ctx) -> dict[str, Any]:
     """One precision run: a fresh daemon and target, every window armed, watched to its end."""
     z = ctx.sizes
     n, interval, window, timeout = z.precision_n, 5.0, z.precision_window_s, 2.0
-    with ctx.scratch("precision") as d:
-        state = d / "state"
-        target = load_target(ctx.target)
-        try:
-            wins = windows(n, target.ports, tag="p", paths=ctx.paths)
-            write_config(
-                d / "config.toml",
-                state,
-                wins,
-                defaults(window_s=window, interval_s=interval, probe_timeout_s=timeout),
-            )
-            daemon = Daemon(d / "config.toml", d)
-            try:
-                daemon.wait_ready()
-                time.sleep(1.0)
-                dcpu, tcpu = CpuMeter(daemon.meter).start(), CpuMeter(target.meter).start()
-                mem = Sampler(daemon.meter)
-                arm_spread(state, wins, interval)
-                daemon.wait_count("window.finished", n, window + 4 * interval + 60)
-                dcpu.stop()
-                tcpu.stop()
-                memory = mem.stop()
-                problems = _problems(daemon)
-            finally:
-                daemon.stop()
-        finally:
-            records = target.stop()
-        joined = join(state, wins, Arrivals(records), horizon=math.inf, within_s=timeout)
+    settings = {"window_s": window, "interval_s": interval, "probe_timeout_s": timeout}
+    with (
+        ctx.scratch("precision") as d,
+        rig(ctx, d, n, "p", settings) as r,
+        running(r, settle_s=1.0) as daemon,
+    ):
+        dcpu, tcpu = CpuMeter(daemon.meter).start(), CpuMeter(r.target.meter).start()
+        mem = Sampler(daemon.meter)
+        arm_spread(r.state, r.wins, interval)
+        daemon.wait_count("window.finished", n, window + 4 * interval + 60)
+        dcpu.stop()
+        tcpu.stop()
+        memory = mem.stop()
+        problems = _problems(daemon)
+    joined = r.join(timeout)
     return {
-        "target": target.kind,
+        "target": r.target.kind,
         "late": joined.lateness(),
         "last_request": [t.last_lateness_ms for t in joined.ticks],
         "daemon_side": [t.daemon_lateness_ms for t in joined.ticks],
@@ -346,40 +394,24 @@ def burst(ctx: Ctx) -> Result:
     z = ctx.sizes
     n, interval, window, timeout = z.burst_n, 5.0, z.burst_window_s, 2.0
     ticks = max(1, math.floor(window / interval + 1e-9))
-    with ctx.scratch("burst") as d:
-        state = d / "state"
-        target = load_target(ctx.target)
-        try:
-            wins = windows(n, target.ports, tag="b", paths=ctx.paths)
-            write_config(
-                d / "config.toml",
-                state,
-                wins,
-                defaults(window_s=window, interval_s=interval, probe_timeout_s=timeout),
-            )
-            for w in wins:  # directories without a sentinel are looked at and left alone
-                w.dir(state).mkdir(parents=True)
-            daemon = Daemon(d / "config.toml", d)
-            try:
-                daemon.wait_ready()
-                time.sleep(2.5)
-                same = time.time()
-                for w in wins:
-                    arm(state, w, mtime=same)  # one armed_at for all: one instant
-                # Steady state: CPU over the bursts 1 .. ticks-2 only (no intake, no endings).
-                t_a, t_b = same + 1.5 * interval, same + (ticks - 0.5) * interval
-                _sleep_until(t_a)
-                dcpu, tcpu = CpuMeter(daemon.meter).start(), CpuMeter(target.meter).start()
-                _sleep_until(t_b)
-                dcpu.stop()
-                tcpu.stop()
-                daemon.wait_count("window.finished", n, window + 4 * interval + 60)
-                problems = _problems(daemon)
-            finally:
-                daemon.stop()
-        finally:
-            records = target.stop()
-        joined = join(state, wins, Arrivals(records), horizon=math.inf, within_s=timeout)
+    settings = {"window_s": window, "interval_s": interval, "probe_timeout_s": timeout}
+    with ctx.scratch("burst") as d, rig(ctx, d, n, "b", settings) as r:
+        for w in r.wins:  # directories without a sentinel are looked at and left alone
+            w.dir(r.state).mkdir(parents=True)
+        with running(r, settle_s=2.5) as daemon:
+            same = time.time()
+            for w in r.wins:
+                arm(r.state, w, mtime=same)  # one armed_at for all: one instant
+            # Steady state: CPU over the bursts 1 .. ticks-2 only (no intake, no endings).
+            t_a, t_b = same + 1.5 * interval, same + (ticks - 0.5) * interval
+            _sleep_until(t_a)
+            dcpu, tcpu = CpuMeter(daemon.meter).start(), CpuMeter(r.target.meter).start()
+            _sleep_until(t_b)
+            dcpu.stop()
+            tcpu.stop()
+            daemon.wait_count("window.finished", n, window + 4 * interval + 60)
+            problems = _problems(daemon)
+    joined = r.join(timeout)
     # A probe's lateness is its tick's lateness, as in every scenario: when its first request
     # (health) reached the service. When its last request arrived is reported next to it.
     rounds: dict[int, list[tuple[float, float]]] = {}
@@ -404,7 +436,7 @@ def burst(ctx: Ctx) -> Result:
             "windows": n,
             "interval_s": interval,
             "bursts": len(last_of_burst),
-            "target": target.kind,
+            "target": r.target.kind,
             "last_probe_of_burst_ms": s,
             "last_probe_of_burst_each_ms": [round(x, 2) for x in last_of_burst],
             "last_request_of_burst_ms": done,
@@ -805,65 +837,55 @@ def recovery(ctx: Ctx) -> Result:
     n, interval, window, timeout = z.recovery_n, 5.0, 600.0, 2.0
     restarts: list[dict[str, Any]] = []
     late: list[float] = []
-    with ctx.scratch("recovery") as d:
-        state = d / "state"
-        target = load_target(ctx.target)
-        try:
-            wins = windows(n, target.ports, tag="r", paths=ctx.paths)
-            write_config(
-                d / "config.toml",
+    settings = {"window_s": window, "interval_s": interval, "probe_timeout_s": timeout}
+    with ctx.scratch("recovery") as d, rig(ctx, d, n, "r", settings) as r:
+        state, target, wins = r.state, r.target, r.wins
+        t = time.time()
+        _open_windows_on_disk(state, wins, interval, window)
+        made_s = time.time() - t
+        arrivals = Arrivals()
+        for _ in range(z.recovery_restarts):
+            spawned = time.time()
+            daemon = Daemon(r.config, d)
+            try:
+                ready_at = daemon.wait_ready()
+                rss = daemon.meter.rss_mb()
+                # "All scheduled": every window's next tick after READY runs on time.
+                time.sleep(interval + 1.5)
+                ready_line = daemon.find("daemon.ready")
+                stop_at = time.time()
+                problems = _problems(daemon)
+            finally:
+                daemon.stop()
+            time.sleep(0.3 if target.kind == "python" else 1.3)
+            arrivals.add(target.new_records())
+            joined = join(
                 state,
                 wins,
-                defaults(window_s=window, interval_s=interval, probe_timeout_s=timeout),
+                arrivals,
+                horizon=stop_at - 1.0,
+                since=ready_at,
+                within_s=timeout,
             )
-            t = time.time()
-            _open_windows_on_disk(state, wins, interval, window)
-            made_s = time.time() - t
-            arrivals = Arrivals()
-            for _ in range(z.recovery_restarts):
-                spawned = time.time()
-                daemon = Daemon(d / "config.toml", d)
-                try:
-                    ready_at = daemon.wait_ready()
-                    rss = daemon.meter.rss_mb()
-                    # "All scheduled": every window's next tick after READY runs on time.
-                    time.sleep(interval + 1.5)
-                    ready_line = daemon.find("daemon.ready")
-                    stop_at = time.time()
-                    problems = _problems(daemon)
-                finally:
-                    daemon.stop()
-                time.sleep(0.3 if target.kind == "python" else 1.3)
-                arrivals.add(target.new_records())
-                joined = join(
-                    state,
-                    wins,
-                    arrivals,
-                    horizon=stop_at - 1.0,
-                    since=ready_at,
-                    within_s=timeout,
-                )
-                late += joined.lateness()
-                info = ready_line[0] if ready_line else {}
-                restarts.append(
-                    {
-                        "spawn_to_ready_s": round(ready_at - spawned, 3),
-                        "startup_ms_logged": info.get("startup_ms"),
-                        "open_windows": info.get("open_windows"),
-                        "rss_at_ready_mb": round(rss, 1),
-                        "first_ticks_after_ready_ms": summary(joined.lateness()),
-                        "lost_after_ready": len(joined.lost),
-                        "expected_after_ready": joined.expected,
-                        **problems,
-                    }
-                )
-        finally:
-            target.stop()
-    ready = [r["spawn_to_ready_s"] for r in restarts]
+            late += joined.lateness()
+            info = ready_line[0] if ready_line else {}
+            restarts.append(
+                {
+                    "spawn_to_ready_s": round(ready_at - spawned, 3),
+                    "startup_ms_logged": info.get("startup_ms"),
+                    "open_windows": info.get("open_windows"),
+                    "rss_at_ready_mb": round(rss, 1),
+                    "first_ticks_after_ready_ms": summary(joined.lateness()),
+                    "lost_after_ready": len(joined.lost),
+                    "expected_after_ready": joined.expected,
+                    **problems,
+                }
+            )
+    ready = [run["spawn_to_ready_s"] for run in restarts]
     med = _p(ready, 50)
-    lost = sum(r["lost_after_ready"] for r in restarts)
-    opened = [r["open_windows"] for r in restarts]
-    alarms = sum(r["false_degraded"] for r in restarts)
+    lost = sum(run["lost_after_ready"] for run in restarts)
+    opened = [run["open_windows"] for run in restarts]
+    alarms = sum(run["false_degraded"] for run in restarts)
     return Result(
         "recovery",
         f"READY {med:.2f} s after spawn (median of {len(ready)}, range {min(ready):.2f}-"
@@ -886,89 +908,71 @@ def recovery(ctx: Ctx) -> Result:
 # -- ceiling --------------------------------------------------------------------------------
 
 
-def _steady(
-    ctx: Ctx, d: Path, count: int, interval: float = 1.0
-) -> tuple[PyTarget | NginxTarget, Daemon, list[Window], Path]:
-    """A daemon watching `count` windows (1 s interval, evenly spread)."""
-    state = d / "state"
-    target = load_target(ctx.target)
-    wins = windows(count, target.ports, tag="c", paths=ctx.paths)
-    write_config(
-        d / "config.toml",
-        state,
-        wins,
-        defaults(window_s=3600.0, interval_s=interval, probe_timeout_s=0.8 * interval),
-    )
-    daemon = Daemon(d / "config.toml", d)
-    daemon.wait_ready()
-    return target, daemon, wins, state
-
-
 def ceiling(ctx: Ctx) -> Result:
     """Windows added (1 s interval) until p99 lateness passes 100 ms: requests/s sustained."""
     z = ctx.sizes
     interval, timeout = 1.0, 0.8
     steps: list[dict[str, Any]] = []
     samples: dict[str, list[float]] = {}
-    with ctx.scratch("ceiling") as d:
-        target, daemon, wins, state = _steady(ctx, d, z.ceiling_max, interval)
-        try:
-            time.sleep(1.0)
-            arrivals, reader, active = Arrivals(), SeriesReader(), 0
-            while active < len(wins):
-                new = wins[active : active + (z.ceiling_step if active else z.ceiling_start)]
-                arm_spread(state, new, interval)
-                active += len(new)
-                time.sleep(interval + 2.0)  # intake and the first ticks are behind us
-                t0 = time.time()
-                dcpu, tcpu = CpuMeter(daemon.meter).start(), CpuMeter(target.meter).start()
-                time.sleep(z.ceiling_hold_s)
-                t1 = time.time()
-                dcpu.stop()
-                tcpu.stop()
-                time.sleep(0.4 if target.kind == "python" else 1.3)  # nginx flushes each second
-                arrivals.add(target.new_records())
-                reader.update(state, wins[:active])
-                joined = join(
-                    state,
-                    wins[:active],
-                    arrivals,
-                    horizon=t1 - 0.5,
-                    since=t0,
-                    within_s=timeout,
-                    rows=reader.rows,
-                )
-                late = joined.lateness()
-                s = summary(late)
-                step = {
-                    "windows": active,
-                    "offered_rps": round(active * len(ctx.paths) / interval),
-                    "rps": round(arrivals.count_between(t0, t1) / (t1 - t0), 1),
-                    "lateness_ms": s,
-                    "lost": len(joined.lost),
-                    "expected": joined.expected,
-                    "daemon_cpu_percent": round(dcpu.percent, 1),
-                    "daemon_cpu_system_share": round(dcpu.system_share, 2),
-                    "daemon_cpu_per_request_us": round(
-                        1e6 * dcpu.cpu / max(1, arrivals.count_between(t0, t1))
-                    ),
-                    "target_cpu_percent": round(tcpu.percent, 1),
-                    "rss_mb": round(daemon.meter.rss_mb(), 1),
-                }
-                steps.append(step)
-                samples[f"ceiling: {active} windows"] = late
-                print(
-                    f"    ceiling step: {active} windows, {step['rps']} req/s, p99 "
-                    f"{_ms(s.get('p99', math.nan))} ms, lost {step['lost']}, daemon CPU "
-                    f"{step['daemon_cpu_percent']}%",
-                    flush=True,
-                )
-                if s.get("p99", math.inf) > 100:
-                    break
-            problems = _problems(daemon)
-        finally:
-            daemon.stop()
-            target.stop()
+    settings = {"window_s": 3600.0, "interval_s": interval, "probe_timeout_s": timeout}
+    with (
+        ctx.scratch("ceiling") as d,
+        rig(ctx, d, z.ceiling_max, "c", settings) as r,
+        running(r, settle_s=1.0) as daemon,
+    ):
+        target, wins, state = r.target, r.wins, r.state
+        arrivals, reader, active = Arrivals(), SeriesReader(), 0
+        while active < len(wins):
+            new = wins[active : active + (z.ceiling_step if active else z.ceiling_start)]
+            arm_spread(state, new, interval)
+            active += len(new)
+            time.sleep(interval + 2.0)  # intake and the first ticks are behind us
+            t0 = time.time()
+            dcpu, tcpu = CpuMeter(daemon.meter).start(), CpuMeter(target.meter).start()
+            time.sleep(z.ceiling_hold_s)
+            t1 = time.time()
+            dcpu.stop()
+            tcpu.stop()
+            time.sleep(0.4 if target.kind == "python" else 1.3)  # nginx flushes each second
+            arrivals.add(target.new_records())
+            reader.update(state, wins[:active])
+            joined = join(
+                state,
+                wins[:active],
+                arrivals,
+                horizon=t1 - 0.5,
+                since=t0,
+                within_s=timeout,
+                rows=reader.rows,
+            )
+            late = joined.lateness()
+            s = summary(late)
+            step = {
+                "windows": active,
+                "offered_rps": round(active * len(ctx.paths) / interval),
+                "rps": round(arrivals.count_between(t0, t1) / (t1 - t0), 1),
+                "lateness_ms": s,
+                "lost": len(joined.lost),
+                "expected": joined.expected,
+                "daemon_cpu_percent": round(dcpu.percent, 1),
+                "daemon_cpu_system_share": round(dcpu.system_share, 2),
+                "daemon_cpu_per_request_us": round(
+                    1e6 * dcpu.cpu / max(1, arrivals.count_between(t0, t1))
+                ),
+                "target_cpu_percent": round(tcpu.percent, 1),
+                "rss_mb": round(daemon.meter.rss_mb(), 1),
+            }
+            steps.append(step)
+            samples[f"ceiling: {active} windows"] = late
+            print(
+                f"    ceiling step: {active} windows, {step['rps']} req/s, p99 "
+                f"{_ms(s.get('p99', math.nan))} ms, lost {step['lost']}, daemon CPU "
+                f"{step['daemon_cpu_percent']}%",
+                flush=True,
+            )
+            if s.get("p99", math.inf) > 100:
+                break
+        problems = _problems(daemon)
     ok_steps = [s for s in steps if s["lateness_ms"].get("p99", math.inf) <= 100]
     best = ok_steps[-1] if ok_steps else None
     over = next((s for s in steps if s["lateness_ms"].get("p99", math.inf) > 100), None)
@@ -1033,28 +1037,16 @@ def idle(ctx: Ctx) -> Result:
         finally:
             daemon.stop()
     n = z.idle_windows
-    with ctx.scratch("idle-windows") as d:
-        state = d / "state"
-        target = load_target(ctx.target)
-        try:
-            wins = windows(n, target.ports, tag="m", paths=ctx.paths)
-            write_config(
-                d / "config.toml",
-                state,
-                wins,
-                defaults(interval_s=5.0, window_s=600.0, probe_timeout_s=2.0),
-            )
-            daemon = Daemon(d / "config.toml", d)
-            try:
-                daemon.wait_ready()
-                mem = Sampler(daemon.meter)
-                arm_spread(state, wins, 5.0)
-                time.sleep(5.0 + 5.0 + 2.5)  # two ticks of every window
-                busy_mem = mem.stop()
-            finally:
-                daemon.stop()
-        finally:
-            target.stop()
+    settings = {"interval_s": 5.0, "window_s": 600.0, "probe_timeout_s": 2.0}
+    with (
+        ctx.scratch("idle-windows") as d,
+        rig(ctx, d, n, "m", settings) as r,
+        running(r) as daemon,
+    ):
+        mem = Sampler(daemon.meter)
+        arm_spread(r.state, r.wins, 5.0)
+        time.sleep(5.0 + 5.0 + 2.5)  # two ticks of every window
+        busy_mem = mem.stop()
     rss = idle_mem["rss_max_mb"]
     rss_n = busy_mem["rss_max_mb"]
     ok = cpu.percent <= 0.2 and rss <= 60
@@ -1142,35 +1134,22 @@ def origins(ctx: Ctx) -> Result:
     """Windows on distinct services (one origin each): what a new origin costs."""
     z = ctx.sizes
     n, interval, window, timeout = z.origins_n, 5.0, z.origins_window_s, 2.0
-    with ctx.scratch("origins") as d:
-        state = d / "state"
-        target = load_target(ctx.target, ports=n)
-        try:
-            wins = windows(n, target.ports, tag="o", paths=ctx.paths)
-            write_config(
-                d / "config.toml",
-                state,
-                wins,
-                defaults(window_s=window, interval_s=interval, probe_timeout_s=timeout),
-            )
-            daemon = Daemon(d / "config.toml", d)
-            try:
-                daemon.wait_ready()
-                time.sleep(1.0)
-                rss0 = daemon.meter.rss_mb()
-                mem = Sampler(daemon.meter, every=0.5)
-                cpu = CpuMeter(daemon.meter).start()
-                arm_spread(state, wins, interval)
-                _sleep_until(time.time() + 2 * interval)  # tick 0 of every window is past
-                cpu.stop()
-                daemon.wait_count("window.finished", n, window + 4 * interval + 60)
-                memory = mem.stop()
-                problems = _problems(daemon)
-            finally:
-                daemon.stop()
-        finally:
-            records = target.stop()
-        joined = join(state, wins, Arrivals(records), horizon=math.inf, within_s=timeout)
+    settings = {"window_s": window, "interval_s": interval, "probe_timeout_s": timeout}
+    with (
+        ctx.scratch("origins") as d,
+        rig(ctx, d, n, "o", settings, ports=n) as r,
+        running(r, settle_s=1.0) as daemon,
+    ):
+        rss0 = daemon.meter.rss_mb()
+        mem = Sampler(daemon.meter, every=0.5)
+        cpu = CpuMeter(daemon.meter).start()
+        arm_spread(r.state, r.wins, interval)
+        _sleep_until(time.time() + 2 * interval)  # tick 0 of every window is past
+        cpu.stop()
+        daemon.wait_count("window.finished", n, window + 4 * interval + 60)
+        memory = mem.stop()
+        problems = _problems(daemon)
+    joined = r.join(timeout)
     first = [t.lateness_ms for t in joined.ticks if t.tick == 0]
     later = [t.lateness_ms for t in joined.ticks if t.tick > 0]
     grew = memory["rss_max_mb"] - rss0
@@ -1184,7 +1163,7 @@ def origins(ctx: Ctx) -> Result:
         {
             "windows": n,
             "origins": n,
-            "target": target.kind,
+            "target": r.target.kind,
             "first_tick_ms": summary(first),
             "later_ticks_ms": summary(later),
             "lost": len(joined.lost),
@@ -1214,9 +1193,10 @@ def profile(ctx: Ctx) -> Result:
             None,
         )
     n = z.profile_windows
-    with ctx.scratch("profile") as d:
-        target, daemon, wins, state = _steady(ctx, d, n)
-        try:
+    settings = {"window_s": 3600.0, "interval_s": 1.0, "probe_timeout_s": 0.8}
+    with ctx.scratch("profile") as d, rig(ctx, d, n, "c", settings) as r:
+        target, wins, state = r.target, r.wins, r.state
+        with running(r) as daemon:
             arm_spread(state, wins, 1.0)
             time.sleep(3.0)
             raw = ctx.out / "profile.txt"
@@ -1245,12 +1225,9 @@ def profile(ctx: Ctx) -> Result:
             cpu.stop()
             t1 = time.time()
             time.sleep(0.4 if target.kind == "python" else 1.3)
-        finally:
-            daemon.stop()
-            records = target.stop()
-        arrivals = Arrivals(records)
-        joined = join(state, wins, arrivals, horizon=t1 - 0.5, since=t0, within_s=0.8)
-        requests = arrivals.count_between(t0, t1)
+    arrivals = Arrivals(r.records)
+    joined = join(state, wins, arrivals, horizon=t1 - 0.5, since=t0, within_s=0.8)
+    requests = arrivals.count_between(t0, t1)
     report = profiling.summarise(raw.read_text(), taken=int(200 * z.profile_s))
     (ctx.out / "profile.md").write_text(profiling.markdown(report, n, cpu.percent))
     s = summary(joined.lateness())

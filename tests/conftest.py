@@ -5,6 +5,8 @@
   one `postdeploy demo` watches). `tests/checks` overrides it with a scripted
   `support.http.Service`.
 - `prober`: a default `Prober`, closed after the test.
+- `transport`: a `LeanTransport` whose idle connections never expire (only a test's server
+  or the transport's own checks close them), closed after the test.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import pytest
 
 from postdeploy.demo_service import DemoService
 from postdeploy.probe import Prober
+from postdeploy.transport import LeanTransport
+
+NO_EXPIRY_S = 3600.0  # keep-alive expiry: never what closes a connection in a test
 
 
 @pytest.fixture
@@ -31,6 +36,16 @@ def service() -> Iterator[DemoService]:
 async def prober() -> AsyncIterator[Prober]:
     """A default Prober, closed (its HTTP clients and pooled connections) after the test."""
     instance = Prober()
+    try:
+        yield instance
+    finally:
+        await instance.aclose()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[LeanTransport]:
+    """A LeanTransport whose idle connections never expire, closed after the test."""
+    instance = LeanTransport(keepalive_expiry=NO_EXPIRY_S)
     try:
         yield instance
     finally:

@@ -5,21 +5,24 @@ Exit codes: 0 success, 1 failure, 2 invalid config or usage; `wait`, `arm --wait
 `cancel` exits 3 when the window already finished (or was rejected): nothing is written.
 """
 
-# Each command imports only what it uses, inside its function: `--help` imports no config
-# model (pydantic), `arm` no HTTP client or event loop, `wait --state-dir` neither; only `run`
-# loads the daemon. tests/unit/test_cli_imports.py pins it; docs/PERFORMANCE.md has figures.
+# Each command imports only what it uses, inside its function. `arm`, `wait`, `cancel` and
+# `rollback` need only the state directory and the repo names: they read the config with
+# `configfile.read_essentials` (tomllib alone, no pydantic models: a config broken in other
+# keys is the daemon's and `check-config`'s to report); `run`, `check-config`, `status` and
+# `show` validate the whole file with `config`. Only `run` loads the daemon.
+# tests/unit/test_cli_imports.py pins it; docs/PERFORMANCE.md has the figures.
 
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postdeploy import DEFAULT_CONFIG_PATH, __version__, layout
+from postdeploy.configfile import ConfigError, Essentials, config_path, read_essentials
 from postdeploy.layout import ItemKey, valid_name
 from postdeploy.store import ItemStore
 
@@ -34,23 +37,29 @@ class UsageError(Exception):
 
 
 def _config_path(args: argparse.Namespace) -> str:
-    return args.config or os.environ.get("POSTDEPLOY_CONFIG") or DEFAULT_CONFIG_PATH
+    return config_path(args.config)
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """The whole config, every key validated (pydantic)."""
     from postdeploy.config import load_config
 
     return load_config(_config_path(args))
 
 
-def _state_root(args: argparse.Namespace, config: Config | None = None) -> Path:
+def _essentials(args: argparse.Namespace) -> Essentials:
+    """The config's state directory, kill switch and repo names only (see `configfile`)."""
+    return read_essentials(_config_path(args))
+
+
+def _state_root(args: argparse.Namespace, config: Essentials | None = None) -> Path:
     """`--state-dir` if given, else the config's `state_dir`."""
     if getattr(args, "state_dir", None):
         return Path(args.state_dir).absolute()
-    return (config or _load(args)).state_path
+    return (config or _essentials(args)).state_path
 
 
-def _existing_root(args: argparse.Namespace, config: Config | None = None) -> Path:
+def _existing_root(args: argparse.Namespace, config: Essentials | None = None) -> Path:
     """The state directory, which must exist: a command never creates it (the daemon does,
     and a typo in `--state-dir` must not quietly start a state directory nobody watches)."""
     root = _state_root(args, config)
@@ -102,7 +111,7 @@ def _item(args: argparse.Namespace) -> ItemKey:
     return ItemKey(args.repo, args.work_item)
 
 
-def _known_repo(config: Config, repo: str) -> None:
+def _known_repo(config: Essentials, repo: str) -> None:
     if repo not in config.repos:
         raise UsageError(
             f"no [repos.{repo}] table in the config: nothing would watch this window "
@@ -145,7 +154,7 @@ def cmd_arm(args: argparse.Namespace) -> int:
     except layout.ArmedError as exc:
         print(f"postdeploy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    config = _load(args)
+    config = _essentials(args)
     _known_repo(config, key.repo)
     root = _existing_root(args, config)
     store = ItemStore(root, key)
@@ -175,7 +184,7 @@ def cmd_arm(args: argparse.Namespace) -> int:
     print(store.path / layout.ARMED, flush=True)
     if not args.wait:
         return EXIT_OK
-    return _wait_for_verdict(args, root, key, config.window_settings(key.repo).max_ticks)
+    return _wait_for_verdict(args, root, key)
 
 
 def _warn(text: str) -> None:
@@ -186,31 +195,19 @@ def cmd_wait(args: argparse.Namespace) -> int:
     """Wait for the item's verdict (read-only). With `--state-dir`, no config is read at all,
     so a user who may only read the state directory can wait."""
     key = _item(args)
-    config = None if args.state_dir else _load(args)
+    config = None if args.state_dir else _essentials(args)
     root = _existing_root(args, config)
-    hint = None
-    if config is not None:
-        if key.repo in config.repos:
-            hint = config.window_settings(key.repo).max_ticks
-        elif _finished(root, key) == (None, None):
-            _known_repo(config, key.repo)  # nothing will ever finish it: say so now
-    return _wait_for_verdict(args, root, key, hint)
+    if config is not None and key.repo not in config.repos and _finished(root, key) == (None, None):
+        _known_repo(config, key.repo)  # nothing will ever finish it: say so now
+    return _wait_for_verdict(args, root, key)
 
 
-def _wait_for_verdict(
-    args: argparse.Namespace, root: Path, key: ItemKey, max_ticks: int | None
-) -> int:
+def _wait_for_verdict(args: argparse.Namespace, root: Path, key: ItemKey) -> int:
+    """`wait`'s answer. Ticks are shown out of the window's `max_ticks`, which the daemon
+    writes in `window.json` before the window's first tick."""
     from postdeploy import wait
 
-    return wait.wait_for_verdict(
-        root,
-        key,
-        timeout=args.timeout,
-        as_json=args.json,
-        out=sys.stdout,
-        err=sys.stderr,
-        max_ticks_hint=max_ticks,
-    )
+    return wait.wait_for_verdict(root, key, timeout=args.timeout, as_json=args.json)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -218,17 +215,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from postdeploy import wait
 
     key = _item(args)
-    config = _load(args)
+    config = _essentials(args)
     _known_repo(config, key.repo)
     root = _existing_root(args, config)
-    return wait.request_rollback(
-        root,
-        key,
-        reason=args.reason,
-        timeout=args.timeout,
-        out=sys.stdout,
-        err=sys.stderr,
-    )
+    return wait.request_rollback(root, key, reason=args.reason, timeout=args.timeout)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -402,19 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_error_lines(exc: Exception) -> list[str] | None:
-    """The lines of `exc` if it is the config module's `ConfigError`, else None.
-
-    Looked up in `sys.modules` rather than imported: a command that reads no config never
-    imports `postdeploy.config` (and pydantic), and then no ConfigError can have been raised.
-    """
-    config = sys.modules.get("postdeploy.config")
-    if config is None or not isinstance(exc, config.ConfigError):
-        return None
-    lines: list[str] = exc.lines
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -422,15 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"postdeploy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        lines = _config_error_lines(exc)
-        if lines is None:
-            raise
-        for line in lines:
+    except ConfigError as exc:
+        for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,14 @@ from pydantic_core import ErrorDetails
 from postdeploy import logs
 from postdeploy.alerts.config import OutboxSettings, Sinks
 from postdeploy.checks import Bound, Condition, ConditionError, parse_condition
-from postdeploy.layout import NAME_RE, valid_name
+from postdeploy.configfile import ConfigError as ConfigError  # re-exported
+from postdeploy.configfile import (
+    check_repo_names,
+    check_state_dir,
+    parse_toml,
+    read_text,
+    state_path,
+)
 from postdeploy.urls import check_http_url
 
 if TYPE_CHECKING:
@@ -492,16 +498,10 @@ class GitReportSettings(_Table):
         return value
 
 
-def _state_dir(value: str) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
 class Config(_Table):
     """The whole configuration file."""
 
-    state_dir: Annotated[str, AfterValidator(_state_dir)]
+    state_dir: Annotated[str, AfterValidator(check_state_dir)]
     enabled: bool = True
     # Finished windows older than this are removed (their whole directory); 0 keeps them.
     retention_days: NonNegativeFloat = 90.0
@@ -519,18 +519,13 @@ class Config(_Table):
     @field_validator("repos")
     @classmethod
     def _repo_names(cls, value: dict[str, RepoConfig]) -> dict[str, RepoConfig]:
-        for name in value:
-            if not valid_name(name):
-                raise ValueError(f"repo name {name!r} must match {NAME_RE.pattern}")
+        check_repo_names(value)
         return value
 
     @property
     def state_path(self) -> Path:
         """`state_dir` as an absolute path (relative to the config file's folder)."""
-        path = Path(self.state_dir)
-        if not path.is_absolute() and self._source is not None:
-            path = self._source.parent / path
-        return path.absolute()
+        return state_path(self.state_dir, self._source)
 
     def window_settings(self, repo: str) -> WindowSettings:
         """The effective window settings of `repo`: repo keys over `[defaults]` over built-ins.
@@ -660,14 +655,6 @@ def _resolve_probes(
     return resolved, problems
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; `lines` are `PATH: dotted.key: message`."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
 def _dotted(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     previous: int | str | None = None
@@ -682,7 +669,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 
 # The `type` values of tagged unions (checks, alert sinks): pydantic puts them in error paths.
-_UNION_TAGS = {"http", "prometheus", "webhook", "telegram", "alertmanager", "command"}
+_UNION_TAGS = {"http", "prometheus", "webhook", "telegram", "slack", "alertmanager", "command"}
 
 
 def _messages(path: str, errors: list[ErrorDetails]) -> list[str]:
@@ -784,11 +771,9 @@ def _parse(text: str, path: str) -> tuple[Config | None, list[str]]:
     """The config and every problem found. With problems, the config is partial (see
     `_partial`, for warnings) or None."""
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return None, [f"{path}: (toml): {exc}"]
-    except RecursionError:
-        return None, [f"{path}: (toml): nested too deeply"]
+        raw = parse_toml(text, path)
+    except ConfigError as exc:
+        return None, exc.lines
     try:
         return _finish(Config.model_validate(raw), path)
     except ValidationError as exc:
@@ -812,18 +797,9 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     return config
 
 
-def _read(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: (file): not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: (file): cannot be read: {exc}"]) from None
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate the config file at `path`; raises ConfigError."""
-    return parse_config(_read(path), str(path))
+    return parse_config(read_text(path), str(path))
 
 
 # -- warnings: valid, but probably not what was meant on this host ----------------------------
@@ -899,7 +875,7 @@ def check_config_file(
     """What `postdeploy check-config` reports, in one pass: the config (None when it has
     errors), every error line, and every warning line."""
     try:
-        text = _read(path)
+        text = read_text(path)
     except ConfigError as exc:
         return None, exc.lines, []
     config, errors = _parse(text, str(path))

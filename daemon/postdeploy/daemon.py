@@ -170,7 +170,7 @@ class Daemon:
         started = time.monotonic()
         _raise_open_files_limit()
         if self.config.metrics.address is not None:
-            metrics.serve(self.config.metrics.address)
+            metrics.serve(self.config.metrics.address, lambda: self.config)  # + the pages
         try:
             await anyio.to_thread.run_sync(self.approvals.make_dir)
         except OSError as exc:

@@ -1,7 +1,8 @@
 """`postdeploy demo`: the whole story on this machine, in well under a minute.
 
 Two bundled services start on 127.0.0.1 and the real daemon (`postdeploy run`, in its own
-process) watches a deploy of each. "catalog" stays green. "checkout" passes its health
+process, started and followed by the same harness as the tests': `postdeploy.testing`)
+watches a deploy of each. "catalog" stays green. "checkout" passes its health
 check, then its catalog starts coming back empty while `/health` still says ok: its feature
 check fails three ticks in a row, the window goes DEGRADED, and the (demo) rollback command
 restores it; probes after the rollback confirm the recovery.
@@ -11,10 +12,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from postdeploy import layout
 from postdeploy.demo_service import DemoService
 from postdeploy.layout import ItemKey
 from postdeploy.store import ItemStore
+from postdeploy.testing.daemon import DaemonProcess
+from postdeploy.testing.wait import WaitTimeout
 
 CONFIG = """\
 state_dir = "state"
@@ -69,6 +71,9 @@ _NARRATE = {
 
 
 def _narrate(console: Console, line: dict[str, Any], started: float) -> None:
+    if line.get("_raw") is not None:  # not a JSON log line: shown as printed
+        console.print(line["_raw"], markup=False)
+        return
     template = _NARRATE.get(str(line.get("event")))
     if template is None:
         return
@@ -108,35 +113,17 @@ def run(keep: bool = False) -> int:
     console.print(f"[bold]postdeploy demo[/] in {workdir}")
     console.print(f"  catalog  service at {catalog.url} (will stay green)")
     console.print(f"  checkout service at {checkout.url} (will go red under traffic)\n")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "postdeploy", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    finished: dict[str, dict[str, Any]] = {}
-    ready = threading.Event()
     started = time.monotonic()
-
-    def read() -> None:
-        assert daemon.stdout is not None
-        for raw in daemon.stdout:
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                console.print(raw.rstrip(), markup=False)
-                continue
-            _narrate(console, line, started)
-            if line.get("event") == "daemon.ready":
-                ready.set()
-            if line.get("event") == "window.finished":
-                finished[str(line.get("repo"))] = line
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    daemon = DaemonProcess(
+        config,
+        workdir / "daemon.stderr",
+        on_line=lambda line: _narrate(console, line, started),
+    )
     try:
-        if not ready.wait(30):
-            console.print("[red]the daemon did not start[/]")
+        try:
+            daemon.wait_ready()
+        except WaitTimeout:
+            _failed(console, daemon, "the daemon did not start")
             return 1
         _arm(root, ItemKey("catalog", "release-41"), {"commit": "4f1c2e0", "deployed_by": "demo"})
         _arm(root, ItemKey("checkout", "release-42"), {"commit": "9ab03d1", "deployed_by": "demo"})
@@ -145,15 +132,15 @@ def run(keep: bool = False) -> int:
             "[dim]  ... checkout's catalog starts coming back empty; /health still says 200 ok[/]"
         )
         checkout.set(feature="broken")
-        deadline = time.monotonic() + 45
-        while len(finished) < 2 and time.monotonic() < deadline and daemon.poll() is None:
-            time.sleep(0.1)
+        try:
+            daemon.wait_count("window.finished", 2, timeout=45)
+        except WaitTimeout:
+            _failed(console, daemon, "the windows did not both finish")
     finally:
-        daemon.terminate()
-        daemon.wait(15)
-        reader.join(5)
+        daemon.close(signal.SIGTERM, timeout=15)
         catalog.stop()
         checkout.stop()
+    finished = {str(line.get("repo")): line for line in daemon.find("window.finished")}
     ok = _summary(console, root, finished)
     if keep:
         console.print(
@@ -165,6 +152,12 @@ def run(keep: bool = False) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         console.print("The demo's files are removed; `postdeploy demo --keep` keeps them.")
     return 0 if ok else 1
+
+
+def _failed(console: Console, daemon: DaemonProcess, why: str) -> None:
+    """Say what went wrong, with the end of what the daemon wrote on stderr."""
+    console.print(f"[red]{why}[/]")
+    console.print(daemon.stderr_text()[-3000:], markup=False)
 
 
 def _summary(console: Console, root: Path, finished: dict[str, dict[str, Any]]) -> bool:

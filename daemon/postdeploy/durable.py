@@ -22,14 +22,17 @@ dot-names, and a leftover of a crash is recognised by `is_tmp_name`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import secrets
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from postdeploy.layout import open_file_flags
+
+if TYPE_CHECKING:  # made on first use: `postdeploy arm` and `wait` need no threads
+    from concurrent.futures import ThreadPoolExecutor
 
 FILE_MODE = 0o664  # the default mode of a file written here (before the umask)
 TMP_SUFFIX = ".tmp"
@@ -41,13 +44,18 @@ _CREATE_FLAGS = open_file_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 # flight at once are what lets the filesystem's journal commit them together (see
 # docs/PERFORMANCE.md, section 7). One pool for the files, one for their directories.
 FSYNC_THREADS = 16
-_FILE_POOL = ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="postdeploy-fsync")
-_DIR_POOL = ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="postdeploy-dirsync")
+
+
+@functools.cache
+def _pool(kind: str) -> ThreadPoolExecutor:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix=f"postdeploy-{kind}")
 
 
 def tmp_name(name: str) -> str:
     """A fresh hidden name for a temporary file (or directory) that will become `name`."""
-    return f".{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    return f".{name}.{os.urandom(4).hex()}{TMP_SUFFIX}"  # as secrets.token_hex(4)
 
 
 def is_tmp_name(name: str) -> bool:
@@ -235,7 +243,7 @@ def write_group(name: str, items: Sequence[GroupItem]) -> list[Exception | None]
                 write_fd(files[i], data)
             except Exception as exc:
                 fail(i, exc)
-        for i, error in _fsync_all(_FILE_POOL, files):
+        for i, error in _fsync_all(_pool("fsync"), files):
             fail(i, error)
         for i in list(files):
             try:
@@ -247,7 +255,7 @@ def write_group(name: str, items: Sequence[GroupItem]) -> list[Exception | None]
             except Exception as exc:
                 fail(i, exc)
         renamed = {i: items[i][0] for i in range(len(items)) if errors[i] is None}
-        for i, error in _fsync_all(_DIR_POOL, renamed):
+        for i, error in _fsync_all(_pool("dirsync"), renamed):
             errors[i] = error
     finally:
         for i in list(files):

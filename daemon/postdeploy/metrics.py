@@ -8,15 +8,24 @@ add) and never raise. `serve()` starts prometheus-client's HTTP server in a daem
 Label values are bounded: `repo` comes from the config's `[repos.NAME]` tables, `sink` from
 the `[[alerts]]` tables, `status` and `action` from fixed enums. Work item names are never
 labels (one per deploy: they would grow without limit).
+
+The same listener serves the pages a person looks at: `/` is the status page (`statuspage`,
+made from what `postdeploy status` reads) and `/w/REPO/ITEM` one window's page
+(`windowpage`). They are made in the listener's request threads, never on the event loop, from
+the files in the state directory only, so they work the same after a restart. Every other path
+is prometheus-client's (`/metrics`).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import socket
 import threading
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import structlog
 from prometheus_client import (
@@ -30,11 +39,18 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest, make_wsgi_app
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from postdeploy import __version__
+from postdeploy.layout import ItemKey, UnsafePath, open_item_dir, valid_name
+from postdeploy.statuspage import render_error_page, render_status_page
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from postdeploy.config import Config
 
 log = structlog.get_logger("postdeploy.metrics")
 
@@ -187,8 +203,113 @@ def render() -> str:
     return generate_latest(REGISTRY).decode()
 
 
-def serve(address: tuple[str, int]) -> None:
-    """Start the HTTP endpoint serving /metrics on `address` (host, port) in a thread.
+# Defence in depth for the pages: no script, no frame, no form, no outside resource may run
+# or load, whatever a page holds (every value in it is escaped already).
+PAGE_HEADERS = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+]
+SNAPSHOT_REUSE_S = 1.0  # requests this close together share one status page (one read)
+
+
+class Pages:
+    """The WSGI application of the listener: the pages, and Prometheus for every other path.
+
+    `config` returns the daemon's current config (it changes on reload). One status page is
+    made at a time, and reused for requests less than SNAPSHOT_REUSE_S apart, so a storm of
+    refreshes costs one read of the state directory and one page, not one per request: the
+    pages' threads share the interpreter with the event loop, and take turns with it.
+    """
+
+    def __init__(self, config: Callable[[], Config]) -> None:
+        self._config = config
+        self._metrics = make_wsgi_app(REGISTRY)
+        self._lock = threading.Lock()
+        self._page: tuple[float, str] | None = None
+
+    def page(self) -> str:
+        """The status page made from what `postdeploy status --json` prints, read now or
+        less than SNAPSHOT_REUSE_S ago."""
+        from postdeploy import status
+
+        with self._lock:
+            now = time.monotonic()
+            if self._page is None or now - self._page[0] >= SNAPSHOT_REUSE_S:
+                self._page = (now, render_status_page(status.collect(self._config())))
+            return self._page[1]
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path != "/" and not path.startswith("/w/"):
+            return self._metrics(environ, start_response)  # type: ignore[no-any-return]
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            code, page = "405 Method Not Allowed", render_error_page("405", "GET or HEAD only")
+        elif path == "/":
+            code, page = self.status_page()
+        else:
+            code, page = self.window_page(path.removeprefix("/w/"))
+        body = page.encode()
+        headers = [*PAGE_HEADERS, ("Content-Length", str(len(body)))]
+        if code.startswith("405"):
+            headers.append(("Allow", "GET, HEAD"))
+        start_response(code, headers)
+        return [b"" if method == "HEAD" else body]
+
+    def status_page(self) -> tuple[str, str]:
+        try:
+            return "200 OK", self.page()
+        except Exception as exc:  # the page must not take the listener down
+            log.exception("page.failed", page="/")
+            return "500 Internal Server Error", render_error_page(
+                "The status could not be read", f"{type(exc).__name__}: {exc}"
+            )
+
+    def window_page(self, rest: str) -> tuple[str, str]:
+        """`/w/REPO/ITEM`: both names checked by the name rule before anything is opened, and
+        the item directory opened without following a symlink at any level."""
+        repo, _, item = rest.partition("/")
+        if not (valid_name(repo) and valid_name(item)):
+            return "404 Not Found", render_error_page("404", "No such window.")
+        key = ItemKey(repo, item)
+        config = self._config()
+        try:
+            with open_item_dir(config.state_path, key):
+                pass
+        except (FileNotFoundError, NotADirectoryError, UnsafePath):
+            return "404 Not Found", render_error_page("404", f"No window {key}.")
+        except OSError as exc:
+            return "500 Internal Server Error", render_error_page(f"{key} is unreadable", str(exc))
+        # Loaded when first asked for: the daemon pays for it only if a person looks.
+        from postdeploy.windowpage import render_window_page
+
+        try:
+            page = render_window_page(config.state_path, key, config)
+        except Exception as exc:
+            log.exception("page.failed", page="/w", repo=key.repo, work_item=key.work_item)
+            return "500 Internal Server Error", render_error_page(
+                f"{key} could not be shown", f"{type(exc).__name__}: {exc}"
+            )
+        return "200 OK", page
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: the daemon's log is for the deploys."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(address: tuple[str, int], config: Callable[[], Config] | None = None) -> None:
+    """Start the HTTP listener on `address` (host, port) in a thread: /metrics, and with
+    `config` (the daemon's current config) the pages.
 
     A failure to bind (port taken, address not on this host) is logged as an error and the
     daemon goes on: watching deploys matters more than exporting numbers about it.
@@ -198,11 +319,19 @@ def serve(address: tuple[str, int]) -> None:
     with _server_lock:
         if _server is not None:
             return
+        app = Pages(config) if config is not None else make_wsgi_app(REGISTRY)
+
+        class Server(ThreadingWSGIServer):  # one request thread each; IPv6 hosts too
+            pass
+
         try:
-            _server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            Server.address_family = info[0][0]
+            _server = make_server(str(info[0][4][0]), port, app, Server, _QuietHandler)
         except OSError as exc:
             log.error("metrics.serve_failed", listen=f"{host}:{port}", error=str(exc))
             return
+        threading.Thread(target=_server.serve_forever, name="metrics", daemon=True).start()
     port = _server.server_address[1]  # the real port when `listen` asked for port 0
     shown = f"[{host}]" if ":" in host else host
     log.info("metrics.serving", listen=f"{shown}:{port}", path="/metrics")

@@ -222,10 +222,14 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     # (sort key, item, its record if indexed, else its `done` as read)
     finished: list[tuple[str, ItemKey, history.Record | None, dict[str, Any] | None]] = []
     rejected: list[dict[str, Any]] = []
+    unreadable: list[dict[str, Any]] = []  # item directories that could not be read
     items: list[ItemKey] = []
     if root.is_dir():
         index = {repo: j.records for repo, j in history.read_journals(root).items()}
-        for repo in history.scan(root, {}, index).repos:
+        scanned = history.scan(root, {}, index)
+        for path, problem in scanned.problems:  # symlinks, files, bad names: never followed
+            unreadable.append({"path": os.path.relpath(path, root), "error": problem})
+        for repo in scanned.repos:
             listing = repo.listing
             records = index.get(repo.repo, {})
             for name in repo.seen:
@@ -249,8 +253,10 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
                 rejected.append(_rejected(store))
             elif kinds[layout.ARMED] == "file":
                 active.append(window_state(store, settings_for(config, key.repo)))
-        except (OSError, layout.UnsafePath):
-            continue  # removed or replaced while we looked: the next run will see it
+        except FileNotFoundError:
+            continue  # removed while we looked: the next run will see it
+        except (OSError, layout.UnsafePath) as exc:  # a symlink, no permission, a file...
+            unreadable.append({"path": str(key), "error": str(exc)})
     # Newest first; the same finishing time in name order. Only the windows that can be
     # among the RECENT shown are sorted (a sort of 20,000 took longer than the rest).
     if len(finished) > RECENT:
@@ -274,6 +280,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "active_count": len(active),
         "recent": recent,
         "rejected": rejected[:RECENT],
+        "unreadable": unreadable[:RECENT],
         "deliveries": _deliveries(root),
     }
 

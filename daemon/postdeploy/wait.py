@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import pwd
+import sys
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -409,6 +410,18 @@ def _say(stream: TextIO, text: str) -> None:
     print(text, file=stream, flush=True)
 
 
+def _look(root: Path, key: ItemKey, err: TextIO, tail: SeriesTail | None = None) -> Look | None:
+    """`look`, or None once the item cannot be read (a symlink or a file where a directory
+    belongs, no permission), which is said on `err`: a wait then ends with exit 2."""
+    try:
+        return look(root, key, tail)
+    except layout.UnsafePath as exc:
+        _say(err, f"postdeploy: {key}: {exc}; it is never followed or watched")
+    except OSError as exc:
+        _say(err, f"postdeploy: cannot read {root / key.repo / key.work_item}: {exc}")
+    return None
+
+
 def _phase(seen: Look) -> str:
     if not seen.exists or not seen.armed:
         return "not armed yet"
@@ -424,12 +437,14 @@ def wait_for_verdict(
     *,
     timeout: float | None,
     as_json: bool,
-    out: TextIO,
-    err: TextIO,
-    max_ticks_hint: int | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Wait for the item's `done` or `rejected`, printing progress to `err` and the outcome
-    to `out`; returns the exit code (see `verdict_exit`; 124 on timeout, 2 on an error)."""
+    to `out` (stderr and stdout by default); returns the exit code (see `verdict_exit`; 124
+    on timeout, 2 on an error). A tick is shown out of `max_ticks` from `window.json`, which
+    the daemon writes before the window's first tick."""
+    out, err = out or sys.stdout, err or sys.stderr
     clock = _Clock(timeout)
     hints = Hints(root, key)
     tail = SeriesTail()
@@ -437,23 +452,17 @@ def wait_for_verdict(
     try:
         while True:
             hints.refresh()  # before the look: whatever appears after it raises an event
-            try:
-                seen = look(root, key, tail)
-            except layout.UnsafePath as exc:
-                _say(err, f"postdeploy: {key}: {exc}; it is never followed or watched")
-                return EXIT_USAGE
-            except OSError as exc:
-                _say(err, f"postdeploy: cannot read {root / key.repo / key.work_item}: {exc}")
+            seen = _look(root, key, err, tail)
+            if seen is None:
                 return EXIT_USAGE
             if phase != _phase(seen):  # the first line comes once the watches are in place
                 phase = _phase(seen)
                 _say(err, f"{key}: {phase}")
-            max_ticks = seen.max_ticks if seen.max_ticks is not None else max_ticks_hint
             # The count as of each row (several may come in one read).
             failed_so_far = tail.failed - sum(row.failed for row in seen.rows)
             for row in seen.rows:
                 failed_so_far += row.failed
-                _say(err, progress_line(row, max_ticks, failed_so_far))
+                _say(err, progress_line(row, seen.max_ticks, failed_so_far))
             if seen.done is not None:
                 _say(
                     out, outcome_json(key, seen.done, None) if as_json else outcome_line(seen.done)
@@ -539,12 +548,14 @@ def request_rollback(
     *,
     reason: str,
     timeout: float | None,
-    out: TextIO,
-    err: TextIO,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """`postdeploy rollback`: refuse what can already be seen, else write the request and
-    wait for the daemon's answer. Exit 0 ROLLBACK_OK, 1 FAILED or UNKNOWN, 3 refused, 124
-    timeout, 2 no such item (or unreadable)."""
+    wait for the daemon's answer (the answer on `out`, the rest on `err`: stdout and stderr
+    by default). Exit 0 ROLLBACK_OK, 1 FAILED or UNKNOWN, 3 refused, 124 timeout, 2 no such
+    item (or unreadable)."""
+    out, err = out or sys.stdout, err or sys.stderr
     path = root / key.repo / key.work_item
     try:
         seen = look(root, key)
@@ -594,10 +605,8 @@ def _wait_for_answer(
     try:
         while True:
             hints.refresh()
-            try:
-                seen = look(root, key)
-            except (OSError, layout.UnsafePath) as exc:
-                _say(err, f"postdeploy: cannot read {root / key.repo / key.work_item}: {exc}")
+            seen = _look(root, key, err)
+            if seen is None:
                 return EXIT_USAGE
             answer = rollback_answer(seen.done)
             if answer is not None:

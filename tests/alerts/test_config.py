@@ -38,8 +38,9 @@ min_severity = "info"
 type = "webhook"
 name = "plane"
 url_env = "PLANE_URL"
-headers_env = { "X-API-Key" = "PLANE_API_KEY" }
 min_severity = "critical"
+[alerts.headers_env]  # a sub-table: the same as an inline table
+"X-API-Key" = "PLANE_API_KEY"
 [alerts.body]
 name = "{title}"
 description_html = "{details_html}"
@@ -76,10 +77,24 @@ max_age_s = 3600
     ]
     hook = config.alerts[0]
     assert isinstance(hook, WebhookSink) and hook.url == "https://hooks.example/postdeploy"
+    assert hook.headers == {"X-Team": "shop"}
+    plane = config.alerts[1]
+    assert isinstance(plane, WebhookSink) and plane.url_env == "PLANE_URL"
+    assert plane.headers_env == {"X-API-Key": "PLANE_API_KEY"}
+    assert plane.body == {
+        "name": "{title}",
+        "description_html": "{details_html}",
+        "priority": "urgent",
+    }
     telegram = config.alerts[2]
     assert isinstance(telegram, TelegramSink) and telegram.chat_id == "-1001234567890"
     assert telegram.min_severity == "warning"
     assert config.outbox.retry_max_s == 60
+
+
+# A valid webhook's table, for the cases below that add one bad key to it.
+HOOK = 'type = "webhook"\nurl = "http://x"\n'
+BAD_NAME = "not an environment variable name"
 
 
 @pytest.mark.parametrize(
@@ -88,39 +103,19 @@ max_age_s = 3600
         ('type = "webhook"\nurl = "ftp://x"', "alerts[0].url", "http:// or https://"),
         ('type = "webhook"\nurl = "http://x y"', "alerts[0].url", "whitespace"),
         ('type = "webhook"', "alerts[0]", "exactly one of url and url_env"),
+        (HOOK + 'secret_env = "NOT-A-NAME"', "alerts[0].secret_env", BAD_NAME),
         (
-            'type = "webhook"\nurl = "http://x"\nsecret_env = "NOT-A-NAME"',
-            "alerts[0].secret_env",
-            "not an environment variable name",
-        ),
-        (
-            'type = "webhook"\nurl = "http://x"\nheaders = { "Idempotency-Key" = "x" }',
+            HOOK + 'headers = { "Idempotency-Key" = "x" }',
             "alerts[0].headers",
             "cannot be overridden",
         ),
-        (
-            'type = "webhook"\nurl = "http://x"\nheaders = { "X-A" = "a\\nb" }',
-            "alerts[0].headers",
-            "CR, LF",
-        ),
-        (
-            'type = "webhook"\nurl = "http://x"\nheaders_env = { "Authorization" = "1BAD" }',
-            "alerts[0].headers_env",
-            "not an environment variable name",
-        ),
-        (
-            'type = "webhook"\nurl = "http://x"\nbody = { a = "{secret}" }',
-            "alerts[0].body",
-            "unknown placeholder {secret}",
-        ),
-        ('type = "webhook"\nurl = "http://x"\ntimeout_s = 0', "alerts[0].timeout_s", ""),
-        (
-            'type = "webhook"\nurl = "http://x"\nname = "a/b"',
-            "alerts[0].name",
-            "must match",
-        ),
-        ('type = "webhook"\nurl = "http://x"\nmin_severity = "loud"', "min_severity", ""),
-        ('type = "webhook"\nurl = "http://x"\ncolour = "red"', "colour", "unknown key"),
+        (HOOK + 'headers = { "X-A" = "a\\nb" }', "alerts[0].headers", "CR, LF"),
+        (HOOK + 'headers_env = { "Authorization" = "1BAD" }', "alerts[0].headers_env", BAD_NAME),
+        (HOOK + 'body = { a = "{secret}" }', "alerts[0].body", "unknown placeholder {secret}"),
+        (HOOK + "timeout_s = 0", "alerts[0].timeout_s", ""),
+        (HOOK + 'name = "a/b"', "alerts[0].name", "must match"),
+        (HOOK + 'min_severity = "loud"', "min_severity", ""),
+        (HOOK + 'colour = "red"', "colour", "unknown key"),
         ('type = "telegram"\nbot_token_env = "T"\nchat_id = ""', "chat_id", "must not be empty"),
         (
             'type = "telegram"\nbot_token_env = "T"\nchat_id = "1"\napi_base = "api.telegram.org"',

@@ -14,6 +14,7 @@ import pytest
 from postdeploy.alerts import pending
 from postdeploy.demo_service import DemoService
 from support.daemon import DaemonPool
+from support.toml import render_toml
 
 SECRET = "e2e-webhook-secret-value"
 TOKEN = "987654:e2e-telegram-token-value"
@@ -28,7 +29,13 @@ def daemons(tmp_path: Path) -> Iterator[DaemonPool]:
     pool.close()
 
 
-def write_config(tmp_path: Path, service: DemoService, alerts: str) -> Path:
+def webhook(url: str, **keys: str) -> dict[str, str]:
+    """An `[[alerts]]` table of type webhook (`keys`: name, secret_env, min_severity...)."""
+    return {"type": "webhook", "url": url, **keys}
+
+
+def write_config(tmp_path: Path, service: DemoService, alerts: list[dict[str, str]]) -> Path:
+    """The daemon's config against `service`, with these `[[alerts]]` tables."""
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -52,7 +59,7 @@ retry_max_s = 0.2
 base_url = "{service.url}"
 fivexx_paths = ["/status"]
 
-{alerts}
+{render_toml({"alerts": alerts})}
 """
     )
     return config
@@ -81,28 +88,20 @@ def test_degraded_window_alerts_with_evidence_and_metadata(
     config = write_config(
         tmp_path,
         service,
-        f"""
-[[alerts]]
-type = "webhook"
-name = "hook"
-url = "{hook.url}/events"
-secret_env = "PD_E2E_SECRET"
-min_severity = "info"
-
-[[alerts]]
-type = "telegram"
-name = "phone"
-bot_token_env = "PD_E2E_TOKEN"
-chat_id = "42"
-api_base = "{telegram.url}"
-min_severity = "critical"
-
-[[alerts]]
-type = "webhook"
-name = "unsigned"
-url = "{hook.url}/never"
-secret_env = "PD_E2E_MISSING"
-""",
+        [
+            webhook(
+                f"{hook.url}/events", name="hook", secret_env="PD_E2E_SECRET", min_severity="info"
+            ),
+            {
+                "type": "telegram",
+                "name": "phone",
+                "bot_token_env": "PD_E2E_TOKEN",
+                "chat_id": "42",
+                "api_base": telegram.url,
+                "min_severity": "critical",
+            },
+            webhook(f"{hook.url}/never", name="unsigned", secret_env="PD_E2E_MISSING"),
+        ],
     )
     service.set(health="fail")
     daemon = daemons.start(config, {"PD_E2E_SECRET": SECRET, "PD_E2E_TOKEN": TOKEN})
@@ -163,19 +162,10 @@ def test_sigkill_while_the_receiver_is_down_then_restart_delivers_each_once(
     config = write_config(
         tmp_path,
         service,
-        f"""
-[[alerts]]
-type = "webhook"
-name = "down"
-url = "{down.url}"
-min_severity = "info"
-
-[[alerts]]
-type = "webhook"
-name = "mirror"
-url = "{mirror.url}"
-min_severity = "info"
-""",
+        [
+            webhook(down.url, name="down", min_severity="info"),
+            webhook(mirror.url, name="mirror", min_severity="info"),
+        ],
     )
     state = tmp_path / "state"
     service.set(health="fail")
@@ -228,7 +218,7 @@ def test_outbox_writes_are_not_reported_as_bad_sentinels(
     config = write_config(
         tmp_path,
         service,
-        f'[[alerts]]\ntype = "webhook"\nurl = "{hook.url}"\nmin_severity = "info"\n',
+        [webhook(hook.url, min_severity="info")],
     )
     service.set(health="fail")
     daemon = daemons.start(config)

@@ -339,18 +339,23 @@ class Armed:
 
 @dataclasses.dataclass
 class Tallies:
+    """What one chaos run did and found (printed by `summary`)."""
+
+    # What the harness did to the daemon.
     kills: int = 0
     sigterms: int = 0
-    crash_points: int = 0
+    crash_points: int = 0  # kills at an injected crash point
+    # What the daemon did and left on disk.
     windows: int = 0
     probes: int = 0
-    events_expected: int = 0
-    deliveries: int = 0
-    redelivered_after_kill: int = 0
-    refused_deliveries: int = 0
     hook_runs: int = 0
     torn_tails_left: int = 0
     repairs_logged: int = 0
+    # Alerts: expected, delivered, refused by the receiver, sent again after a kill.
+    events_expected: int = 0
+    deliveries: int = 0
+    refused_deliveries: int = 0
+    redelivered_after_kill: int = 0
     statuses: Counter[str] = dataclasses.field(default_factory=Counter)
     actions: Counter[str] = dataclasses.field(default_factory=Counter)
     violations: list[str] = dataclasses.field(default_factory=list)

@@ -36,11 +36,18 @@ import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from postdeploy.layout import ItemKey
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from chaos.conftest import Target
+    from support.daemon import DaemonPool
+
 
 LONG = os.environ.get("CHAOS_MODE") == "long"
 KILLS = 110 if LONG else 4
@@ -153,7 +160,7 @@ class Weather:
 class Driver:
     """The harness's side of the story: arming, cancelling, killing, restarting."""
 
-    def __init__(self, tmp: Path, kit: Any, daemons: Any, receiver: Any, rng: random.Random):
+    def __init__(self, tmp: Path, kit: Any, daemons: DaemonPool, receiver: Any, rng: random.Random):
         self.tmp, self.kit, self.daemons, self.receiver, self.rng = tmp, kit, daemons, receiver, rng
         self.state = tmp / "state"
         self.config = tmp / "config.toml"
@@ -291,7 +298,7 @@ class Driver:
 
 @pytest.mark.timeout(900 if LONG else 120)
 def test_sigkill_and_restart_at_random_points_keeps_every_promise(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, receivers: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], receivers: Any
 ) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\nchaos seed {seed} (mode {kit.MODE}; rerun with CHAOS_SEED={seed})")
@@ -438,8 +445,8 @@ def _audit(
     tallies.redelivered_after_kill = len(resent)
     # A re-send after a kill is only excused when the kill came right after the delivery
     # (before its mark could be written); the outbox writes the mark at once.
-    for key in resent:
-        d = first[key]
+    for event_id in resent:
+        d = first[event_id]
         gap = driver.deaths.get(d.epoch, d.at) - d.at
         if checked and gap > RESEND_GRACE_S:
             v.append(
@@ -494,7 +501,7 @@ def _wait_file(path: Path, run: Any, timeout: float = 30.0) -> None:
 
 
 def test_window_armed_event_survives_a_crash_right_after_window_json(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, receivers: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], receivers: Any
 ) -> None:
     """A crash right after `window.json` is written: the restarted daemon takes the window for
     one it already announced, so the `window.armed` event must be in the outbox by then.
@@ -526,7 +533,7 @@ def _park(directory: Path, parking: Path) -> None:
 
 
 def test_window_superseded_after_a_restart_counts_the_ticks_it_probed(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, receivers: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], receivers: Any
 ) -> None:
     """A window that probed a few ticks, then is superseded when the restarted daemon finds
     it again, reports the ticks it probed. (Regression: the runner stopped before it replayed
@@ -562,7 +569,7 @@ exit 0
 
 
 def test_rollback_cut_short_by_a_crash_is_not_hidden_by_superseding(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, receivers: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], receivers: Any
 ) -> None:
     """The daemon dies while w1's rollback runs (`rollback.intent`, no result); after the
     restart a newer window of the repo turns up before w1 is found again. w1 must end

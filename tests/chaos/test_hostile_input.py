@@ -17,11 +17,18 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from chaos.conftest import Target
+    from support.daemon import DaemonPool
+
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the contract's name rule
 META_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -116,7 +123,7 @@ fs_name = st.one_of(
 
 
 def test_sentinel_names_start_a_window_or_are_rejected_or_ignored(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Every directory name is either a window (valid names, configured repo), a `rejected`
     file (valid names, unknown repo), or refused and logged (anything else), with nothing
@@ -232,7 +239,7 @@ armed_bytes = st.one_of(
 
 
 def test_armed_contents_start_a_window_or_are_rejected_with_a_reason(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Any bytes in `armed`: a window with exactly that metadata, or a one-line `rejected`."""
     target = targets()
@@ -274,33 +281,23 @@ def test_armed_contents_start_a_window_or_are_rejected_with_a_reason(
     _assert_sane(run)
 
 
-def test_deeply_nested_armed_is_rejected_not_an_intake_failure(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+@pytest.mark.parametrize(
+    "armed",
+    [
+        # Inside the 64 KiB limit, but it exhausts the JSON parser's recursion.
+        pytest.param(b"[" * 50_000, id="deeply-nested"),
+        # Parses, but cannot be written back as UTF-8 (`window.json`, the environment).
+        pytest.param(b'{"branch": "\\ud800"}', id="lone-surrogate"),
+    ],
+)
+def test_armed_that_breaks_the_parser_or_encoder_is_rejected_not_an_intake_failure(
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], armed: bytes
 ) -> None:
-    """`[[[[...` inside the 64 KiB limit exhausts the JSON parser's recursion: `rejected`,
-    not `intake.failed` on every rescan."""
+    """`rejected`, not `intake.failed` on every rescan."""
     run = daemons.start(_config(kit, tmp_path, targets().url))
-    directory = tmp_path / "state" / "shop" / "deep"
+    directory = tmp_path / "state" / "shop" / "w1"
     directory.mkdir(parents=True)
-    (directory / "armed").write_bytes(b"[" * 50_000)
-    _wait(
-        "rejected or intake.failed",
-        lambda: (directory / "rejected").exists() or bool(run.find("intake.failed")),
-        run,
-    )
-    _assert_sane(run)
-    assert (directory / "rejected").exists()
-
-
-def test_lone_surrogate_in_armed_is_rejected_not_an_intake_failure(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
-) -> None:
-    """`{"branch": "\\ud800"}` parses but cannot be written back as UTF-8 (`window.json`, the
-    environment): `rejected`, not `intake.failed` on every rescan."""
-    run = daemons.start(_config(kit, tmp_path, targets().url))
-    directory = tmp_path / "state" / "shop" / "surrogate"
-    directory.mkdir(parents=True)
-    (directory / "armed").write_bytes(b'{"branch": "\\ud800"}')
+    (directory / "armed").write_bytes(armed)
     _wait(
         "rejected or intake.failed",
         lambda: (directory / "rejected").exists() or bool(run.find("intake.failed")),
@@ -391,7 +388,7 @@ def _render(tables: dict[str, dict[str, str]]) -> str:
 
 
 def test_config_reloads_apply_or_report_every_problem(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """SIGHUP with any config file on disk: `config.reloaded`, or `config.reload_failed` with
     `PATH: key: message` problems and the old config in force; the daemon stays alive."""
@@ -466,7 +463,7 @@ def test_config_reloads_apply_or_report_every_problem(
 
 @pytest.mark.parametrize("how", ["check-config", "reload"])
 def test_deeply_nested_config_is_a_config_error(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, how: str
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], how: str
 ) -> None:
     """`x = [[[[...]]]]` exhausts tomllib's recursion: still a config error (exit 2 from
     `check-config`, `config.reload_failed` on SIGHUP). (Regression: a traceback and exit 1,
@@ -499,7 +496,7 @@ def test_deeply_nested_config_is_a_config_error(
 
 
 def test_symlinks_and_special_files_never_lead_outside(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Symlinked repo and item directories, a symlinked `armed`, special files where files or
     directories belong: refused, logged, and nothing outside the state directory changes."""
@@ -562,16 +559,35 @@ def _victim(tmp: Path) -> tuple[Path, Path]:
     return outside, victim
 
 
-def _degrading_config(kit: Any, tmp: Path, targets: Any) -> Path:
-    """`shop` degrades at once and rolls back, so every work file gets written."""
+def _rolling_back_config(
+    kit: Any, tmp: Path, targets: Callable[[], Target], rollback_command: list[str], **repo: Any
+) -> Path:
+    """`_config` against a new target whose health fails: `shop` degrades at its first probe
+    and rolls back with `rollback_command`."""
     target = targets()
     target.set(health="fail")
-    hook = tmp / "hook.sh"
-    hook.write_text("#!/bin/sh\necho rolled back\n")
-    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     return _config(
-        kit, tmp, target.url, auto_rollback=True, rollback_command=[str(hook)], fail_threshold=1
+        kit,
+        tmp,
+        target.url,
+        auto_rollback=True,
+        fail_threshold=1,
+        rollback_command=rollback_command,
+        **repo,
     )
+
+
+def _hook_script(path: Path, text: str) -> Path:
+    """An executable script at `path`."""
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _degrading_config(kit: Any, tmp: Path, targets: Callable[[], Target]) -> Path:
+    """`shop` degrades at once and rolls back, so every work file gets written."""
+    hook = _hook_script(tmp / "hook.sh", "#!/bin/sh\necho rolled back\n")
+    return _rolling_back_config(kit, tmp, targets, [str(hook)])
 
 
 def _finished_or_refused(directory: Path) -> bool:
@@ -583,7 +599,7 @@ def _finished_or_refused(directory: Path) -> bool:
 
 
 def test_precreated_symlinked_work_files_are_never_written_through(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """A deploy user pre-creates the daemon's own files as symlinks to a file outside
     (`report.md -> /etc/passwd`): the outside file never changes, the link is replaced or
@@ -615,17 +631,20 @@ def test_precreated_symlinked_work_files_are_never_written_through(
     _assert_sane(run)
 
 
-def test_precreated_symlinked_series_is_rejected(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+@pytest.mark.parametrize("name", ["series.jsonl", "window.json"])
+def test_precreated_symlinked_state_file_is_rejected(
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], name: str
 ) -> None:
-    """`series.jsonl -> outside`: never followed, and the item is `rejected` with a reason.
-    (Regression: the ELOOP escaped the window's task as `window.error`, ending it as ERROR.)"""
+    """`series.jsonl` or `window.json` -> outside: never followed, and the item is `rejected`
+    with a reason. (Regressions: for `series.jsonl` the ELOOP escaped the window's task as
+    `window.error`, ending it as ERROR; for `window.json` it escaped as `intake.failed` on
+    every rescan, for ever.)"""
     outside, victim = _victim(tmp_path)
     before = kit.listing(outside)
     path = _degrading_config(kit, tmp_path, targets)
     directory = tmp_path / "state" / "shop" / "w1"
     directory.mkdir(parents=True)
-    (directory / "series.jsonl").symlink_to(victim)
+    (directory / name).symlink_to(victim)
     run = daemons.start(path)
     (directory / "armed").touch()
     _wait("done or rejected", lambda: _finished_or_refused(directory), run)
@@ -633,26 +652,8 @@ def test_precreated_symlinked_series_is_rejected(
     _assert_sane(run)
 
 
-def test_precreated_symlinked_window_json_is_rejected(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
-) -> None:
-    """`window.json -> outside`: never followed, and the item is `rejected` with a reason.
-    (Regression: the ELOOP escaped as `intake.failed` on every rescan, for ever.)"""
-    outside, victim = _victim(tmp_path)
-    before = kit.listing(outside)
-    path = _degrading_config(kit, tmp_path, targets)
-    directory = tmp_path / "state" / "shop" / "w1"
-    directory.mkdir(parents=True)
-    (directory / "window.json").symlink_to(victim)
-    run = daemons.start(path)
-    (directory / "armed").touch()
-    run.wait_for(("window.finished", "sentinel.rejected", "intake.failed"))
-    assert kit.listing(outside) == before
-    _assert_sane(run)
-
-
 def test_fifo_as_series_file_is_never_opened(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """A FIFO where `series.jsonl` belongs is never opened: O_NOFOLLOW does not stop a FIFO,
     and opening one blocks, in a worker thread that cannot be cancelled, until the other end
@@ -720,25 +721,19 @@ meta_value = st.one_of(
 
 
 def test_metadata_reaches_the_rollback_only_as_environment_values(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """Shell metacharacters in metadata arrive byte for byte in POSTDEPLOY_META_* and never
     run: the argv is exactly the configured one and no canary file ever appears."""
     canary = tmp_path / "pwned"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(SHELL_HOOK.format())
-    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
-    target = targets()
-    target.set(health="fail")
+    hook = _hook_script(tmp_path / "hook.sh", SHELL_HOOK.format())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    path = _config(
+    path = _rolling_back_config(
         kit,
         tmp_path,
-        target.url,
-        auto_rollback=True,
-        fail_threshold=1,
-        rollback_command=["/bin/sh", str(hook), str(out_dir / "record"), "fixed arg"],
+        targets,
+        ["/bin/sh", str(hook), str(out_dir / "record"), "fixed arg"],
         rollback_env={"TARGET": "shop"},
         verify_ticks=0,
     )
@@ -783,22 +778,12 @@ def test_metadata_reaches_the_rollback_only_as_environment_values(
 
 
 def test_nul_in_metadata_is_rejected_or_a_failed_rollback(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """`{"commit": "a\\u0000b"}` is valid JSON, but no environment value can hold NUL: the
     sentinel is rejected, or the rollback fails to start (ROLLBACK_FAILED). (Regression:
     starting the rollback raised ValueError, so the window ended as ERROR.)"""
-    target = targets()
-    target.set(health="fail")
-    path = _config(
-        kit,
-        tmp_path,
-        target.url,
-        auto_rollback=True,
-        fail_threshold=1,
-        rollback_command=["/bin/true"],
-        verify_ticks=0,
-    )
+    path = _rolling_back_config(kit, tmp_path, targets, ["/bin/true"], verify_ticks=0)
     run = daemons.start(path)
     directory = tmp_path / "state" / "shop" / "nul"
     directory.mkdir(parents=True)

@@ -12,11 +12,17 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from support.wait import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from chaos.conftest import Target
+    from support.daemon import DaemonPool
 
 
 def _config(kit: Any, urls: dict[str, str], *, enabled: bool, fail_threshold: int) -> str:
@@ -41,7 +47,7 @@ def _config(kit: Any, urls: dict[str, str], *, enabled: bool, fail_threshold: in
 
 @pytest.mark.parametrize("change", ["repo-removed", "kill-switch", "threshold"])
 def test_reload_while_a_new_window_is_recorded(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, change: str
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target], change: str
 ) -> None:
     """(Regressions: "repo-removed" stopped the daemon with a KeyError; "kill-switch" let the
     new window run on, probing, with postdeploy disabled.)"""
@@ -90,7 +96,7 @@ def test_reload_while_a_new_window_is_recorded(
 
 
 def test_a_bug_while_recording_a_batch_is_contained(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """An unexpected exception in the intake's group commit is logged with its traceback;
     the daemon goes on, and the next rescan starts the window. (Regression: the exception

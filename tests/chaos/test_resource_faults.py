@@ -23,11 +23,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from support.wait import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from chaos.conftest import Target
+    from support.daemon import DaemonPool
 
 DEADLINE_S = 30.0
 
@@ -135,7 +141,12 @@ def disk(tmp_path: Path) -> Iterator[Disk]:
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_disk_full_or_read_only_then_back_loses_no_probe(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any, disk: Disk, fault: str
+    tmp_path: Path,
+    kit: Any,
+    daemons: DaemonPool,
+    targets: Callable[[], Target],
+    disk: Disk,
+    fault: str,
 ) -> None:
     """While the state directory refuses writes, the daemon logs it and keeps probing every
     open window on schedule, rows waiting in memory; once the disk is back every window ends
@@ -167,13 +178,12 @@ def test_disk_full_or_read_only_then_back_loses_no_probe(
     for directory in items.values():
         directory.mkdir(parents=True)
         (directory / "armed").touch()
-    for name, directory in items.items():
-        wait_until(
-            lambda d=directory: len(_rows(d)) >= 3,
-            f"3 rows in {name}",
-            daemon=run,
-            while_alive=True,
-        )
+    wait_until(
+        lambda: all(len(_rows(d)) >= 3 for d in items.values()),
+        "3 rows in every window",
+        daemon=run,
+        while_alive=True,
+    )
 
     disk.fill() if fault == "full" else disk.freeze()
     assert disk.refuses_writes()
@@ -183,8 +193,12 @@ def test_disk_full_or_read_only_then_back_loses_no_probe(
     # Every window keeps probing on schedule while the disk refuses its rows.
     for name, service in services.items():
         want = len(service.arrivals()) + 3
+
+        def probed(s: Target = service, n: int = want) -> bool:
+            return len(s.arrivals()) >= n
+
         wait_until(
-            lambda s=service, n=want: len(s.arrivals()) >= n,
+            probed,
             f"{want} probes at {name}",
             daemon=run,
             while_alive=True,
@@ -259,15 +273,15 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def test_hooks_that_hang_fork_or_ignore_sigterm_are_killed_with_their_group(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """At `rollback_timeout_s` the hook's whole process group is killed (SIGTERM, then
     SIGKILL): the window ends ROLLBACK_FAILED and no process of the hook is left."""
     repos = {}
     for name, body in HOOKS.items():
         script = tmp_path / f"{name}.sh"
-        pids = tmp_path / f"{name}.pids"
-        script.write_text(f'#!/bin/sh\nPIDS={pids}\necho $$ >> "$PIDS"\n{body}')
+        pid_file = tmp_path / f"{name}.pids"
+        script.write_text(f'#!/bin/sh\nPIDS={pid_file}\necho $$ >> "$PIDS"\n{body}')
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         target = targets()
         target.set(health="fail")
@@ -338,7 +352,7 @@ def _walljump(tmp: Path) -> Path | None:
 
 
 def test_wall_clock_jumps_neither_fire_nor_delay_ticks(
-    tmp_path: Path, kit: Any, daemons: Any, targets: Any
+    tmp_path: Path, kit: Any, daemons: DaemonPool, targets: Callable[[], Target]
 ) -> None:
     """The daemon's wall clock jumps an hour forward, then two hours back, mid-window: ticks
     keep arriving at the target one by one, none before its time (no burst), until the last

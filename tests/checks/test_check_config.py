@@ -11,238 +11,126 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from support.env import child_env
+from support.toml import render_toml
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
-# repo name -> (its TOML body after `base_url`, the exact line after `PATH: `)
-CASES: dict[str, tuple[str, str]] = {
-    "missing-value": (
-        """
-        [[repos.missing-value.checks]]
-        name = "catalog"
-        path = "/feature"
-        expect = ["status == 200", "$.x =="]
-        """,
-        "repos.missing-value.checks[0].expect: '$.x ==': a value is missing after ==",
-    ),
+
+def http(**fields: Any) -> dict[str, Any]:
+    """An HTTP check table: a name and a path, then `fields`."""
+    return {"name": "c", "path": "/", **fields}
+
+
+def prom(**fields: Any) -> dict[str, Any]:
+    """A Prometheus check table: what it needs, then `fields`."""
+    base = {"type": "prometheus", "name": "p", "url": "http://127.0.0.1:9090", "query": "up"}
+    return {**base, **fields}
+
+
+# A bad condition (in an HTTP check's `expect`, after a good one) -> what check-config says.
+CONDITIONS: dict[str, str] = {
+    "$.x ==": "a value is missing after ==",
+    "$.items lenght > 0": "expected one of == != <= >= < > after the subject",
+    'body matches "["': "bad regular expression: unterminated character set at position 0",
+    "latency_ms < fast": "'fast' is not a value (use a number, \"text\", true, false, null)",
+    '$.items length > "many"': "length compares with a number",
+    'status == "200"': "status compares with a number",
+    "$..items exists": "'$..items' is not a JSON path like $.a.b[0]",
+    'headers contains "x"': "the subject must be status, latency_ms, body or a JSON path like "
+    "$.items",
+    '$.city ≠ "Zürich"': "expected one of == != <= >= < > after the subject",
+}
+
+# repo name -> (its table after `base_url`, the exact line after `PATH: repos.NAME.`)
+CASES: dict[str, tuple[dict[str, Any], str]] = {
+    **{
+        f"condition-{n}": (
+            {"checks": [http(expect=["status == 200", condition])]},
+            f"checks[0].expect: '{condition}': {why}",
+        )
+        for n, (condition, why) in enumerate(CONDITIONS.items())
+    },
     "second-check": (
-        """
-        [[repos.second-check.checks]]
-        name = "fine"
-        path = "/feature"
-        [[repos.second-check.checks]]
-        name = "typo"
-        path = "/feature"
-        expect = ['$.items lenght > 0']
-        """,
-        "repos.second-check.checks[1].expect: '$.items lenght > 0': "
-        "expected one of == != <= >= < > after the subject",
+        {"checks": [http(name="fine"), http(name="typo", expect=["$.items lenght > 0"])]},
+        "checks[1].expect: '$.items lenght > 0': expected one of == != <= >= < > after the subject",
     ),
-    "bad-regex": (
-        """
-        [[repos.bad-regex.checks]]
-        name = "page"
-        path = "/"
-        expect = ['body matches "["']
-        """,
-        "repos.bad-regex.checks[0].expect: 'body matches \"[\"': bad regular expression: "
-        "unterminated character set at position 0",
-    ),
-    "not-a-value": (
-        """
-        [[repos.not-a-value.checks]]
-        name = "fast"
-        path = "/"
-        expect = ["latency_ms < fast"]
-        """,
-        "repos.not-a-value.checks[0].expect: 'latency_ms < fast': 'fast' is not a value "
-        '(use a number, "text", true, false, null)',
-    ),
-    "length-string": (
-        """
-        [[repos.length-string.checks]]
-        name = "catalog"
-        path = "/feature"
-        expect = ['$.items length > "many"']
-        """,
-        "repos.length-string.checks[0].expect: '$.items length > \"many\"': "
-        "length compares with a number",
-    ),
-    "status-string": (
-        """
-        [[repos.status-string.checks]]
-        name = "s"
-        path = "/"
-        expect = ['status == "200"']
-        """,
-        "repos.status-string.checks[0].expect: 'status == \"200\"': status compares with a number",
-    ),
-    "bad-path": (
-        """
-        [[repos.bad-path.checks]]
-        name = "p"
-        path = "/"
-        expect = ["$..items exists"]
-        """,
-        "repos.bad-path.checks[0].expect: '$..items exists': "
-        "'$..items' is not a JSON path like $.a.b[0]",
-    ),
-    "bad-subject": (
-        """
-        [[repos.bad-subject.checks]]
-        name = "h"
-        path = "/"
-        expect = ['headers contains "x"']
-        """,
-        "repos.bad-subject.checks[0].expect: 'headers contains \"x\"': "
-        "the subject must be status, latency_ms, body or a JSON path like $.items",
-    ),
-    "unicode": (
-        """
-        [[repos.unicode.checks]]
-        name = "city"
-        path = "/"
-        expect = ['$.city ≠ "Zürich"']
-        """,
-        "repos.unicode.checks[0].expect: '$.city ≠ \"Zürich\"': "
-        "expected one of == != <= >= < > after the subject",
-    ),
-    "empty": (
-        """
-        [[repos.empty.checks]]
-        name = "e"
-        path = "/"
-        expect = [""]
-        """,
-        "repos.empty.checks[0].expect: empty condition",
-    ),
+    "empty": ({"checks": [http(expect=[""])]}, "checks[0].expect: empty condition"),
     "no-data": (
-        """
-        [[repos.no-data.checks]]
-        type = "prometheus"
-        name = "errors"
-        url = "http://127.0.0.1:9090"
-        query = "sum(rate(errors_total[1m]))"
-        max = 0.1
-        no_data = "maybe"
-        """,
-        "repos.no-data.checks[0].no_data: Input should be 'ok' or 'fail'",
+        {"checks": [prom(max=0.1, no_data="maybe")]},
+        "checks[0].no_data: Input should be 'ok' or 'fail'",
     ),
     "prom-url": (
-        """
-        [[repos.prom-url.checks]]
-        type = "prometheus"
-        name = "errors"
-        url = "127.0.0.1:9090"
-        query = "up"
-        """,
-        "repos.prom-url.checks[0].url: must be an http:// or https:// URL with a host",
+        {"checks": [prom(url="127.0.0.1:9090")]},
+        "checks[0].url: must be an http:// or https:// URL with a host",
     ),
     "prom-query": (
-        """
-        [[repos.prom-query.checks]]
-        type = "prometheus"
-        name = "errors"
-        url = "http://127.0.0.1:9090"
-        query = ""
-        """,
-        "repos.prom-query.checks[0].query: String should have at least 1 character",
+        {"checks": [prom(query="")]},
+        "checks[0].query: String should have at least 1 character",
     ),
     "prom-expect": (
-        """
-        [[repos.prom-expect.checks]]
-        type = "prometheus"
-        name = "errors"
-        url = "http://127.0.0.1:9090"
-        query = "up"
-        expect = ["status == 200"]
-        """,
-        "repos.prom-expect.checks[0].expect: unknown key",
+        {"checks": [prom(expect=["status == 200"])]},
+        "checks[0].expect: unknown key",
     ),
     "unknown-type": (
-        """
-        [[repos.unknown-type.checks]]
-        type = "graphite"
-        name = "g"
-        """,
-        "repos.unknown-type.checks[0]: type 'graphite' is not one of 'http', 'prometheus'",
+        {"checks": [{"type": "graphite", "name": "g"}]},
+        "checks[0]: type 'graphite' is not one of 'http', 'prometheus'",
     ),
     "method": (
-        """
-        [[repos.method.checks]]
-        name = "m"
-        path = "/"
-        method = "PUT"
-        """,
-        "repos.method.checks[0].method: Input should be 'GET', 'HEAD' or 'POST'",
+        {"checks": [http(method="PUT")]},
+        "checks[0].method: Input should be 'GET', 'HEAD' or 'POST'",
     ),
-    "check-path": (
-        """
-        [[repos.check-path.checks]]
-        name = "p"
-        path = "feature"
-        """,
-        "repos.check-path.checks[0].path: must start with /",
-    ),
+    "check-path": ({"checks": [http(path="feature")]}, "checks[0].path: must start with /"),
     "headers-env": (
-        """
-        [[repos.headers-env.checks]]
-        name = "secret"
-        path = "/"
-        headers_env = { Authorization = "1TOKEN" }
-        """,
-        "repos.headers-env.checks[0].headers_env.Authorization: "
+        {"checks": [http(headers_env={"Authorization": "1TOKEN"})]},
+        "checks[0].headers_env.Authorization: "
         "String should match pattern '^[A-Za-z_][A-Za-z0-9_]*$'",
     ),
     "threshold": (
-        """
-        [[repos.threshold.checks]]
-        name = "t"
-        path = "/"
-        fail_threshold = 0
-        """,
-        "repos.threshold.checks[0].fail_threshold: Input should be greater than or equal to 1",
+        {"checks": [http(fail_threshold=0)]},
+        "checks[0].fail_threshold: Input should be greater than or equal to 1",
     ),
     "typo-key": (
-        """
-        [[repos.typo-key.checks]]
-        name = "t"
-        path = "/"
-        expects = ["status == 200"]
-        """,
-        "repos.typo-key.checks[0].expects: unknown key",
+        {"checks": [http(expects=["status == 200"])]},
+        "checks[0].expects: unknown key",
     ),
     "duplicate": (
-        """
-        [[repos.duplicate.checks]]
-        name = "catalog"
-        path = "/a"
-        [[repos.duplicate.checks]]
-        name = "catalog"
-        path = "/b"
-        """,
-        "repos.duplicate.checks: check names must be unique: catalog",
+        {"checks": [http(name="catalog", path="/a"), http(name="catalog", path="/b")]},
+        "checks: check names must be unique: catalog",
     ),
     "control-url": (
-        """
-        control_url = "gateway.internal"
-        """,
-        "repos.control-url.control_url: must be an http:// or https:// URL with a host",
+        {"control_url": "gateway.internal"},
+        "control_url: must be an http:// or https:// URL with a host",
     ),
 }
 
 
-def config_text(cases: dict[str, tuple[str, str]]) -> str:
-    parts = ['state_dir = "state"\n']
-    for name, (body, _line) in cases.items():
-        # A repo table first, so each case's own tables may follow in any order.
-        parts.append(f'[repos.{name}]\nbase_url = "http://127.0.0.1:1"\n')
-        parts.append("\n".join(line.strip() for line in body.strip().splitlines()) + "\n")
-    return "\n".join(parts)
+def expected_line(path: Path, case: str) -> str:
+    """The exact problem line `check-config` prints for `case`."""
+    return f"{path}: repos.{case}.{CASES[case][1]}"
+
+
+def config_text(cases: dict[str, tuple[dict[str, Any], str]]) -> str:
+    repos = {
+        name: {"base_url": "http://127.0.0.1:1", **table} for name, (table, _) in cases.items()
+    }
+    return render_toml({"state_dir": "state", "repos": repos})
+
+
+def one_check_config(folder: Path, **check: Any) -> Path:
+    """A config file in `folder`: repo `shop` with one check, `catalog` on /feature, and
+    `check`'s fields."""
+    table = {
+        "base_url": "http://127.0.0.1:8080",
+        "checks": [http(name="catalog", path="/feature", **check)],
+    }
+    path = folder / "config.toml"
+    path.write_text(render_toml({"state_dir": "state", "repos": {"shop": table}}), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +150,7 @@ def test_check_config_names_the_bad_condition(
 ) -> None:
     path, result = checked
     assert result.returncode == 2, result
-    assert f"{path}: {CASES[case][1]}" in result.stderr.splitlines(), result.stderr
+    assert expected_line(path, case) in result.stderr.splitlines(), result.stderr
 
 
 def test_check_config_reports_nothing_else(
@@ -270,7 +158,7 @@ def test_check_config_reports_nothing_else(
 ) -> None:
     """Exactly one line per case: no stray, duplicated or mislocated problem."""
     path, result = checked
-    expected = sorted(f"{path}: {line}" for _body, line in CASES.values())
+    expected = sorted(expected_line(path, case) for case in CASES)
     assert sorted(result.stderr.splitlines()) == expected
     assert result.stdout == ""
 
@@ -328,19 +216,7 @@ fail_threshold = 4
 def test_check_config_reports_every_bad_condition_of_a_check(
     tmp_path: Path, postdeploy_cli: Cli
 ) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:8080"
-[[repos.shop.checks]]
-name = "catalog"
-path = "/feature"
-expect = ["$.x ==", "status == 200", 'body matches "["']
-""",
-        encoding="utf-8",
-    )
+    path = one_check_config(tmp_path, expect=["$.x ==", "status == 200", 'body matches "["'])
     result = postdeploy_cli("check-config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "'$.x ==': a value is missing after ==" in result.stderr
@@ -349,19 +225,7 @@ expect = ["$.x ==", "status == 200", 'body matches "["']
 
 def test_run_refuses_a_bad_condition_with_the_same_line(tmp_path: Path) -> None:
     """`postdeploy run` validates the same way and exits 2 before starting."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:8080"
-[[repos.shop.checks]]
-name = "catalog"
-path = "/feature"
-expect = ["$.items length >"]
-""",
-        encoding="utf-8",
-    )
+    path = one_check_config(tmp_path, expect=["$.items length >"])
     result = subprocess.run(
         [sys.executable, "-m", "postdeploy", "run", "--config", str(path)],
         capture_output=True,
@@ -380,19 +244,7 @@ expect = ["$.items length >"]
 def test_check_config_rejects_a_header_value_that_cannot_be_sent(
     tmp_path: Path, postdeploy_cli: Cli
 ) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:8080"
-[[repos.shop.checks]]
-name = "catalog"
-path = "/feature"
-headers = { "X-Trace" = "tést" }
-""",
-        encoding="utf-8",
-    )
+    path = one_check_config(tmp_path, headers={"X-Trace": "tést"})
     result = postdeploy_cli("check-config", str(path), cwd=tmp_path)
     assert result.returncode == 2, result
     assert f"{path}: repos.shop.checks[0].headers" in result.stderr

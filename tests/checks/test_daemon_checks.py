@@ -20,7 +20,8 @@ import pytest
 from postdeploy.demo_service import DemoService
 
 if TYPE_CHECKING:
-    from conftest import Daemon, Hook, Service
+    from checks.conftest import Daemon, Hook
+    from support.http import Service
 
 StartDaemon = Callable[..., "Daemon"]
 WriteConfig = Callable[..., Path]

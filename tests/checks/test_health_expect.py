@@ -25,7 +25,8 @@ from postdeploy.probe import Prober
 from postdeploy.series import ProbeRow
 
 if TYPE_CHECKING:
-    from conftest import Daemon, Service
+    from checks.conftest import Daemon
+    from support.http import Service
 
 UP = ["status == 200", '$.status == "UP"']
 OK_TEXT = ["status == 200", 'body contains "OK"']

@@ -19,7 +19,7 @@ from postdeploy.probe import Prober
 from postdeploy.series import ProbeRow
 
 if TYPE_CHECKING:
-    from conftest import Service
+    from support.http import Service
 
 
 @pytest.fixture
@@ -40,6 +40,14 @@ def repo(service: Service, checks: list[dict[str, Any]], **extra: Any) -> RepoCo
 
 async def probe(prober: Prober, config: RepoConfig, timeout: float = 2.0) -> ProbeRow:
     return await prober.probe(config, timeout, 0, time.time(), False)
+
+
+async def probe_private(prober: Prober, service: Service, status: int, env: str) -> ProbeRow:
+    """Probe one check, `private` on /private (which answers `status`), whose X-Key header
+    holds the secret named `env`."""
+    service.route("/private", lambda _n, _r: service.Reply(status, {}))
+    check = {"name": "private", "path": "/private", "headers_env": {"X-Key": env}}
+    return await probe(prober, repo(service, [check]))
 
 
 async def test_a_check_records_ok_value_latency_and_detail(
@@ -114,20 +122,7 @@ async def test_a_missing_secret_cannot_be_judged_and_sends_nothing(
     prober: Prober, service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SHOP_MISSING_TOKEN", raising=False)
-    service.route("/private", lambda _n, _r: service.Reply(401, {}))
-    row = await probe(
-        prober,
-        repo(
-            service,
-            [
-                {
-                    "name": "private",
-                    "path": "/private",
-                    "headers_env": {"X-Key": "SHOP_MISSING_TOKEN"},
-                }
-            ],
-        ),
-    )
+    row = await probe_private(prober, service, 401, "SHOP_MISSING_TOKEN")
     assert row.checks["private"] == {
         "ok": None,
         "detail": "environment variable SHOP_MISSING_TOKEN is not set",
@@ -143,14 +138,7 @@ async def test_a_secret_from_a_systemd_credential(
     (tmp_path / "SHOP_CRED_TOKEN").write_text("cred-s3cr3t")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     monkeypatch.delenv("SHOP_CRED_TOKEN", raising=False)
-    service.route("/private", lambda _n, _r: service.Reply(200, {}))
-    row = await probe(
-        prober,
-        repo(
-            service,
-            [{"name": "private", "path": "/private", "headers_env": {"X-Key": "SHOP_CRED_TOKEN"}}],
-        ),
-    )
+    row = await probe_private(prober, service, 200, "SHOP_CRED_TOKEN")
     assert row.checks["private"]["ok"] is True, row.checks
     assert service.requests("/private")[0].headers["x-key"] == "cred-s3cr3t"
 
@@ -159,9 +147,7 @@ async def test_a_header_value_that_cannot_be_sent_is_not_judged(
     prober: Prober, service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHOP_ODD_TOKEN", "clé-secrète")
-    service.route("/private", lambda _n, _r: service.Reply(200, {}))
-    check = {"name": "private", "path": "/private", "headers_env": {"X-Key": "SHOP_ODD_TOKEN"}}
-    row = await probe(prober, repo(service, [check]))
+    row = await probe_private(prober, service, 200, "SHOP_ODD_TOKEN")
     assert row.checks["private"]["ok"] is None
     assert row.health_ok and not row.failed
 

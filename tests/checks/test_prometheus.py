@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Daemon, Prometheus
+    from checks.conftest import Daemon, Prometheus
 
 StartDaemon = Callable[..., "Daemon"]
 WriteConfig = Callable[..., Path]

@@ -228,7 +228,7 @@ def verdict_after(rows: list[ProbeRow], th: Thresholds = TH) -> Verdict | None:
 
 def test_inconclusive_ticks_never_trip_anything() -> None:
     # Everything broken, every tick: health down, every 5xx path failing, the check failing.
-    broken = {"health_ok": False, "fivexx": 2, "checks": {"c": check(False, "x")}}
+    broken: dict[str, Any] = {"health_ok": False, "fivexx": 2, "checks": {"c": check(False, "x")}}
     rows = [row(k, **broken, inconclusive=True) for k in range(20)]
     tally = fold_all(rows)
     assert verdict_after(rows, Thresholds(1, 0.0, 1, {"c": 1})) is None
@@ -242,7 +242,7 @@ def test_inconclusive_ticks_never_trip_anything() -> None:
 
 
 def test_inconclusive_ticks_do_not_reset_a_health_streak() -> None:
-    down = {"health_ok": False}
+    down: dict[str, Any] = {"health_ok": False}
     rows = [row(0, **down), row(1, **down), row(2, **down, inconclusive=True)]
     assert verdict_after(rows) is None
     rows.append(row(3, **down))
@@ -252,7 +252,7 @@ def test_inconclusive_ticks_do_not_reset_a_health_streak() -> None:
 
 
 def test_inconclusive_ticks_do_not_extend_a_health_streak() -> None:
-    down = {"health_ok": False}
+    down: dict[str, Any] = {"health_ok": False}
     rows = [row(0, **down), row(1, **down)]
     rows += [row(k, **down, inconclusive=True) for k in range(2, 10)]
     tally = fold_all(rows)
@@ -265,7 +265,7 @@ def test_inconclusive_ticks_do_not_extend_a_health_streak() -> None:
 
 def test_inconclusive_ticks_do_not_reset_or_extend_a_check_streak() -> None:
     th = Thresholds(5, 0.2, 4, {"c": 3})
-    bad = {"checks": {"c": check(False, "x")}}
+    bad: dict[str, Any] = {"checks": {"c": check(False, "x")}}
     rows = [row(0, **bad), row(1, **bad), row(2, **bad, inconclusive=True)]
     tally = fold_all(rows)
     assert tally.checks["c"].streak == 2

@@ -30,6 +30,7 @@ from support.env import child_env
 from support.files import front_matter, read_jsonl
 from support.toml import render_toml
 from support.wait import DEADLINE_S, wait_until
+from support.workspace import Workspace
 
 # Window settings that keep a test to a second or two. Tests override per repo.
 FAST: dict[str, Any] = {
@@ -83,16 +84,12 @@ sys.exit(0 if mode in ("ok", "kill-parent") else 3)
 # -- the harness ----------------------------------------------------------------------------
 
 
-class Harness:
+class Harness(Workspace):
     """Everything one test needs: config, daemon runs, arming, and the files on disk."""
 
     def __init__(self, tmp_path: Path, service: DemoService) -> None:
-        self.tmp = tmp_path
-        self.service = service
-        self.state = tmp_path / "state"
-        self.config_path = tmp_path / "config.toml"
+        super().__init__(tmp_path, service, DaemonPool(tmp_path))
         self.calls = tmp_path / "hook-calls.jsonl"
-        self.daemons = DaemonPool(tmp_path)
 
     # -- config
 
@@ -147,6 +144,14 @@ class Harness:
         """Start `postdeploy run` (with `env` added to its environment); wait for READY."""
         return self.daemons.start(self.config_path, env)
 
+    def start_window(self, repo: str, work_item: str, rows: int = 1) -> Run:
+        """Start the daemon, arm `repo/work_item` as a deploy script does (`touch_armed`) and
+        wait until its series holds `rows` rows: a window open and being probed."""
+        run = self.start()
+        self.touch_armed(repo, work_item)
+        self.wait_rows(repo, work_item, rows)
+        return run
+
     def all_lines(self) -> list[dict[str, Any]]:
         return self.daemons.all_lines()
 
@@ -169,6 +174,8 @@ class Harness:
         tag = str(self.calls).encode()
         for call in self.hook_calls():
             for pid in (call.get("pid"), call.get("child")):
+                if not isinstance(pid, int):
+                    continue  # a hook that started no child
                 # Only a process that still names this test's calls file (the hook in its argv,
                 # its child in its environment): pids get reused.
                 with contextlib.suppress(OSError):
@@ -179,9 +186,6 @@ class Harness:
                         os.kill(pid, signal.SIGKILL)
 
     # -- arming
-
-    def item(self, repo: str, work_item: str) -> Path:
-        return self.state / repo / work_item
 
     def arm(self, repo: str, work_item: str, *meta: str) -> Path:
         """`postdeploy arm REPO ITEM --meta K=V...` (the real CLI); returns the `armed` path."""
@@ -207,9 +211,6 @@ class Harness:
     def done(self, repo: str, work_item: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.item(repo, work_item) / "done").read_text())
         return data
-
-    def rows(self, repo: str, work_item: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.item(repo, work_item) / "series.jsonl")
 
     def report_front_matter(self, repo: str, work_item: str) -> dict[str, Any]:
         return front_matter((self.item(repo, work_item) / "report.md").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 # Health fails from the first tick; a window long enough that the verdict comes well before
 # its end, and the three verification probes after the rollback run at the same pace.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 
 def _cli(pd: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -18,20 +18,21 @@ def _cli(pd: Harness, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    ("args", "needle"),
+    ("command", "needle"),
     [
-        (["arm", "nowhere", "w1"], "no [repos.nowhere] table"),
-        (["arm", "shop", "../w1"], "invalid name"),
-        (["arm", ".hidden", "w1"], "invalid name"),
-        (["arm", "shop", "w1", "--meta", "no-equals"], "expected KEY=VALUE"),
-        (["arm", "shop", "w1", "--meta", "mode=loud"], "mode"),
-        (["arm", "shop", "w1", "--timeout", "5"], "go with --wait"),
+        ("arm nowhere w1", "no [repos.nowhere] table"),
+        ("arm shop ../w1", "invalid name"),
+        ("arm .hidden w1", "invalid name"),
+        ("arm shop w1 --meta no-equals", "expected KEY=VALUE"),
+        ("arm shop w1 --meta mode=loud", "mode"),
+        ("arm shop w1 --timeout 5", "go with --wait"),
     ],
 )
-def test_arm_refuses_and_writes_nothing(pd: Harness, args: list[str], needle: str) -> None:
+def test_arm_refuses_and_writes_nothing(pd: Harness, command: str, needle: str) -> None:
+    """`command` (split on spaces) is refused with exit 2, naming the problem."""
     pd.configure()
     pd.state.mkdir()
-    result = _cli(pd, *args)
+    result = _cli(pd, *command.split(" "))
     assert result.returncode == 2, result
     assert needle in result.stderr, result.stderr
     assert list(pd.state.iterdir()) == [], "not even a directory may be created"

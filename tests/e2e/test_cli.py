@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 VALID = """\
 state_dir = "state"
@@ -35,7 +35,14 @@ BROKEN = [
     ("bad-type", VALID.replace("interval_s = 0.2", 'interval_s = "fast"'), ["defaults.interval_s"]),
     ("toml-syntax", VALID.replace('"state"', '"state'), []),
     ("missing-file", None, []),
+    ("state-dir-type", VALID.replace('state_dir = "state"', "state_dir = 3"), ["state_dir"]),
+    ("repo-name", VALID.replace("[repos.shop]", '[repos."sh op"]'), ["repos"]),
+    ("repos-not-a-table", 'state_dir = "state"\nrepos = ["shop"]\n', ["repos"]),
 ]
+# The cases above that `arm` (and `wait`, `cancel`, `rollback`) must refuse: they break the
+# keys it reads (the file itself, `state_dir`, `repos`). In the others, only keys it does
+# not read are broken.
+ARM_REFUSES = {"toml-syntax", "missing-file", "state-dir-type", "repo-name", "repos-not-a-table"}
 
 
 def problem_lines(path: str, stderr: str) -> list[tuple[str, str]]:
@@ -65,6 +72,30 @@ def test_check_config_reports_every_problem_and_exits_2(
     reported = [key for key, _message in problem_lines(str(path), result.stderr)]
     for key in keys:
         assert key in reported, result.stderr
+
+
+@pytest.mark.parametrize(("name", "text", "keys"), BROKEN, ids=[case[0] for case in BROKEN])
+def test_arm_reads_only_the_keys_it_needs(
+    pd: Harness, name: str, text: str | None, keys: list[str]
+) -> None:
+    """`arm` reads the state directory and the repo names, not the whole config: a file
+    broken there is refused with the lines `check-config` prints (exit 2, nothing written);
+    a file broken only elsewhere is armed, and left to the daemon (which refuses to start
+    on it, or keeps its running config on a reload) and to `check-config`."""
+    path = pd.tmp / f"{name}.toml"
+    if text is not None:
+        path.write_text(text)
+    pd.state.mkdir()
+    checked = pd.cli("check-config", str(path))
+    armed = pd.cli("arm", "shop", "w1", "--config", str(path))
+    if name in ARM_REFUSES:
+        assert armed.returncode == 2, armed
+        assert armed.stderr == checked.stderr
+        assert list(pd.state.iterdir()) == []
+    else:
+        assert armed.returncode == 0, armed.stderr
+        assert armed.stdout.strip() == str(pd.item("shop", "w1") / "armed")
+        assert checked.returncode == 2
 
 
 def test_check_config_accepts_a_valid_file(pd: Harness) -> None:

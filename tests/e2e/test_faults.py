@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from support.env import child_env
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 DEADLINE_S = 30.0
 
@@ -83,9 +83,7 @@ def test_deleted_work_item_ends_its_window_and_the_name_can_be_armed_again(
         {"shop": pd.repo(auto_rollback=True, rollback_command=pd.hook("ok"))},
         defaults={"window_s": 2.0},
     )
-    run = pd.start()
-    pd.touch_armed("shop", "w1")
-    pd.wait_rows("shop", "w1", 2)
+    run = pd.start_window("shop", "w1", rows=2)
     shutil.rmtree(pd.item("shop", "w1"))
     pd.touch_armed("shop", "w1")
     run.wait_for("window.vanished", work_item="w1")

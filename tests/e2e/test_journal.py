@@ -6,7 +6,7 @@ import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 
 def test_failed_probes_below_the_threshold_are_logged_with_the_streak(pd: Harness) -> None:

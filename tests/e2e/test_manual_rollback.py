@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 
 def ask(
@@ -97,9 +97,7 @@ def test_open_window_on_a_self_hosting_repo_ends_degraded_and_rolls_back(
         {"infra": pd.repo(self_hosting=True, rollback_command=pd.hook("ok"))},
         defaults={"window_s": 20.0},
     )
-    run = pd.start()
-    pd.touch_armed("infra", "w1")
-    pd.wait_rows("infra", "w1", 1)
+    run = pd.start_window("infra", "w1")
     result = ask(pd, "infra", "w1", "bad migration", who="carol")
     assert result.returncode == 0, result.stderr
     answer = wait_answer(pd, "infra", "w1")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness, Run
 
 
 def rollback_repo(pd: Harness, mode: str = "ok", **overrides: Any) -> dict[str, Any]:
@@ -110,7 +110,23 @@ def test_failing_hook_is_rollback_failed(pd: Harness, mode: str) -> None:
     if mode == "hang":
         # The timeout kills the hook's whole process group, its background child too.
         for pid in (calls[0]["pid"], calls[0]["child"]):
-            pd.wait_until(f"pid {pid} to be gone", lambda pid=pid: not alive(pid))
+
+            def gone(pid: int = pid) -> bool:
+                return not alive(pid)
+
+            pd.wait_until(f"pid {pid} to be gone", gone)
+
+
+def w1_superseded_w2_rolled_back(pd: Harness, run: Run) -> None:
+    """w1 ends SUPERSEDED with no reaction; w2 is DEGRADED and rolled back, the hook running
+    for it alone."""
+    run.wait_for("window.finished", work_item="w1")
+    old = pd.done("shop", "w1")
+    assert (old["status"], old["action_taken"]) == ("SUPERSEDED", "NONE")
+    run.wait_for("window.finished", work_item="w2")
+    new = pd.done("shop", "w2")
+    assert (new["status"], new["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    assert [call["POSTDEPLOY_WORK_ITEM"] for call in pd.hook_calls()] == ["w2"]
 
 
 def test_newer_window_supersedes_the_older_one_without_reaction(pd: Harness) -> None:
@@ -123,14 +139,7 @@ def test_newer_window_supersedes_the_older_one_without_reaction(pd: Harness) -> 
     pd.touch_armed("shop", "w1")
     run.wait_for("window.armed", work_item="w1")
     pd.touch_armed("shop", "w2")
-
-    run.wait_for("window.finished", work_item="w1")
-    old = pd.done("shop", "w1")
-    assert (old["status"], old["action_taken"]) == ("SUPERSEDED", "NONE")
-    run.wait_for("window.finished", work_item="w2")
-    new = pd.done("shop", "w2")
-    assert (new["status"], new["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
-    assert [call["POSTDEPLOY_WORK_ITEM"] for call in pd.hook_calls()] == ["w2"]
+    w1_superseded_w2_rolled_back(pd, run)
 
 
 def test_older_window_found_later_is_superseded(pd: Harness) -> None:
@@ -141,14 +150,7 @@ def test_older_window_found_later_is_superseded(pd: Harness) -> None:
     newer = pd.touch_armed("shop", "w2")
     run.wait_for("window.armed", work_item="w2")
     place_armed(pd, "shop", "w1", newer.stat().st_mtime - 1.0)
-
-    run.wait_for("window.finished", work_item="w1")
-    old = pd.done("shop", "w1")
-    assert (old["status"], old["action_taken"]) == ("SUPERSEDED", "NONE")
-    run.wait_for("window.finished", work_item="w2")
-    new = pd.done("shop", "w2")
-    assert (new["status"], new["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
-    assert [call["POSTDEPLOY_WORK_ITEM"] for call in pd.hook_calls()] == ["w2"]
+    w1_superseded_w2_rolled_back(pd, run)
 
 
 def test_equal_armed_times_keep_the_larger_work_item(pd: Harness) -> None:
@@ -207,9 +209,7 @@ def test_kill_switch_disables_open_and_new_windows(pd: Harness) -> None:
     """`enabled = false`: an open window and a new one both end DISABLED, with no reaction."""
     pd.configure({"shop": rollback_repo(pd, fail_threshold=100)})
     pd.service.set(health="fail")
-    run = pd.start()
-    pd.touch_armed("shop", "w1")
-    pd.wait_rows("shop", "w1", 1)
+    run = pd.start_window("shop", "w1")
     assert run.stop(signal.SIGTERM) == 0
     assert not (pd.item("shop", "w1") / "done").exists()
     rows_before = pd.rows("shop", "w1")
@@ -237,9 +237,7 @@ def test_kill_switch_by_reload_disables_the_open_window(pd: Harness) -> None:
     DISABLED at once, and the next one too."""
     pd.configure({"shop": rollback_repo(pd, fail_threshold=100)})
     pd.service.set(health="fail")
-    run = pd.start()
-    pd.touch_armed("shop", "w1")
-    pd.wait_rows("shop", "w1", 1)
+    run = pd.start_window("shop", "w1")
 
     pd.configure({"shop": rollback_repo(pd, fail_threshold=100)}, enabled=False)
     run.proc.send_signal(signal.SIGHUP)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness, Run
 
 DEADLINE_S = 30.0
 
@@ -22,22 +22,26 @@ def strictly_increasing(ticks: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(ticks))
 
 
-def test_sigkill_mid_window_then_restart_keeps_rows_and_rolls_back_once(pd: Harness) -> None:
-    """Killed after a few failed probes, the daemon resumes the same window: the rows kept,
-    no tick number twice, the verdict reached on the whole series, the hook run once."""
-    pd.configure(
-        {
-            "shop": pd.repo(
-                auto_rollback=True,
-                rollback_command=pd.hook("ok"),
-                fail_threshold=6,
-                window_s=5.0,
-            )
-        }
+def start_failing_window(pd: Harness, hook: str, fail_threshold: int) -> Run:
+    """The daemon watching shop/w1, armed, whose health fails: after `fail_threshold` probes
+    the hook runs in mode `hook` (see `Harness.hook`)."""
+    repo = pd.repo(
+        auto_rollback=True,
+        rollback_command=pd.hook(hook),
+        fail_threshold=fail_threshold,
+        window_s=5.0,
     )
+    pd.configure({"shop": repo})
     pd.service.set(health="fail")
     run = pd.start()
     pd.touch_armed("shop", "w1")
+    return run
+
+
+def test_sigkill_mid_window_then_restart_keeps_rows_and_rolls_back_once(pd: Harness) -> None:
+    """Killed after a few failed probes, the daemon resumes the same window: the rows kept,
+    no tick number twice, the verdict reached on the whole series, the hook run once."""
+    run = start_failing_window(pd, "ok", fail_threshold=6)
     pd.wait_rows("shop", "w1", 2)
     assert run.kill() == -signal.SIGKILL
     before = pd.rows("shop", "w1")
@@ -114,19 +118,7 @@ def test_window_armed_and_ended_while_down_is_missed(pd: Harness) -> None:
 def test_crash_between_rollback_intent_and_result_is_rollback_unknown(pd: Harness) -> None:
     """The hook kills the daemon (its parent) mid-rollback: after the restart the outcome is
     ROLLBACK_UNKNOWN and the hook is never run again."""
-    pd.configure(
-        {
-            "shop": pd.repo(
-                auto_rollback=True,
-                rollback_command=pd.hook("kill-parent"),
-                fail_threshold=2,
-                window_s=5.0,
-            )
-        }
-    )
-    pd.service.set(health="fail")
-    run = pd.start()
-    pd.touch_armed("shop", "w1")
+    run = start_failing_window(pd, "kill-parent", fail_threshold=2)
     try:
         code = run.proc.wait(DEADLINE_S)
     except subprocess.TimeoutExpired:

@@ -15,7 +15,7 @@ from postdeploy import history
 from support.toml import render_toml
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 
 def configure(pd: Harness, repos: dict[str, dict[str, Any]], **top: Any) -> None:

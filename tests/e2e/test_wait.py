@@ -24,7 +24,7 @@ from support.env import child_env
 from support.toml import render_toml
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from e2e.conftest import Harness
 
 DEADLINE_S = 30.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,7 +251,7 @@ def test_wait_as_a_user_who_can_only_read(pd: Harness, world_readable: Path) -> 
         pytest.skip("no user `nobody`")
     state = world_readable / "state"
     pd.state = state
-    data = {
+    data: dict[str, Any] = {
         "state_dir": str(state),
         "defaults": {"window_s": 1.0, "interval_s": 0.2, "initial_delay_s": 0.1},
         "daemon": {"rescan_interval_s": 0.25},

@@ -23,18 +23,18 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
 from postdeploy.probe import Prober
 from postdeploy.transport import SSL_CONTEXT, Address, LeanTransport, ThreadedResolver
+from support.aio import eventually, tcp_server
 from support.dns_shim import build_hung_dns_shim
 from support.tls import self_signed
 
@@ -55,42 +55,24 @@ def hung_name() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def serve(tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
-    """A server on 127.0.0.1:0 (HTTPS with `tls`) for the block; yields its port."""
-    conversations: set[asyncio.Future[None]] = set()
-
-    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                host = next(
-                    line.split(b":", 1)[1].strip()
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"host:")
-                )
-                body = b"ok " + host
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        except (asyncio.IncompleteReadError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # In a task of its own, cancelled when the server stops (cancelling asyncio's own
-        # connection task makes Python 3.11 log a spurious "Exception in callback").
-        task = asyncio.ensure_future(converse(reader, writer))
-        conversations.add(task)
-        await asyncio.wait({task})
-
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
+async def answer_with_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """200 "ok <Host header>" to every request on the connection, kept alive."""
     try:
-        yield listener.sockets[0].getsockname()[1]
-    finally:
-        with anyio.CancelScope(shield=True):
-            listener.close()
-            for task in conversations:
-                task.cancel()
-            await asyncio.gather(*conversations, return_exceptions=True)
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            host = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"host:")
+            )
+            body = b"ok " + host
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    except (asyncio.IncompleteReadError, OSError):
+        pass
+
+
+def serve(tls: ssl.SSLContext | None = None) -> AbstractAsyncContextManager[int]:
+    """A server on 127.0.0.1:0 (HTTPS with `tls`) for the block; yields its port."""
+    return tcp_server(answer_with_host, tls=tls)
 
 
 async def get(transport: LeanTransport, url: str, tls: ssl.SSLContext | None = None) -> bytes:
@@ -148,16 +130,6 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDns]:
         fake.release.set()  # every hung lookup ends, with an error
 
 
-async def wait_for(predicate: Any, what: str) -> None:
-    """For a state another thread changes (no event of the loop to wait on): brief polls."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
-
-
 async def test_a_hung_name_stalls_neither_the_default_pool_nor_other_requests(
     dns: FakeDns,
 ) -> None:
@@ -176,7 +148,7 @@ async def test_a_hung_name_stalls_neither_the_default_pool_nor_other_requests(
             # Each hung request has asked for its lookup (in its first step) before the
             # work below asks for anything: the work queues behind them wherever they wait.
             await asyncio.sleep(0)
-            await wait_for(lambda: dns.hung, "the hung lookup starts")
+            await eventually(lambda: dns.hung, "the hung lookup starts")
             async with asyncio.timeout(DEADLINE_S):
                 assert await loop.run_in_executor(None, sum, [1, 2]) == 3
                 assert await get(transport, f"http://127.0.0.1:{port}/") == (
@@ -290,7 +262,7 @@ async def test_lookups_of_one_name_share_one_thread_and_one_answer() -> None:
     lookup = BlockingLookup()
     resolver = ThreadedResolver(threads=2, ttl=DEADLINE_S * 3, lookup=lookup)
     waiters = [asyncio.ensure_future(resolver("a.test", 80)) for _ in range(10)]
-    await wait_for(lambda: lookup.calls, "the lookup starts")
+    await eventually(lambda: lookup.calls, "the lookup starts")
     waiters[0].cancel()  # its deadline passed
     await asyncio.gather(waiters[0], return_exceptions=True)
     lookup.release.set()

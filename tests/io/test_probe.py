@@ -30,6 +30,7 @@ import pytest
 from postdeploy.config import RepoConfig
 from postdeploy.probe import Answer, Prober, health_problem
 from postdeploy.series import ProbeRow
+from support.aio import Changes, tcp_server
 
 DEADLINE_S = 20.0  # only reached when something is broken
 LONG_TIMEOUT_S = 30.0  # a probe timeout that must never be what ends a test
@@ -62,8 +63,8 @@ Handler = Callable[[Request], Awaitable[None]]
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-@dataclass
-class Server:
+@dataclass(eq=False)
+class Server(Changes):
     """What a running test server has seen; `wait_until` blocks on its events."""
 
     port: int = 0
@@ -72,7 +73,6 @@ class Server:
     inflight: int = 0  # requests received whose handler has not finished
     max_inflight: int = 0
     finished: int = 0  # handlers that have returned (or failed because the client left)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -80,17 +80,6 @@ class Server:
 
     def paths(self) -> list[str]:
         return [request.path for request in self.requests]
-
-    def notify(self) -> None:
-        """Wake every `wait_until` so it re-checks its predicate."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool], deadline: float = DEADLINE_S) -> None:
-        """Wait until `predicate()` holds; TimeoutError after `deadline` seconds."""
-        async with asyncio.timeout(deadline):
-            while not predicate():
-                await self._changed.wait()
 
     async def wait_for_requests(self, count: int) -> None:
         """Wait until at least `count` requests have arrived."""
@@ -127,8 +116,6 @@ async def serve(
     """Run a server on 127.0.0.1:0 for the duration of the block; `raw` handlers get the bare
     connection (no HTTP parsing), e.g. to answer a TLS handshake with junk."""
     server = Server(scheme=scheme)
-    closing = asyncio.Event()
-    connections: set[asyncio.Future[None]] = set()
 
     async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -139,39 +126,14 @@ async def serve(
                 await _dispatch(server, handler, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the client went away, which the prober is entitled to do
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # The handler runs in a task of its own, stopped when the server closes: hung handlers
-        # would otherwise wait forever. (Cancelling asyncio's own connection task instead
-        # makes Python 3.11 log a spurious "Exception in callback".)
-        done = asyncio.get_running_loop().create_future()
-        connections.add(done)
-        work = asyncio.ensure_future(converse(reader, writer))
-        stop = asyncio.ensure_future(closing.wait())
-        try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (work, stop):
-                task.cancel()
-            await asyncio.gather(work, stop, return_exceptions=True)
+        finally:  # also when the server stops: a hung handler is cancelled then
             writer.close()
             server.finished += 1
             server.notify()
-            if not done.done():
-                done.set_result(None)
 
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    server.port = listener.sockets[0].getsockname()[1]
-    try:
+    async with tcp_server(converse) as port:
+        server.port = port
         yield server
-    finally:
-        # Shielded: this cleanup must also run when the test's own deadline has fired.
-        with anyio.CancelScope(shield=True):
-            listener.close()
-            closing.set()
-            if connections:
-                await asyncio.wait(connections)
-            await listener.wait_closed()
 
 
 def head(status: int, headers: dict[str, str] | None = None, *, length: int | None = 0) -> bytes:

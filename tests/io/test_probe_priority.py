@@ -6,17 +6,17 @@ tests fill the secondary class with requests the server holds until the test rel
 and show that a health request still reaches the server, and that each class is bounded on
 its own.
 
-The server is a small asyncio TCP server on 127.0.0.1:0 (the pattern of `test_probe.py`,
-whose helpers cannot be imported: `tests/io` is not a package and `io` is a stdlib name). It
-records the order in which requests arrive. Nothing waits on a sleep: the tests wait for the
-server's events, with a deadline that is only reached when something is broken.
+The server is a small asyncio TCP server on 127.0.0.1:0 (the kit's `support.aio.tcp_server`,
+as in `test_probe.py`). It records the order in which requests arrive. Nothing waits on a
+sleep: the tests wait for the server's events, with a deadline that is only reached when
+something is broken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -26,6 +26,7 @@ import pytest
 from postdeploy.config import RepoConfig
 from postdeploy.probe import Answer, Prober
 from postdeploy.series import ProbeRow
+from support.aio import Changes, tcp_server
 
 DEADLINE_S = 20.0  # only reached when something is broken
 LONG_TIMEOUT_S = 30.0  # a probe timeout that must never be what ends a test
@@ -36,8 +37,8 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%
 )
 
 
-@dataclass
-class Target:
+@dataclass(eq=False)
+class Target(Changes):
     """A server answering every path with 200 {"status": "ok"}; a request for a path in
     `gates` is held until its event is set. `paths` is the order in which requests arrived."""
 
@@ -46,22 +47,10 @@ class Target:
     paths: list[str] = field(default_factory=list)
     inflight: int = 0  # requests received and not yet answered
     max_inflight: int = 0
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def notify(self) -> None:
-        """Wake every `wait_until` so it re-checks its predicate."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until `predicate()` holds; TimeoutError after DEADLINE_S."""
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await self._changed.wait()
 
     async def wait_for(self, *paths: str) -> None:
         """Wait until a request for each of `paths` has arrived."""
@@ -72,12 +61,8 @@ class Target:
 async def target(*held: str) -> AsyncIterator[Target]:
     """Run a `Target` holding requests for `held` paths, for the duration of the block."""
     server = Target(gates={path: asyncio.Event() for path in held})
-    handlers: set[asyncio.Task[None]] = set()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             path = head.split(b" ", 2)[1].decode("latin-1")
@@ -94,24 +79,10 @@ async def target(*held: str) -> AsyncIterator[Target]:
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away, which the prober is entitled to do
-        finally:
-            writer.close()
-            handlers.discard(task)
 
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    server.port = listener.sockets[0].getsockname()[1]
-    try:
+    async with tcp_server(converse) as port:
+        server.port = port
         yield server
-    finally:
-        # Shielded: this cleanup must also run when the test's own deadline has fired. Every
-        # held request is let go, so every handler ends.
-        with anyio.CancelScope(shield=True):
-            for gate in server.gates.values():
-                gate.set()
-            listener.close()
-            if handlers:
-                await asyncio.wait(handlers, timeout=DEADLINE_S)
-            await listener.wait_closed()
 
 
 @asynccontextmanager

@@ -10,7 +10,6 @@ fail with the given errno, as a full (ENOSPC), read-only (EROFS) or failing (EIO
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
@@ -35,6 +34,7 @@ from postdeploy.probe import Prober
 from postdeploy.runner import WindowRunner
 from postdeploy.store import ItemStore
 from postdeploy.window import Schedule, WindowStart
+from support.aio import answering
 
 DEADLINE_S = 30.0
 KEY = ItemKey("shop", "release-1")
@@ -54,27 +54,12 @@ print("rolled back")
 @pytest.fixture
 async def target() -> AsyncIterator[str]:
     """An HTTP service that answers every request 503."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                    b"Content-Type: application/json\r\n\r\n"
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
+    reply = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+        b"Content-Type: application/json\r\n\r\n"
+    )
+    async with answering(reply) as url:
+        yield url
 
 
 class Faults:
@@ -119,6 +104,9 @@ def make_runner(
         if events is not None:
             events.append(event)
 
+    async def written_at_once(_: list[str]) -> None:
+        """Without an outbox, every event is in `events` when `emit` returns."""
+
     settings = WindowSettings(
         window_s=5.0,
         interval_s=0.05,
@@ -144,16 +132,18 @@ def make_runner(
         Prober(),
         outbox.emit if outbox is not None else emit,
         first_seen=True,
-        **({"until_written": outbox.until_written} if outbox is not None else {}),
+        until_written=outbox.until_written if outbox is not None else written_at_once,
     )
 
 
-def refusing_outbox(tmp_path: Path) -> Outbox:
-    """A real outbox in `tmp_path/state` whose one sink is never reached."""
+def runner_with_outbox(tmp_path: Path, base_url: str) -> tuple[WindowRunner, Outbox]:
+    """`make_runner`'s window, its events going to a real outbox in `tmp_path/state` whose
+    one sink is never reached (they stay pending, in the outbox's spool)."""
     root = tmp_path / "state"
     root.mkdir(exist_ok=True)
     sink = WebhookSink(type="webhook", url="http://127.0.0.1:9/hook")
-    return Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
+    outbox = Outbox(root, [sink], OutboxSettings(retry_initial_s=0.05, retry_max_s=0.1))
+    return make_runner(tmp_path, base_url, outbox=outbox), outbox
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -281,9 +271,8 @@ async def test_done_waits_until_the_windows_events_are_on_disk(
         return bool(real_write(self, event_id, data))
 
     monkeypatch.setattr(spool_module.Spool, "write_event", write_event)
+    window, outbox = runner_with_outbox(tmp_path, target)
     root = tmp_path / "state"
-    outbox = refusing_outbox(tmp_path)
-    window = make_runner(tmp_path, target, outbox=outbox)
     item = root / KEY.repo / KEY.work_item
     try:
         with anyio.fail_after(DEADLINE_S):
@@ -317,10 +306,8 @@ async def test_shutdown_while_events_wait_for_the_disk_pauses_the_window(
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(spool_module.Spool, "write_event", refuse)
-    root = tmp_path / "state"
-    outbox = refusing_outbox(tmp_path)
-    window = make_runner(tmp_path, target, outbox=outbox)
-    item = root / KEY.repo / KEY.work_item
+    window, outbox = runner_with_outbox(tmp_path, target)
+    item = tmp_path / "state" / KEY.repo / KEY.work_item
     try:
         with anyio.fail_after(DEADLINE_S), capture_logs() as logs:
             async with anyio.create_task_group() as tg:

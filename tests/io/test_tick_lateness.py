@@ -6,12 +6,10 @@ would), so the window's next tick can only start late."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiofiles.os
 import anyio
@@ -27,34 +25,22 @@ from postdeploy.probe import Prober
 from postdeploy.runner import WindowRunner
 from postdeploy.store import ItemStore
 from postdeploy.window import Schedule, WindowStart
+from support.aio import answering
 
 KEY = ItemKey("shop", "release-1")
 
 
 @pytest.fixture
 async def target() -> AsyncIterator[str]:
+    """An HTTP service that answers every request 200 with a JSON body."""
     body = b'{"status": "ok"}'
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        await server.wait_closed()
+    reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    async with answering(reply) as url:
+        yield url
 
 
 async def test_a_slow_append_makes_the_next_tick_late_and_says_so(
@@ -90,9 +76,7 @@ async def test_a_slow_append_makes_the_next_tick_late_and_says_so(
             await window.run()
     finally:
         await window.prober.aclose()
-    said: list[dict[str, Any]] = [
-        line for line in logs if line["event"] in ("tick.late", "tick.skipped")
-    ]
+    said = [line for line in logs if line["event"] in ("tick.late", "tick.skipped")]
     assert said, f"the late tick was not logged: {[line['event'] for line in logs]}"
     first = said[0]
     assert first["event"] == "tick.skipped" and first["skipped"] >= 1

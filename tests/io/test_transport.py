@@ -8,7 +8,9 @@ the connections it accepts and the requests each one carries, and can misbehave 
 the request's path. The server records what happens, and tests wait for those records (a
 connection accepted, a request read, the client's end-of-stream seen) with generous
 deadlines that are only reached when something is broken. Where the only signal is the
-transport's own state (`transport.connections`), `eventually()` polls it briefly.
+transport's own state (`transport.connections`), `eventually()` polls it briefly. The
+`transport` fixture (tests/conftest.py) is a LeanTransport whose idle connections never
+expire.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import httpx
 import pytest
 
 from postdeploy.transport import LeanTransport
+from support.aio import Conn, KeepAliveServer, eventually, read_body
 from support.tls import Cert, self_signed
 
 DEADLINE_S = 20.0  # only reached when something is broken
@@ -46,20 +49,6 @@ PEAK_LIMIT = 2 * 1024 * 1024  # our peak Python allocation once the first chunk 
 # A keep-alive HTTP/1.1 test server. Each connection reads request after request; the path
 # of each request picks a behaviour from ROUTES (the default answers 200 and stays open).
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Conn:
-    """One accepted connection, as the server sees it."""
-
-    index: int  # accept order on this server, from 0
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    requests: int = 0  # requests read on it so far
-    client_closed: bool = False  # we read end-of-stream (or a reset) from the client
-    server_closed: bool = False  # the server closed it (on command or by its route)
-    finished: bool = False  # the connection is over, whoever ended it
-    sent: int = 0  # body bytes written by the streaming route
 
 
 @dataclass(eq=False)
@@ -88,32 +77,15 @@ Route = Callable[[Seen], Awaitable[bool]]
 
 
 @dataclass(eq=False)
-class Server:
+class Server(KeepAliveServer):
     """What a running test server has seen; `wait_until` blocks on its events."""
 
-    scheme: str = "http"
-    port: int = 0
-    conns: list[Conn] = field(default_factory=list)
     requests: list[Seen] = field(default_factory=list)
+    sent: int = 0  # body bytes written by the streaming route
     # "fin" or "rst": the next request that arrives on an already used connection is read and
     # then the connection is closed (or reset) without an answer, exactly as if the server's
     # idle timeout had fired while the request was on its way.
     drop_next_reused: str | None = None
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
-
-    def notify(self) -> None:
-        """Wake every `wait_until` so it re-checks its predicate."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool], deadline: float = DEADLINE_S) -> None:
-        """Wait until `predicate()` holds; TimeoutError after `deadline` seconds."""
-        async with asyncio.timeout(deadline):
-            while not predicate():
-                await self._changed.wait()
 
     def close(self, conn: Conn) -> None:
         """Close `conn` from the server's side (e.g. an idle keep-alive connection)."""
@@ -215,9 +187,9 @@ async def big_body(seen: Seen) -> bool:
     """BIG bytes of body, written as fast as the client takes them (until it hangs up)."""
     conn = seen.conn
     await send(conn, head(200, length=BIG))
-    while conn.sent < BIG:
+    while seen.server.sent < BIG:
         await send(conn, BIG_CHUNK)
-        conn.sent += len(BIG_CHUNK)
+        seen.server.sent += len(BIG_CHUNK)
         seen.server.notify()
     return True
 
@@ -337,46 +309,9 @@ async def converse(server: Server, conn: Conn) -> None:
 @asynccontextmanager
 async def serve(*, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     """Run a server on 127.0.0.1:0 for the duration of the block (HTTPS with `tls`)."""
-    server = Server(scheme="https" if tls else "http")
-    closing = asyncio.Event()
-    connections: set[asyncio.Future[None]] = set()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Conn(len(server.conns), reader, writer)
-        server.conns.append(conn)
-        server.notify()
-        # The conversation runs in a task of its own, stopped when the server closes: hung
-        # routes would otherwise wait forever. (Cancelling asyncio's own connection task
-        # instead makes Python 3.11 log a spurious "Exception in callback".)
-        done = asyncio.get_running_loop().create_future()
-        connections.add(done)
-        work = asyncio.ensure_future(converse(server, conn))
-        stop = asyncio.ensure_future(closing.wait())
-        try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (work, stop):
-                task.cancel()
-            await asyncio.gather(work, stop, return_exceptions=True)
-            if not conn.client_closed:
-                conn.server_closed = True
-            writer.close()
-            conn.finished = True
-            server.notify()
-            done.set_result(None)
-
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
-    server.port = listener.sockets[0].getsockname()[1]
-    try:
+    server = Server()
+    async with server.running(lambda conn: converse(server, conn), tls=tls):
         yield server
-    finally:
-        # Shielded: this cleanup must also run when the test's own deadline has fired.
-        with anyio.CancelScope(shield=True):
-            listener.close()
-            closing.set()
-            if connections:
-                await asyncio.wait(connections)
-            await listener.wait_closed()
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,15 +341,16 @@ async def fetch(
 
 async def fetch_request(transport: LeanTransport, request: httpx.Request) -> Reply:
     response = await transport.handle_async_request(request)
+    return Reply(response.status_code, response.headers, await read_body(response))
+
+
+async def open_body(transport: LeanTransport, url: str) -> httpx.AsyncByteStream:
+    """GET `url`, which must answer 200; its body's stream, unread (the test closes it)."""
+    response = await transport.handle_async_request(httpx.Request("GET", url))
+    assert response.status_code == 200
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
-    body = bytearray()
-    try:
-        async for chunk in stream:
-            body += chunk
-    finally:
-        await stream.aclose()
-    return Reply(response.status_code, response.headers, bytes(body))
+    return stream
 
 
 def ok(method: str, target: str, conn: int, number: int) -> bytes:
@@ -422,25 +358,11 @@ def ok(method: str, target: str, conn: int, number: int) -> bytes:
     return f"{method} {target} conn={conn} n={number}".encode()
 
 
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Wait until `predicate()` holds, for state only the transport knows (no event to wait
-    on): brief polls, failing after DEADLINE_S."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[LeanTransport]:
-    """A LeanTransport whose idle connections never expire, closed after the test."""
-    instance = LeanTransport(keepalive_expiry=NO_EXPIRY_S)
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
+async def fetch_after(transport: LeanTransport, server: Server, on_conn: int, number: int) -> None:
+    """A GET /after, which must arrive on connection `on_conn` as its request `number`:
+    where a test checks which connection the transport chose for the next request."""
+    reply = await fetch(transport, "GET", server.url("/after"))
+    assert reply.body == ok("GET", "/after", on_conn, number)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,8 +391,7 @@ async def test_head_answer_has_no_body_and_keeps_the_connection(
     async with serve() as server:
         reply = await fetch(transport, "HEAD", server.url("/head"))
         assert (reply.status, reply.body, reply.headers["content-length"]) == (200, b"", "12345")
-        reply = await fetch(transport, "GET", server.url("/after"))
-        assert reply.body == ok("GET", "/after", 0, 2)
+        await fetch_after(transport, server, on_conn=0, number=2)
         assert len(server.conns) == 1
 
 
@@ -644,8 +565,7 @@ async def test_cancelled_request_closes_its_connection(transport: LeanTransport,
         assert scope.cancelled_caught
         assert server.requests[1].conn.index == 0  # it had reused the warm connection
         await server.wait_until(lambda: server.conns[0].client_closed)
-        reply = await fetch(transport, "GET", server.url("/after"))
-        assert reply.body == ok("GET", "/after", 1, 1)
+        await fetch_after(transport, server, on_conn=1, number=1)
         await eventually(lambda: transport.connections == 1, "the cancelled one is dropped")
 
 
@@ -656,20 +576,14 @@ async def test_body_closed_before_its_end_closes_the_connection(
     """A body closed before its end leaves the connection in an unknown state: it is closed,
     never reused."""
     async with serve() as server:
-        response = await transport.handle_async_request(
-            httpx.Request("GET", server.url("/partial"))
-        )
-        assert response.status_code == 200
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
+        stream = await open_body(transport, server.url("/partial"))
         chunks = aiter(stream)  # held: an abandoned iterator, once finalised, would close
         if read_first_chunk:
             chunk = await anext(chunks)
             assert chunk == b"p" * len(chunk)
         await stream.aclose()
         await server.wait_until(lambda: server.conns[0].client_closed)
-        reply = await fetch(transport, "GET", server.url("/after"))
-        assert reply.body == ok("GET", "/after", 1, 1)
+        await fetch_after(transport, server, on_conn=1, number=1)
         assert server.conns[0].requests == 1
 
 
@@ -684,8 +598,7 @@ async def test_informational_answers_are_skipped_and_chunks_joined(
         assert reply.headers["transfer-encoding"] == "chunked"
         assert "link" not in reply.headers  # the 103's header is not the answer's
         assert reply.body == b"hello, chunked world"
-        reply = await fetch(transport, "GET", server.url("/next"))
-        assert reply.body == ok("GET", "/next", 0, 2)
+        await fetch_after(transport, server, on_conn=0, number=2)
         assert len(server.conns) == 1
 
 
@@ -698,11 +611,7 @@ async def test_large_fast_body_is_not_buffered_ahead_of_the_reader(
     async with serve() as server:
         tracemalloc.start()
         try:
-            response = await transport.handle_async_request(
-                httpx.Request("GET", server.url("/big"))
-            )
-            stream = response.stream
-            assert isinstance(stream, httpx.AsyncByteStream)
+            stream = await open_body(transport, server.url("/big"))
             # Take 64 KiB, holding the iterator: an `async for` left with `break` would let
             # the abandoned generator be finalised, which closes the connection.
             chunks = aiter(stream)
@@ -714,12 +623,12 @@ async def test_large_fast_body_is_not_buffered_ahead_of_the_reader(
             # the whole body sits in our memory).
             tracemalloc.reset_peak()
             conn = server.conns[0]
-            await wait_for_stall(lambda: conn.sent, BIG)
+            await wait_for_stall(lambda: server.sent, BIG)
             _, peak = tracemalloc.get_traced_memory()
             await stream.aclose()
         finally:
             tracemalloc.stop()
-        assert conn.sent < BIG, "the whole body was taken in: reading never paused"
+        assert server.sent < BIG, "the whole body was taken in: reading never paused"
         assert peak < PEAK_LIMIT, f"peak allocation {peak} bytes"
         await server.wait_until(lambda: conn.finished)  # its write failed once we hung up
         assert conn.client_closed
@@ -796,12 +705,7 @@ async def test_garbage_status_line_is_a_protocol_error(
 async def test_truncated_body_is_a_protocol_error(transport: LeanTransport) -> None:
     """A body shorter than its Content-Length: the error comes while reading the body."""
     async with serve() as server:
-        response = await transport.handle_async_request(
-            httpx.Request("GET", server.url("/truncated"))
-        )
-        assert response.status_code == 200
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
+        stream = await open_body(transport, server.url("/truncated"))
         got = bytearray()
         with pytest.raises(httpx.RemoteProtocolError) as info:
             async for chunk in stream:
@@ -953,8 +857,7 @@ async def test_tls_with_keep_alive(cert: Cert) -> None:
 
             server.close(server.conns[0])
             await eventually(lambda: transport.connections == 0, "the closed one is dropped")
-            reply = await fetch(transport, "GET", server.url("/after"))
-            assert reply.body == ok("GET", "/after", 1, 1)
+            await fetch_after(transport, server, on_conn=1, number=1)
 
             await transport.aclose()
             await server.wait_until(lambda: server.conns[1].client_closed)

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import anyio
 import httpx
 import pytest
 
@@ -34,25 +33,12 @@ from postdeploy.transport import (
     check_heads,
     no_answer_to_us,
 )
+from support.aio import Conn, KeepAliveServer, eventually, read_body
 from support.tls import Cert, self_signed
-
-DEADLINE_S = 20.0  # only reached when something is broken
-NO_EXPIRY_S = 3600.0  # keep-alive expiry: never what closes a connection in these tests
-
 
 # --------------------------------------------------------------------------------------------
 # A scripted keep-alive server
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Conn:
-    index: int  # accept order, from 0
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    requests: int = 0  # requests read on it so far
-    client_closed: bool = False  # we read end-of-stream (or a reset) from the client
-    finished: bool = False  # the conversation is over, whoever ended it
 
 
 @dataclass(eq=False)
@@ -68,25 +54,9 @@ Route = Callable[["Server", Seen], Awaitable[bool]]
 
 
 @dataclass(eq=False)
-class Server:
-    routes: dict[str, Route]
-    scheme: str = "http"
-    port: int = 0
-    conns: list[Conn] = field(default_factory=list)
+class Server(KeepAliveServer):
+    routes: dict[str, Route] = field(default_factory=dict)
     requests: list[Seen] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await self._changed.wait()
 
     def seen(self) -> list[tuple[int, int, str, str]]:
         """(connection, position on it, method, path) of every request, in arrival order."""
@@ -141,8 +111,7 @@ async def serve(
     routes: dict[str, Route], *, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[Server]:
     """Run a server on 127.0.0.1:0; a path missing from `routes` gets `answer_ok`."""
-    server = Server(routes, scheme="https" if tls else "http")
-    tasks: set[asyncio.Future[None]] = set()
+    server = Server(routes=routes)
 
     async def converse(conn: Conn) -> None:
         try:
@@ -156,31 +125,9 @@ async def serve(
             conn.client_closed = True
         except OSError:
             conn.client_closed = True
-        finally:
-            conn.writer.close()
-            conn.finished = True
-            server.notify()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Conn(len(server.conns), reader, writer)
-        server.conns.append(conn)
-        server.notify()
-        # In a task of its own, cancelled when the server stops (cancelling asyncio's own
-        # connection task makes Python 3.11 log a spurious "Exception in callback").
-        task = asyncio.ensure_future(converse(conn))
-        tasks.add(task)
-        await asyncio.wait({task})
-
-    listener = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
-    server.port = listener.sockets[0].getsockname()[1]
-    try:
+    async with server.running(converse, tls=tls):
         yield server
-    finally:
-        with anyio.CancelScope(shield=True):
-            listener.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass
@@ -196,34 +143,7 @@ async def fetch(
     content = b"data" if method == "POST" else None
     request = httpx.Request(method, url, content=content, extensions=extensions)
     response = await transport.handle_async_request(request)
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    body = bytearray()
-    try:
-        async for chunk in stream:
-            body += chunk
-    finally:
-        await stream.aclose()
-    return Reply(response.status_code, bytes(body))
-
-
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """For state only the transport knows: brief polls, failing after DEADLINE_S."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[LeanTransport]:
-    instance = LeanTransport(keepalive_expiry=NO_EXPIRY_S)
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
+    return Reply(response.status_code, await read_body(response))
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,11 +29,11 @@ import pytest
 from postdeploy.demo_service import DemoService
 from support.daemon import DaemonPool, DaemonProcess
 from support.env import child_env
-from support.files import read_jsonl
 from support.http import Receiver, status
 from support.notify import NotifySocket
 from support.toml import render_toml
 from support.wait import DEADLINE_S, wait_until
+from support.workspace import Workspace
 
 # Short windows: a whole window takes about a second.
 FAST: dict[str, Any] = {
@@ -57,15 +57,11 @@ Daemon = DaemonProcess
 # -- the fixture ----------------------------------------------------------------------------
 
 
-class Ops:
+class Ops(Workspace):
     """A state directory, a target service, a config writer and daemons, for one test."""
 
     def __init__(self, tmp_path: Path, service: DemoService) -> None:
-        self.tmp = tmp_path
-        self.service = service
-        self.state = tmp_path / "state"
-        self.config_path = tmp_path / "config.toml"
-        self.daemons = DaemonPool(tmp_path, strict=True, keep_raw=True)
+        super().__init__(tmp_path, service, DaemonPool(tmp_path, strict=True, keep_raw=True))
         self.sockets: list[NotifySocket] = []
         self.receivers: list[Receiver] = []
 
@@ -97,9 +93,6 @@ class Ops:
         self.receivers.append(receiver)
         return receiver
 
-    def item(self, repo: str, work_item: str) -> Path:
-        return self.state / repo / work_item
-
     def arm(self, repo: str, work_item: str, metadata: dict[str, str] | None = None) -> Path:
         """Arm a window the way a deploy script does: mkdir, then write `armed`.
 
@@ -115,10 +108,6 @@ class Ops:
         ahead = time.time() + 60
         os.utime(armed, (ahead, ahead))
         return directory
-
-    def rows(self, repo: str, work_item: str) -> list[dict[str, Any]]:
-        """The window's `series.jsonl` rows."""
-        return read_jsonl(self.item(repo, work_item) / "series.jsonl")
 
     wait_until = staticmethod(wait_until)
 

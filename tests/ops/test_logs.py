@@ -18,9 +18,10 @@ import structlog
 
 from postdeploy import logs
 from postdeploy.config import parse_config
+from support.toml import render_toml
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 ISO_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
@@ -182,23 +183,16 @@ def test_secret_sources(tmp_path: Path, fresh_logging: None) -> None:
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "POSTDEPLOY_WEBHOOK_SECRET").write_text("from-a-credential\n")
+    shop = {"base_url": "http://127.0.0.1:1", "rollback_env": {"TARGET": "HOOK_TARGET"}}
+    hook = {
+        "type": "webhook",
+        "url": "http://127.0.0.1:1/hook",
+        "secret_env": "POSTDEPLOY_WEBHOOK_SECRET",
+        "headers_env": {"Authorization": "HOOK_AUTH"},
+    }
+    telegram = {"type": "telegram", "bot_token_env": "BOT", "chat_id": "-1"}
     config = parse_config(
-        """
-state_dir = "state"
-[repos.shop]
-base_url = "http://127.0.0.1:1"
-[repos.shop.rollback_env]
-TARGET = "HOOK_TARGET"
-[[alerts]]
-type = "webhook"
-url = "http://127.0.0.1:1/hook"
-secret_env = "POSTDEPLOY_WEBHOOK_SECRET"
-headers_env = { Authorization = "HOOK_AUTH" }
-[[alerts]]
-type = "telegram"
-bot_token_env = "BOT"
-chat_id = "-1"
-"""
+        render_toml({"state_dir": "state", "repos": {"shop": shop}, "alerts": [hook, telegram]})
     )
     environ = {
         "CREDENTIALS_DIRECTORY": str(credentials),

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from postdeploy import __version__, metrics
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 FAMILIES = {
     "postdeploy_open_windows": "gauge",
@@ -26,9 +26,13 @@ FAMILIES = {
 }
 
 
-def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+# Sample name -> [(labels, value)].
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _samples(text: str) -> Samples:
     """Sample name -> [(labels, value)]; also checks every family's type."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    out: Samples = {}
     types = {}
     for family in text_string_to_metric_families(text):
         types[family.name] = family.type
@@ -39,7 +43,7 @@ def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def _value(samples: dict[str, Any], name: str, **labels: str) -> float:
+def _value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for got, v in samples.get(name, []) if labels.items() <= got.items())
 
 

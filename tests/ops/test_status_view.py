@@ -15,9 +15,10 @@ from rich.console import Console
 from postdeploy import status, view
 from postdeploy.config import load_config, parse_config
 from postdeploy.layout import ItemKey
+from support.series import series_line
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 HERE = Path(__file__).parent
 SNAPSHOT = HERE / "status_snapshot.json"
@@ -70,17 +71,11 @@ def _write_series(item: Path, rows: list[dict[str, object]], tail: bytes = b"") 
 
 
 def _row(tick: int, ok: bool = True, latency: float = 5.0) -> dict[str, object]:
-    return {
-        "tick": tick,
-        "scheduled_ts": 1000.0 + tick,
-        "ts": 1000.001 + tick,
-        "health_ok": ok,
-        "health_code": 200 if ok else 503,
-        "total": 1,
-        "fivexx": 0 if ok else 1,
-        "latency_ms": latency,
-        "detail": "ok" if ok else "health: HTTP 503",
-    }
+    detail = "ok" if ok else "health: HTTP 503"
+    fivexx = 0 if ok else 1
+    return series_line(
+        tick, ok, total=1, fivexx=fivexx, latency_ms=latency, detail=detail, start=1000.0
+    )
 
 
 def test_collect_folds_the_series_like_the_daemon(tmp_path: Path) -> None:

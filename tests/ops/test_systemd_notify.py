@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,7 +18,7 @@ from postdeploy.daemon import EXTEND_STOP_S
 from postdeploy.notify import Notifier
 
 if TYPE_CHECKING:
-    from conftest import Ops
+    from ops.conftest import Ops
 
 
 def test_ready_after_recovery_then_watchdog_reload_and_stop(ops: Ops) -> None:
@@ -128,7 +128,8 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(ops: Ops) -> None:
     """A broken config on SIGHUP is logged and ignored: windows armed afterwards are judged
     with the old thresholds. A valid one is then taken, and a window open during the reload
     keeps the schedule it started with."""
-    service_repo = {"fivexx_paths": []}  # only the health rule: the thresholds decide alone
+    # Only the health rule: the thresholds decide alone.
+    service_repo: dict[str, Any] = {"fivexx_paths": []}
     old = {
         # 10 ticks: room for the verdicts below even if a loaded machine skips a few.
         "shop": ops.repo(fail_threshold=2, window_s=2.0, **service_repo),

@@ -1,10 +1,11 @@
 """What each command imports: a command loads only the libraries it uses.
 
 `postdeploy --help`, `arm` and `wait` run on every deploy; before, each paid for the whole
-daemon (pydantic, httpx, anyio, structlog and rich, prometheus_client: ~0.4 s, ~45 MB).
-Each case runs the real command line in a fresh interpreter and lists which of the heavy
-modules ended up in `sys.modules`. No time is measured here (docs/PERFORMANCE.md has the
-figures); a module list does not depend on how loaded the machine is.
+daemon (pydantic, httpx, anyio, structlog and rich, prometheus_client: ~0.4 s, ~45 MB), and
+then for the config's pydantic models (~0.2 s). Each case runs the real command line in a
+fresh interpreter and lists which of the heavy modules ended up in `sys.modules`. No time is
+measured here (docs/PERFORMANCE.md has the figures); a module list does not depend on how
+loaded the machine is.
 """
 
 from __future__ import annotations
@@ -24,19 +25,24 @@ HEAVY = (
     "aiofiles",
     "anyio",
     "asyncio",
+    "concurrent.futures",  # durable's fsync threads, made when a group commit needs them
     "h11",
     "httpcore",
     "httpx",
     "inotify_simple",
+    "postdeploy.config",  # the config's models
     "prometheus_client",
     "pydantic",
     "pydantic_core",
     "rich",
+    "ssl",
     "structlog",
     "yaml",
 )
-# A command that reads the config needs pydantic, and nothing that serves or probes.
-CONFIG_ONLY = tuple(m for m in HEAVY if m not in ("pydantic", "pydantic_core"))
+# A command that validates the whole config needs pydantic, and nothing that serves or probes.
+CONFIG_ONLY = tuple(m for m in HEAVY if m not in ("pydantic", "pydantic_core", "postdeploy.config"))
+# A command that waits needs inotify and nothing else.
+WAITS = tuple(m for m in HEAVY if m != "inotify_simple")
 
 # Runs `cli.main(argv)` and writes the exit code and the heavy modules loaded to a file
 # (stdout and stderr stay the command's own).
@@ -68,14 +74,27 @@ CASES = [
     # Read-only, no config: the state directory and inotify only. Exit 124: no verdict.
     Case(
         "wait --state-dir",
-        ["wait", "--state-dir", "{state}", "shop", "w1", "--timeout", "0"],
+        ["wait", "--state-dir", "{state}", "shop", "w1", "--timeout=0"],
         124,
-        tuple(m for m in HEAVY if m != "inotify_simple"),
+        WAITS,
     ),
     Case("cancel --state-dir", ["cancel", "--state-dir", "{state}", "shop", "w1"], 1, HEAVY),
-    Case("arm", ["arm", "shop", "w1", "--config", "{config}"], 0, CONFIG_ONLY),
-    Case("arm, unknown repo", ["arm", "nope", "w1", "--config", "{config}"], 2, CONFIG_ONLY),
-    Case("arm, broken config", ["arm", "shop", "w1", "--config", "{broken}"], 2, CONFIG_ONLY),
+    # The state directory and the repo names, read from the config with tomllib alone.
+    Case("arm", ["arm", "shop", "w1", "--config", "{config}"], 0, HEAVY),
+    Case("arm, unknown repo", ["arm", "nope", "w1", "--config", "{config}"], 2, HEAVY),
+    Case("arm, not TOML", ["arm", "shop", "w1", "--config", "{not_toml}"], 2, HEAVY),
+    Case("arm, bad repos", ["arm", "shop", "w1", "--config", "{bad_repos}"], 2, HEAVY),
+    # Broken only in keys `arm` does not read: it arms (README, "Command line").
+    Case("arm, other keys broken", ["arm", "shop", "w2", "--config", "{broken}"], 0, HEAVY),
+    Case(
+        "arm --wait",
+        ["arm", "shop", "w3", "--config", "{config}", "--wait", "--timeout=0"],
+        124,
+        WAITS,
+    ),
+    Case("wait", ["wait", "shop", "w1", "--config", "{config}", "--timeout", "0"], 124, WAITS),
+    Case("cancel", ["cancel", "shop", "w4", "--config", "{config}"], 1, HEAVY),
+    Case("rollback", ["rollback", "shop", "w4", "--config", "{config}"], 2, HEAVY),
     Case("check-config", ["check-config", "{config}"], 0, CONFIG_ONLY),
 ]
 
@@ -88,7 +107,17 @@ def paths(tmp_path: Path, state_root: Path) -> dict[str, str]:
     )
     broken = tmp_path / "broken.toml"
     broken.write_text(f'state_dir = "{state_root}"\n\n[repos.shop]\nbase_ur = "x"\n')
-    return {"state": str(state_root), "config": str(config), "broken": str(broken)}
+    not_toml = tmp_path / "not.toml"
+    not_toml.write_text(f'state_dir = "{state_root}\n')
+    bad_repos = tmp_path / "bad_repos.toml"
+    bad_repos.write_text(f'state_dir = "{state_root}"\nrepos = ["shop"]\n')
+    return {
+        "state": str(state_root),
+        "config": str(config),
+        "broken": str(broken),
+        "not_toml": str(not_toml),
+        "bad_repos": str(bad_repos),
+    }
 
 
 def _env() -> dict[str, str]:
@@ -119,29 +148,28 @@ def test_a_command_imports_only_what_it_uses(
     assert [m for m in result["loaded"] if m in case.forbidden] == [], done.stderr
 
 
-def test_arm_still_writes_armed_and_reports_config_errors(paths: dict[str, str]) -> None:
-    """The light imports change nothing a user sees: `arm` writes `armed` and prints its path;
-    a broken config is reported line by line (exit 2), as before."""
-    armed = subprocess.run(
-        [sys.executable, "-m", "postdeploy", "arm", "shop", "w2", "--config", paths["config"]],
+def _postdeploy(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "postdeploy", *argv],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_arm_still_writes_armed_and_reports_config_errors(paths: dict[str, str]) -> None:
+    """The light imports change nothing a user sees: `arm` writes `armed` and prints its path;
+    a config that is not TOML is reported (exit 2) and nothing is written."""
+    armed = _postdeploy("arm", "shop", "w2", "--config", paths["config"])
     assert armed.returncode == 0, armed.stderr
     assert armed.stdout.strip() == str(Path(paths["state"], "shop", "w2", "armed"))
     assert Path(armed.stdout.strip()).is_file()
-    broken = subprocess.run(
-        [sys.executable, "-m", "postdeploy", "arm", "shop", "w2", "--config", paths["broken"]],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    broken = _postdeploy("arm", "shop", "w3", "--config", paths["not_toml"])
     assert broken.returncode == 2
-    assert f"{paths['broken']}: repos.shop.base_ur:" in broken.stderr
+    assert broken.stderr.startswith(f"{paths['not_toml']}: (toml): ")
     assert broken.stdout == ""
+    assert not Path(paths["state"], "shop", "w3").exists()
 
 
 # `postdeploy run` with a pipe for stdout (as under systemd): once the daemon is ready, a

@@ -145,9 +145,16 @@ def test_floats_are_allowed_everywhere() -> None:
 
 S = 'state_dir = "/s"\n'
 
+
+def in_defaults(name: str, line: str, fragment: str) -> tuple[str, str, str, str]:
+    """An error case of one bad `[defaults]` line (`key = value`): the error names
+    `defaults.key`."""
+    return name, S + "[defaults]\n" + line + "\n", "defaults." + line.partition(" = ")[0], fragment
+
+
 ERROR_CASES = [
     ("unknown top-level key", S + "bogus = 1\n", "bogus", "unknown key"),
-    ("unknown key in defaults", S + "[defaults]\nwindow = 1\n", "defaults.window", "unknown key"),
+    in_defaults("unknown key in defaults", "window = 1", "unknown key"),
     ("unknown key in a repo", S + REPO + "helth_path = '/h'\n", "repos.a.helth_path", "unknown"),
     ("unknown table", S + "[repo.a]\nbase_url = 'http://x'\n", "repo", "unknown key"),
     (
@@ -164,72 +171,27 @@ ERROR_CASES = [
     ("health_path relative", S + REPO + "health_path = 'h'\n", "repos.a.health_path", "/"),
     ("fivexx_paths a string", S + REPO + "fivexx_paths = '/q'\n", "repos.a.fivexx_paths", "list"),
     ("fivexx_paths relative", S + REPO + "fivexx_paths = ['q']\n", "repos.a.fivexx_paths", "/"),
-    ("window_s a word", S + "[defaults]\nwindow_s = 'long'\n", "defaults.window_s", "number"),
-    ("window_s a date", S + "[defaults]\nwindow_s = 1979-05-27\n", "defaults.window_s", "number"),
-    (
-        "fail_threshold fractional",
-        S + "[defaults]\nfail_threshold = 2.5\n",
-        "defaults.fail_threshold",
-        "integer",
-    ),
-    (
-        "fail_threshold zero",
-        S + "[defaults]\nfail_threshold = 0\n",
-        "defaults.fail_threshold",
-        "greater",
-    ),
-    ("min_samples zero", S + "[defaults]\nmin_samples = 0\n", "defaults.min_samples", "greater"),
-    (
-        "fivexx_threshold above 1",
-        S + "[defaults]\nfivexx_threshold = 1.5\n",
-        "defaults.fivexx_threshold",
-        "less",
-    ),
-    (
-        "fivexx_threshold negative",
-        S + "[defaults]\nfivexx_threshold = -0.1\n",
-        "defaults.fivexx_threshold",
-        "greater",
-    ),
-    (
-        "fivexx_threshold nan",
-        S + "[defaults]\nfivexx_threshold = nan\n",
-        "defaults.fivexx_threshold",
-        "",
-    ),
-    ("window_s negative", S + "[defaults]\nwindow_s = -1\n", "defaults.window_s", "greater than 0"),
-    (
-        "interval_s zero",
-        S + "[defaults]\ninterval_s = 0\n",
-        "defaults.interval_s",
-        "greater than 0",
-    ),
-    ("interval_s inf", S + "[defaults]\ninterval_s = inf\n", "defaults.interval_s", "finite"),
-    (
-        "initial_delay_s negative",
-        S + "[defaults]\ninitial_delay_s = -0.5\n",
-        "defaults.initial_delay_s",
-        "greater than or equal to 0",
-    ),
-    (
-        "probe_timeout_s negative",
-        S + "[defaults]\nprobe_timeout_s = -1\n",
-        "defaults.probe_timeout_s",
-        "greater than 0",
-    ),
-    (
-        "rollback_timeout_s negative",
-        S + "[defaults]\nrollback_timeout_s = -5\n",
-        "defaults.rollback_timeout_s",
-        "greater than 0",
-    ),
+    in_defaults("window_s a word", "window_s = 'long'", "number"),
+    in_defaults("window_s a date", "window_s = 1979-05-27", "number"),
+    in_defaults("fail_threshold fractional", "fail_threshold = 2.5", "integer"),
+    in_defaults("fail_threshold zero", "fail_threshold = 0", "greater"),
+    in_defaults("min_samples zero", "min_samples = 0", "greater"),
+    in_defaults("fivexx_threshold above 1", "fivexx_threshold = 1.5", "less"),
+    in_defaults("fivexx_threshold negative", "fivexx_threshold = -0.1", "greater"),
+    in_defaults("fivexx_threshold nan", "fivexx_threshold = nan", ""),
+    in_defaults("window_s negative", "window_s = -1", "greater than 0"),
+    in_defaults("interval_s zero", "interval_s = 0", "greater than 0"),
+    in_defaults("interval_s inf", "interval_s = inf", "finite"),
+    in_defaults("initial_delay_s negative", "initial_delay_s = -0.5", "greater than or equal to 0"),
+    in_defaults("probe_timeout_s negative", "probe_timeout_s = -1", "greater than 0"),
+    in_defaults("rollback_timeout_s negative", "rollback_timeout_s = -5", "greater than 0"),
     (
         "negative duration in a repo",
         S + REPO + "window_s = -2\n",
         "repos.a.window_s",
         "greater than 0",
     ),
-    ("mode unknown", S + "[defaults]\nmode = 'dry'\n", "defaults.mode", "act"),
+    in_defaults("mode unknown", "mode = 'dry'", "act"),
     (
         "rollback_command a shell string",
         S + REPO + "rollback_command = 'hook.sh --rollback'\n",

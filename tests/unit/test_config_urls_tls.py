@@ -29,7 +29,8 @@ import httpx
 import pytest
 
 from postdeploy.config import Config, ConfigError, parse_config
-from postdeploy.probe import SSL_CONTEXT, Prober
+from postdeploy.probe import Prober
+from postdeploy.transport import SSL_CONTEXT
 from support.env import child_env
 
 PATH = "/etc/postdeploy/test.toml"
@@ -462,7 +463,7 @@ async def test_the_prober_hands_each_repo_its_context_in_the_request_extension(
     )
     config = parse_config(text, PATH)
     recorder = _Recorder()
-    prober._transport = recorder  # type: ignore[assignment]
+    prober._transport = recorder
     for tick in range(2):
         for repo in ("shop", "plain"):
             await prober.probe(config.repos[repo], 5.0, tick, time.time(), False)

@@ -200,7 +200,7 @@ def test_arbitrary_json_values(value: Any) -> None:
 @given(
     st.dictionaries(
         meta_keys,
-        st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=20),
+        st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"]), max_size=20),
         max_size=6,
     ),
     st.booleans(),

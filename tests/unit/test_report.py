@@ -12,29 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postdeploy.layout import META_KEY_RE, ItemKey
-from postdeploy.report import Outcome, done_record, iso, render_report
+from postdeploy.report import done_record, iso, render_report
 from postdeploy.series import ProbeRow
 from postdeploy.verdict import Action, Status
+from support.outcome import FINISHED, outcome
+from support.series import ACTIONS, STATUSES
 
 FAST = settings(max_examples=80, deadline=None)
-FINISHED = 1_795_766_400.0  # 2026-11-27T08:00:00+00:00
-
-
-def outcome(**changes: Any) -> Outcome:
-    fields: dict[str, Any] = {
-        "key": ItemKey("shop", "ORCH-021"),
-        "status": Status.DEGRADED,
-        "action_taken": Action.ROLLBACK_OK,
-        "reason": "health failed 3 consecutive probes (threshold 3)",
-        "checks_total": 12,
-        "checks_failed": 3,
-        "window_s": 900.0,
-        "finished_at": FINISHED,
-        "armed_at": FINISHED - 960,
-        "metadata": {"branch": "main", "commit": "abc123"},
-    }
-    fields.update(changes)
-    return Outcome(**fields)
 
 
 def front_matter(report: str) -> dict[str, Any]:
@@ -106,24 +90,8 @@ def test_finished_at_is_iso_utc(ts: float) -> None:
 @pytest.mark.parametrize("action", list(Action))
 def test_done_status_and_action_are_the_contract_words(status: Status, action: Action) -> None:
     record = done_record(outcome(status=status, action_taken=action))
-    assert record["status"] in {
-        "HEALTHY",
-        "DEGRADED",
-        "SUPERSEDED",
-        "CANCELLED",
-        "DISABLED",
-        "MISSED",
-        "INCONCLUSIVE",
-        "ERROR",
-    }
-    assert record["action_taken"] in {
-        "NONE",
-        "ALERT_ONLY",
-        "ROLLBACK_OK",
-        "ROLLBACK_FAILED",
-        "ROLLBACK_UNKNOWN",
-        "SHADOW",
-    }
+    assert record["status"] in STATUSES
+    assert record["action_taken"] in ACTIONS
 
 
 # -- report.md --------------------------------------------------------------------------------

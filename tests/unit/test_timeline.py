@@ -22,8 +22,8 @@ from postdeploy.layout import ItemKey
 from postdeploy.report import Outcome, render_report
 from postdeploy.series import ProbeRow
 from postdeploy.timeline import Band, Limits, Rollback, Timeline, render
-from postdeploy.verdict import Action, Status
 from postdeploy.window import Schedule
+from support.outcome import outcome as sample_outcome
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -305,18 +305,15 @@ def test_offsets_on_the_time_axis(seconds: float, text: str) -> None:
 
 def finished() -> tuple[Outcome, list[ProbeRow]]:
     rows = [row(0), failing(1), failing(2), failing(3)]
-    outcome = Outcome(
+    rolled_back = sample_outcome(
         key=ItemKey("shop", "ORCH-21"),
-        status=Status.DEGRADED,
-        action_taken=Action.ROLLBACK_OK,
-        reason="health failed 3 consecutive probes (threshold 3)",
         checks_total=4,
-        checks_failed=3,
-        window_s=900,
         finished_at=ARMED + 200,
+        armed_at=None,
+        metadata={},
         rollback={"exit_code": 0, "detail": "exited 0", "duration_s": 2.0},
     )
-    return outcome, rows
+    return rolled_back, rows
 
 
 def test_a_finished_window_gets_its_picture_and_report_md_links_it() -> None:

@@ -22,6 +22,7 @@ from postdeploy.verdict import (
     healthy,
     rollback_action,
 )
+from support.series import series_line
 
 TH = Thresholds(fail_threshold=3, fivexx_threshold=0.2, min_samples=6)
 
@@ -31,18 +32,9 @@ FAIL = (False, 2, 0)
 
 
 def raw_row(tick: int, health_ok: bool = True, total: int = 2, fivexx: int = 0) -> dict[str, Any]:
-    """One `series.jsonl` line as the daemon writes it."""
-    return {
-        "tick": tick,
-        "scheduled_ts": 1_795_763_584.0 + tick,
-        "ts": 1_795_763_584.004 + tick,
-        "health_ok": health_ok,
-        "health_code": 200 if health_ok else 503,
-        "total": total,
-        "fivexx": fivexx,
-        "latency_ms": 3.1,
-        "detail": f"tick {tick} health={'ok' if health_ok else 'bad'} 5xx={fivexx}/{total}",
-    }
+    """One `series.jsonl` line, its detail naming the tick's figures."""
+    detail = f"tick {tick} health={'ok' if health_ok else 'bad'} 5xx={fivexx}/{total}"
+    return series_line(tick, health_ok, total=total, fivexx=fivexx, detail=detail)
 
 
 def rows(*ticks: tuple[bool, int, int]) -> list[dict[str, Any]]:
@@ -102,26 +94,38 @@ def test_classify_table(
         assert verdict.evidence["fivexx_ratio"] > th.fivexx_threshold
 
 
-def test_health_reason_names_measured_streak_and_threshold() -> None:
-    verdict = classify(replay(rows(OK, FAIL, FAIL, FAIL, FAIL)), Thresholds(4, 0.5, 100))
+@pytest.mark.parametrize(
+    ("ticks", "th", "phrases", "evidence"),
+    [
+        pytest.param(
+            (OK, FAIL, FAIL, FAIL, FAIL),
+            Thresholds(4, 0.5, 100),
+            # The last probe's detail tells an operator what the service answered.
+            ["health failed 4 consecutive probes", "(threshold 4)", "tick 4 health=bad"],
+            {"health_streak": 4, "fail_threshold": 4},
+            id="health",
+        ),
+        pytest.param(
+            ((True, 2, 1), (True, 2, 1), (True, 2, 0)),
+            TH,
+            ["5xx ratio 0.333 (2/6)", "above threshold 0.2", "min_samples 6"],
+            {"fivexx": 2, "fivexx_total": 6, "fivexx_threshold": 0.2},
+            id="5xx",
+        ),
+    ],
+)
+def test_reason_names_measured_value_and_threshold(
+    ticks: tuple[tuple[bool, int, int], ...],
+    th: Thresholds,
+    phrases: list[str],
+    evidence: dict[str, Any],
+) -> None:
+    verdict = classify(replay(rows(*ticks)), th)
     assert verdict is not None
-    assert "health failed 4 consecutive probes" in verdict.reason
-    assert "(threshold 4)" in verdict.reason
-    # The last probe's detail tells an operator what the service answered.
-    assert "tick 4 health=bad" in verdict.reason
-    assert verdict.evidence["health_streak"] == 4
-    assert verdict.evidence["fail_threshold"] == 4
-
-
-def test_fivexx_reason_names_measured_ratio_and_threshold() -> None:
-    verdict = classify(replay(rows((True, 2, 1), (True, 2, 1), (True, 2, 0))), TH)
-    assert verdict is not None
-    assert "5xx ratio 0.333 (2/6)" in verdict.reason
-    assert "above threshold 0.2" in verdict.reason
-    assert "min_samples 6" in verdict.reason
-    assert verdict.evidence["fivexx"] == 2
-    assert verdict.evidence["fivexx_total"] == 6
-    assert verdict.evidence["fivexx_threshold"] == 0.2
+    for phrase in phrases:
+        assert phrase in verdict.reason
+    for key, value in evidence.items():
+        assert verdict.evidence[key] == value
 
 
 def test_evidence_carries_the_last_probes() -> None:

@@ -13,49 +13,17 @@ import pytest
 
 from postdeploy.series import replay
 from postdeploy.verdict import Action, Decision, Status, Thresholds, healthy, recovery
+from support.series import ACTIONS, STATUSES
+from support.series import series_line as raw_row
 
 TH = Thresholds(fail_threshold=3, fivexx_threshold=0.2, min_samples=6)
 
 
-def raw_row(
-    tick: int, health_ok: bool = True, *, total: int = 2, fivexx: int = 0, **extra: Any
-) -> dict[str, Any]:
-    """One `series.jsonl` (or `verify.jsonl`) line as the daemon writes it."""
-    return {
-        "tick": tick,
-        "scheduled_ts": 1_795_763_584.0 + tick,
-        "ts": 1_795_763_584.004 + tick,
-        "health_ok": health_ok,
-        "health_code": 200 if health_ok else 503,
-        "total": total,
-        "fivexx": fivexx,
-        "latency_ms": 3.1,
-        "detail": f"probe {tick} {'ok' if health_ok else 'bad'}",
-        **extra,
-    }
-
-
 def test_contract_names() -> None:
     # `done.status` and `done.action_taken` hold these exact strings (CONTRACT.md).
-    assert [s.value for s in Status] == [
-        "HEALTHY",
-        "DEGRADED",
-        "SUPERSEDED",
-        "CANCELLED",
-        "DISABLED",
-        "MISSED",
-        "ERROR",
-        "INCONCLUSIVE",
-    ]
+    assert [s.value for s in Status] == STATUSES
     assert [d.value for d in Decision] == ["NONE", "ALERT_ONLY", "ROLLBACK"]
-    assert [a.value for a in Action] == [
-        "NONE",
-        "ALERT_ONLY",
-        "ROLLBACK_OK",
-        "ROLLBACK_FAILED",
-        "ROLLBACK_UNKNOWN",
-        "SHADOW",
-    ]
+    assert [a.value for a in Action] == ACTIONS
 
 
 def test_evidence_keys_and_ratio_rounding() -> None:

@@ -26,16 +26,14 @@ DEADLINE_S = 30.0  # only reached when something is wrong
 EXIT_TABLE = [
     ("HEALTHY", "NONE", 0),
     ("DEGRADED", "SHADOW", 0),
-    ("DEGRADED", "ALERT_ONLY", 1),
-    ("DEGRADED", "ROLLBACK_OK", 1),
-    ("DEGRADED", "ROLLBACK_FAILED", 1),
-    ("DEGRADED", "ROLLBACK_UNKNOWN", 1),
-    ("INCONCLUSIVE", "NONE", 3),
-    ("CANCELLED", "NONE", 3),
-    ("SUPERSEDED", "NONE", 3),
-    ("MISSED", "NONE", 3),
-    ("DISABLED", "NONE", 3),
-    ("ERROR", "NONE", 3),
+    *[
+        ("DEGRADED", action, 1)
+        for action in ("ALERT_ONLY", "ROLLBACK_OK", "ROLLBACK_FAILED", "ROLLBACK_UNKNOWN")
+    ],
+    *[
+        (status, "NONE", 3)
+        for status in ("INCONCLUSIVE", "CANCELLED", "SUPERSEDED", "MISSED", "DISABLED", "ERROR")
+    ],
     ("SOMETHING_NEW", "NONE", 3),  # a status this client does not know: never a pass
     (None, None, 3),  # no status at all
 ]
@@ -52,21 +50,15 @@ def test_verdict_exit_rejected_is_no_verdict() -> None:
 
 
 def _row(tick: int, ok: bool = True, **extra: Any) -> ProbeRow:
-    raw = {
-        "tick": tick,
+    """A probed tick at 12.4 ms, two 5xx paths (one failing when the health check fails)."""
+    code, detail = (200, "health ok") if ok else (503, "health: HTTP 503")
+    fields: dict[str, Any] = {"health_code": code, "detail": detail, **extra}
+    times: dict[str, Any] = {
         "scheduled_ts": 1000.0 + tick,
         "ts": 1000.001 + tick,
-        "health_ok": ok,
-        "health_code": 200 if ok else 503,
-        "total": 2,
-        "fivexx": 0 if ok else 1,
         "latency_ms": 12.4,
-        "detail": "health ok" if ok else "health: HTTP 503",
-        **extra,
     }
-    row = ProbeRow.from_dict(raw)
-    assert row is not None
-    return row
+    return ProbeRow(tick=tick, health_ok=ok, total=2, fivexx=int(not ok), **times, **fields)
 
 
 PROGRESS = [

@@ -81,7 +81,12 @@ def test_due_tick_does_not_walk_the_ticks(fraction: float) -> None:
     assert len(schedule.calls) <= 5, schedule.calls
 
 
-GOOD = {"armed_at": 100.0, "initial_delay_s": 1.0, "interval_s": 0.5, "max_ticks": 4}
+GOOD: dict[str, Any] = {
+    "armed_at": 100.0,
+    "initial_delay_s": 1.0,
+    "interval_s": 0.5,
+    "max_ticks": 4,
+}
 
 
 def test_schedule_round_trips_through_window_json() -> None:

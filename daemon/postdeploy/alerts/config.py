@@ -1,7 +1,8 @@
 """The `[[alerts]]` sink tables and the `[outbox]` table of the config file.
 
 Secrets never live in the file: a sink names the environment variable that holds each one
-(`secret_env`, `bot_token_env`, `headers_env`), and the outbox reads it when it builds the sink.
+(`secret_env`, `bot_token_env`, `url_env`, `headers_env`), and the outbox reads it when it
+builds the sink.
 """
 
 from __future__ import annotations
@@ -108,12 +109,24 @@ class _Sink(_Table):
     min_severity: Literal["info", "warning", "critical"] = "warning"
 
 
-class WebhookSink(_Sink):
+class _UrlSink(_Sink):
+    """A sink that posts to one URL, given in the file (`url`) or by the environment
+    variable holding it (`url_env`: a URL with a token in it is a secret)."""
+
+    url: HttpUrl | None = None
+    url_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _one_url(self) -> _UrlSink:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of url and url_env")
+        return self
+
+
+class WebhookSink(_UrlSink):
     """A JSON POST of the event (or of `body`, a template) to `url`."""
 
     type: Literal["webhook"]
-    url: HttpUrl | None = None
-    url_env: EnvName | None = None  # or the URL from the environment (it may hold a secret)
     secret_env: EnvName | None = None  # HMAC-SHA256 key for X-Postdeploy-Signature
     headers: Headers = Field(default_factory=dict)  # literal values: never put secrets here
     headers_env: HeadersEnv = Field(default_factory=dict)  # header name -> env var holding it
@@ -121,12 +134,6 @@ class WebhookSink(_Sink):
     # template.py). Without it the body is the event itself.
     body: Annotated[dict[str, Any], AfterValidator(check_template)] | None = None
     timeout_s: Timeout = 10.0
-
-    @model_validator(mode="after")
-    def _one_url(self) -> WebhookSink:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("set exactly one of url and url_env")
-        return self
 
 
 class TelegramSink(_Sink):
@@ -136,6 +143,17 @@ class TelegramSink(_Sink):
     bot_token_env: EnvName
     chat_id: Annotated[str, BeforeValidator(_chat_id), AfterValidator(_non_empty)]
     api_base: HttpUrl = "https://api.telegram.org"
+    timeout_s: Timeout = 10.0
+
+
+class SlackSink(_UrlSink):
+    """A Block Kit message through a Slack incoming webhook (`url_env`: its URL is the
+    credential, so prefer the environment or a systemd credential to `url`)."""
+
+    type: Literal["slack"]
+    # Where people reach this daemon's pages (the `[metrics] listen` address, or the proxy in
+    # front of it): each message links to `<public_url>/w/REPO/ITEM`. Unset: no link.
+    public_url: HttpUrl | None = None
     timeout_s: Timeout = 10.0
 
 
@@ -160,9 +178,10 @@ class CommandSink(_Sink):
 
 
 SinkConfig = Annotated[
-    WebhookSink | TelegramSink | AlertmanagerSink | CommandSink, Field(discriminator="type")
+    WebhookSink | TelegramSink | SlackSink | AlertmanagerSink | CommandSink,
+    Field(discriminator="type"),
 ]
-AnySink = WebhookSink | TelegramSink | AlertmanagerSink | CommandSink
+AnySink = WebhookSink | TelegramSink | SlackSink | AlertmanagerSink | CommandSink
 
 
 def sink_names(sinks: Sequence[AnySink]) -> list[str]:

@@ -1,4 +1,6 @@
-"""What people read: the texts and payloads made from an event's JSON object (pure: no I/O).
+"""What people read: the texts and payloads made from an event's JSON object (pure: no I/O):
+the Telegram message, the Slack message, the webhook template's values, the Alertmanager
+alert.
 
 Every function takes the event as the dict that `Event.to_dict()` made (and the outbox stored),
 and tolerates missing or oddly typed fields: an event read back from disk is data, not code.
@@ -12,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from postdeploy.layout import valid_name
 from postdeploy.text import clip
 
 # What happened, in a few words, by event kind.
@@ -43,6 +46,10 @@ META_SHOWN = ("commit", "image", "branch", "deployed_by")
 MAX_REASON = 600
 MAX_DETAIL = 200
 MAX_FACTS = 4
+# Slack's limits: a header's text 150 characters, a section's 3000, a field's 2000.
+SLACK_MAX_HEADER = 150
+SLACK_MAX_SECTION = 2900
+SLACK_MAX_FIELD = 200
 
 
 def _str(value: Any) -> str:
@@ -125,16 +132,13 @@ def format_telegram(event: Mapping[str, Any]) -> str:
     """A short message for Telegram's HTML parse mode; everything from data is escaped."""
     e = html.escape
     severity, kind = _str(event.get("severity")), _str(event.get("kind"))
-    marker = GOOD_MARKER if kind in GOOD_KINDS else MARKERS.get(severity, "\u2022")
     where = f"{_str(event.get('repo'))}/{_str(event.get('work_item'))}"
-    lines = [f"{marker} <b>{e(where)}</b>: {e(headline(event))}"]
-    status, action = _str(event.get("status")), _str(event.get("action_taken"))
-    decision = _str(_dict(event.get("evidence")).get("decision"))
+    lines = [f"{_marker(event)} <b>{e(where)}</b>: {e(headline(event))}"]
+    status = _str(event.get("status"))
+    label, decision = _decision(event)
     parts = [f"status <b>{e(status)}</b>" if status else ""]
-    if action:
-        parts.append(f"action <b>{e(action)}</b>")
-    elif decision:  # DEGRADED is announced before the reaction runs
-        parts.append(f"decision <b>{e(decision)}</b>")
+    if decision:
+        parts.append(f"{label} <b>{e(decision)}</b>")
     if any(parts):
         lines.append(" \u00b7 ".join(p for p in parts if p))
     reason = _str(event.get("reason"))
@@ -150,6 +154,93 @@ def format_telegram(event: Mapping[str, Any]) -> str:
         lines.append(f'<a href="{e(url, quote=True)}">{e(clip(url, 120))}</a>')
     lines.append(f"<i>{e(kind)} \u00b7 {e(_str(event.get('at')))} \u00b7 {e(severity)}</i>")
     return "\n".join(lines)
+
+
+def _decision(event: Mapping[str, Any]) -> tuple[str, str]:
+    """("action", ACTION) once the reaction ran, else ("decision", DECISION) (DEGRADED is
+    announced before its reaction runs), else ("", "")."""
+    action = _str(event.get("action_taken"))
+    if action:
+        return "action", action
+    decision = _str(_dict(event.get("evidence")).get("decision"))
+    return ("decision", decision) if decision else ("", "")
+
+
+def _marker(event: Mapping[str, Any]) -> str:
+    """The coloured dot (or tick) that opens a message."""
+    if _str(event.get("kind")) in GOOD_KINDS:
+        return GOOD_MARKER
+    return MARKERS.get(_str(event.get("severity")), "\u2022")
+
+
+def slack_text(value: str) -> str:
+    """`value` safe in Slack's mrkdwn: `&`, `<` and `>` escaped, so data can make no link, no
+    mention and no `<!channel>` ping."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_link(url: str, label: str) -> str:
+    """A mrkdwn link; the characters that would end it are escaped in the URL."""
+    for char, code in (("&", "&amp;"), ("<", "%3C"), (">", "%3E"), ("|", "%7C")):
+        url = url.replace(char, code)
+    return f"<{url}|{slack_text(label)}>"
+
+
+def window_page_url(event: Mapping[str, Any], public_url: str | None) -> str | None:
+    """`<public_url>/w/REPO/ITEM`, the window's page, when both names pass the name rule."""
+    repo, item = _str(event.get("repo")), _str(event.get("work_item"))
+    if not public_url or not (valid_name(repo) and valid_name(item)):
+        return None
+    return f"{public_url.rstrip('/')}/w/{repo}/{item}"
+
+
+def slack_message(event: Mapping[str, Any], public_url: str | None = None) -> dict[str, Any]:
+    """A Block Kit message for a Slack incoming webhook: the verdict, the reason and the
+    evidence, the commit and who deployed, and a link to the window's page. Text from data
+    is plain text where Slack allows it, escaped mrkdwn where it does not."""
+    headline_text = clip(f"{_marker(event)} {title(event)}", SLACK_MAX_HEADER)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline_text, "emoji": True}}
+    ]
+    meta = _metadata(event)
+    label, decision = _decision(event)
+    fields = [
+        ("Status", _str(event.get("status")), False),
+        (label.capitalize(), decision, False),
+        ("Commit", meta.get("commit", ""), True),
+        ("Deployed by", meta.get("deployed_by", ""), False),
+    ]
+    shown = []
+    for name, value, code in fields:
+        if name and value:
+            value = clip(value, SLACK_MAX_FIELD).replace("`", "'")
+            text = f"`{slack_text(value)}`" if code else slack_text(value)
+            shown.append({"type": "mrkdwn", "text": f"*{name}*\n{text}"})
+    if shown:
+        blocks.append({"type": "section", "fields": shown})
+    lines = [clip(_str(event.get("reason")), MAX_REASON)]
+    lines.extend(f"\u2022 {fact}" for fact in evidence_facts(event.get("evidence")))
+    body = "\n".join(line for line in lines if line)
+    if body:
+        plain = {"type": "plain_text", "text": clip(body, SLACK_MAX_SECTION), "emoji": False}
+        blocks.append({"type": "section", "text": plain})
+    page = window_page_url(event, public_url)
+    if page:
+        link = _slack_link(page, "Open the window's page")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": link}})
+    context = [_str(event.get(k)) for k in ("kind", "at", "severity")]
+    context_text = slack_text(" \u00b7 ".join(c for c in context if c))
+    deploy_url = _web_url(meta.get("url", ""))
+    if deploy_url:
+        context_text += " \u00b7 " + _slack_link(deploy_url, clip(deploy_url, 80))
+    if context_text:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context_text}]})
+    return {
+        "text": slack_text(title(event)),  # the notification's text, and Slack's fallback
+        "blocks": blocks,
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }
 
 
 def details(event: Mapping[str, Any]) -> str:

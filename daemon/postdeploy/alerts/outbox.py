@@ -110,6 +110,11 @@ class Outbox:
                 "alert.emit_failed", kind=event.kind, error=f"{type(exc).__name__}: {exc}"
             )
 
+    def remembers(self, event_id: str) -> bool:
+        """Whether `event_id` is still in memory: emitted, and not finished yet (a re-emit
+        of it is then a no-op)."""
+        return event_id in self._records
+
     def held_in_memory(self, event_id: str) -> bool:
         """Whether `event_id` was emitted but the disk refused it so far (see `until_written`)."""
         return self._records.held_in_memory(event_id)

@@ -28,10 +28,16 @@ from postdeploy.alerts.config import (
     AlertmanagerSink,
     AnySink,
     CommandSink,
+    SlackSink,
     TelegramSink,
     WebhookSink,
 )
-from postdeploy.alerts.format import alertmanager_alert, format_telegram, template_values
+from postdeploy.alerts.format import (
+    alertmanager_alert,
+    format_telegram,
+    slack_message,
+    template_values,
+)
 from postdeploy.alerts.template import render_template
 from postdeploy.errors import error_text
 from postdeploy.process import KILL_GRACE_S, CappedOutput, run_in_group
@@ -187,23 +193,27 @@ def origin(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{port}"
 
 
+def sink_url(config: WebhookSink | SlackSink, env: Mapping[str, str]) -> str:
+    """The URL a sink posts to: `url`, or the http(s) URL held by `url_env` (a secret,
+    registered with the log masking); MissingSecret if the variable does not hold one."""
+    if not config.url_env:
+        return config.url or ""
+    url = read_secret(env, config.url_env).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise MissingSecret(f"environment variable {config.url_env} does not hold an http(s) URL")
+    return url
+
+
 class WebhookSender(_HttpSink):
     config: WebhookSink
 
     def __init__(self, name: str, config: WebhookSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
-        self.url = config.url or ""
+        self.url = ""
         self._secret: str | None = None
         self._headers: dict[str, str] = {}
         try:
-            if config.url_env:
-                self.url = read_secret(env, config.url_env).rstrip("/")
-                if not self.url.startswith(("http://", "https://")):
-                    self.url = ""
-                    raise MissingSecret(
-                        f"environment variable {config.url_env} does not hold an http(s) URL"
-                    )
+            self.url = sink_url(config, env)
             if config.secret_env:
                 self._secret = read_secret(env, config.secret_env)
             self._headers = _headers(config, env)
@@ -239,7 +249,6 @@ class TelegramSender(_HttpSink):
 
     def __init__(self, name: str, config: TelegramSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self._token = ""
         try:
             self._token = read_secret(env, config.bot_token_env)
@@ -288,12 +297,40 @@ class TelegramSender(_HttpSink):
         return Result(False, self._redact(f"HTTP {code}: {description}"), retry)
 
 
+class SlackSender(_HttpSink):
+    """A Block Kit message posted to a Slack incoming webhook. Slack answers 200 `ok`, or an
+    error code with a short text (`invalid_blocks`, `no_service`, ...), or 429 with
+    Retry-After: the shared HTTP attempt reports each, and the outbox retries."""
+
+    config: SlackSink
+
+    def __init__(self, name: str, config: SlackSink, env: Mapping[str, str]) -> None:
+        super().__init__(name, config)
+        self.url = ""
+        try:
+            self.url = sink_url(config, env)
+        except MissingSecret as exc:
+            self.problem = str(exc)
+        # The webhook's URL is its credential, written in the file or not: masked in logs.
+        if self.url:
+            logs.register_secret(self.url)
+        self._secrets = [self.url] if self.url else []
+
+    def describe(self) -> dict[str, Any]:
+        # Never the URL: its path is the token.
+        return {**super().describe(), "to": origin(self.url) if self.url else None}
+
+    async def deliver(self, event: dict[str, Any]) -> Result:
+        body = dump_event(slack_message(event, self.config.public_url))
+        headers = httpx.Headers({"Content-Type": "application/json"})
+        return await self.attempt(self.url, body, headers)
+
+
 class AlertmanagerSender(_HttpSink):
     config: AlertmanagerSink
 
     def __init__(self, name: str, config: AlertmanagerSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self._headers: dict[str, str] = {}
         try:
             self._headers = _headers(config, env)
@@ -330,7 +367,6 @@ class CommandSender(Sink):
 
     def __init__(self, name: str, config: CommandSink, env: Mapping[str, str]) -> None:
         super().__init__(name, config)
-        self.config = config
         self._env = dict(env)
 
     @property
@@ -373,6 +409,8 @@ def build_sink(name: str, config: AnySink, env: Mapping[str, str]) -> Sink:
         return WebhookSender(name, config, env)
     if isinstance(config, TelegramSink):
         return TelegramSender(name, config, env)
+    if isinstance(config, SlackSink):
+        return SlackSender(name, config, env)
     if isinstance(config, AlertmanagerSink):
         return AlertmanagerSender(name, config, env)
     return CommandSender(name, config, env)
