@@ -7,10 +7,12 @@ gap, is not "normal"). Each judged row of the window then folds into a `Baseline
 compares the window so far with the reference:
 
 - latency: the window's passing health answers are significantly slower than the
-  baseline's (one-sided Mann-Whitney U at `baseline_confidence`) and the median moved up by at
-  least `latency_increase` times the baseline median;
-- 5xx: the window's 5xx ratio is significantly above the baseline's (one-sided pooled
-  two-proportion test) and higher by at least `fivexx_increase` (absolute);
+  baseline's (one-sided Mann-Whitney U at `baseline_confidence`), their median moved up by at
+  least `latency_increase` times the baseline median, and so did the latest answer (a
+  warm-up or a burst that is over does not count);
+- 5xx: the window's 5xx ratio is significantly above the baseline's (one-sided Fisher exact
+  test: the pooled z test is too eager on a handful of requests) and higher by at least
+  `fivexx_increase` (absolute);
 
 each evaluated once both sides have `min_samples` (latency: passing health answers; 5xx:
 requests to the 5xx paths), and a regression only when it holds at `fail_threshold`
@@ -29,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from postdeploy.stats import mann_whitney_greater, median, two_proportions_greater
+from postdeploy.stats import fisher_greater, mann_whitney_greater, median
 
 if TYPE_CHECKING:
     from postdeploy.series import ProbeRow
@@ -256,8 +258,9 @@ class Comparison:
 def compare_latency(
     window: Sequence[float], baseline: Sequence[float], rules: BaselineRules, streak: int = 0
 ) -> Comparison:
-    """The window's health latencies against the baseline's; `streak`: the evaluations in a
-    row that regressed before this one."""
+    """The window's health latencies (in tick order) against the baseline's; `streak`: the
+    evaluations in a row that regressed before this one. Regressed: significant, and both the
+    median and the latest answer are up by at least `latency_increase`."""
     if rules.latency_increase is None:
         raise ValueError("latency_increase is not set")
     ours, theirs = median(window), median(baseline)
@@ -265,7 +268,9 @@ def compare_latency(
     moved = ours - theirs
     # Relative to the baseline median; a baseline of 0 ms (a stub) makes any rise infinite.
     shift = moved / theirs if theirs > 0 else (math.inf if moved > 0 else 0.0)
-    regressed = p_value < rules.alpha and moved + EPSILON >= rules.latency_increase * theirs
+    least = rules.latency_increase * theirs
+    latest = window[-1] - theirs
+    regressed = p_value < rules.alpha and moved + EPSILON >= least and latest + EPSILON >= least
     return Comparison(
         "latency",
         len(window),
@@ -291,7 +296,7 @@ def compare_fivexx(
     if rules.fivexx_increase is None:
         raise ValueError("fivexx_increase is not set")
     ours, theirs = fivexx / total, base_fivexx / base_total
-    p_value = two_proportions_greater(fivexx, total, base_fivexx, base_total)
+    p_value = fisher_greater(fivexx, total, base_fivexx, base_total)
     regressed = p_value < rules.alpha and ours - theirs + EPSILON >= rules.fivexx_increase
     return Comparison(
         "5xx",

@@ -8,6 +8,9 @@ alone (the daemon does not depend on scipy; the tests check these against it).
   correction.
 - `two_proportions_greater(x1, n1, x2, n2)`: is the first proportion above the second? The
   one-sided two-proportion z test with the pooled proportion.
+- `fisher_greater(x1, n1, x2, n2)`: the same question answered exactly (Fisher's exact test,
+  one-sided): the z test calls one 5xx in 16 requests significant against a 0.1 % baseline,
+  which it is not (the chance of at least one in 16 at 0.1 % is 1.6 %).
 - `median(values)`.
 """
 
@@ -143,3 +146,26 @@ def two_proportions_greater(x1: int, n1: int, x2: int, n2: int) -> float:
         return 1.0
     z = (x1 / n1 - x2 / n2) / math.sqrt(spread)
     return normal_sf(z)
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_greater(x1: int, n1: int, x2: int, n2: int) -> float:
+    """The p-value of Fisher's exact test, one-sided: the chance, with the margins fixed, of
+    at least `x1` successes in the first sample (`scipy.stats.fisher_exact([[x1, n1 - x1],
+    [x2, n2 - x2]], alternative="greater")`)."""
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both samples need at least one trial")
+    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
+        raise ValueError("successes must be between 0 and the number of trials")
+    successes, n = x1 + x2, n1 + n2
+    whole = _log_comb(n, successes)
+    top = min(n1, successes)
+    # Summed from the far end of the tail, where the terms are smallest.
+    p = math.fsum(
+        math.exp(_log_comb(n1, k) + _log_comb(n2, successes - k) - whole)
+        for k in range(top, x1 - 1, -1)
+    )
+    return min(1.0, p)

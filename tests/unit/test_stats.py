@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats as sp
 
 from postdeploy.stats import (
+    fisher_greater,
     mann_whitney_greater,
     median,
     normal_sf,
@@ -184,6 +185,49 @@ def test_two_proportions_without_spread_have_no_evidence(
 def test_two_proportions_refuse_impossible_counts(x1: int, n1: int, x2: int, n2: int) -> None:
     with pytest.raises(ValueError):
         two_proportions_greater(x1, n1, x2, n2)
+
+
+def scipy_fisher(x1: int, n1: int, x2: int, n2: int) -> float:
+    table = [[x1, n1 - x1], [x2, n2 - x2]]
+    return float(sp.fisher_exact(table, alternative="greater").pvalue)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fisher_matches_scipy(seed: int) -> None:
+    rng = random.Random(4000 + seed)
+    n1, n2 = rng.randint(1, 300), rng.randint(1, 2000)
+    x1 = min(n1, rng.randint(0, max(1, n1 // rng.choice([1, 5, 50]))))
+    x2 = min(n2, rng.randint(0, max(1, n2 // rng.choice([1, 10, 200]))))
+    ours, theirs = fisher_greater(x1, n1, x2, n2), scipy_fisher(x1, n1, x2, n2)
+    assert math.isclose(ours, theirs, rel_tol=1e-7, abs_tol=1e-14), (ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("x1", "n1", "x2", "n2"),
+    [
+        (1, 16, 1, 1416),
+        (0, 10, 0, 50),
+        (10, 10, 50, 50),
+        (0, 1, 0, 1),
+        (3, 24, 0, 1400),
+        (60, 240, 1, 1416),
+        (1, 1, 0, 1),
+        (0, 5, 5, 5),
+        (5, 5, 0, 5),
+    ],
+)
+def test_fisher_known_tables_match_scipy(x1: int, n1: int, x2: int, n2: int) -> None:
+    ours, theirs = fisher_greater(x1, n1, x2, n2), scipy_fisher(x1, n1, x2, n2)
+    assert math.isclose(ours, theirs, rel_tol=1e-7, abs_tol=1e-14), (ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("x1", "n1", "x2", "n2"),
+    [(0, 0, 0, 5), (0, 5, 0, 0), (-1, 5, 0, 5), (6, 5, 0, 5), (0, 5, 6, 5)],
+)
+def test_fisher_refuses_impossible_counts(x1: int, n1: int, x2: int, n2: int) -> None:
+    with pytest.raises(ValueError):
+        fisher_greater(x1, n1, x2, n2)
 
 
 # -- the median and the normal tail ------------------------------------------------------
