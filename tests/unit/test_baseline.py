@@ -247,6 +247,25 @@ def test_compare_latency(window: list[float], increase: float, regressed: bool) 
     assert got.window == pytest.approx(sorted(window)[len(window) // 2 - 1 : -1][0], abs=30)
 
 
+@pytest.mark.parametrize(
+    ("latest", "regressed"),
+    [(45.0, True), (44.999, False), (30.0, False)],  # the latest answer must be up 50 % too
+)
+def test_compare_latency_wants_the_latest_answer_up(latest: float, regressed: bool) -> None:
+    window = [60.0 + i / 100 for i in range(20)] + [latest]
+    base = [float(v) for v in range(15, 46)]  # median 30
+    got = compare_latency(window, base, RULES)
+    assert got.p_value < 0.001
+    assert got.regressed is regressed
+
+
+def test_compare_fivexx_is_exact_on_a_handful_of_requests() -> None:
+    # One 5xx in 16 requests against 1 in 1416: the chance of at least one is about 1.6 %.
+    got = compare_fivexx(1, 16, 1, 1416, RULES)
+    assert 0.01 < got.p_value < 0.03
+    assert not got.regressed
+
+
 def test_compare_latency_figures() -> None:
     got = compare_latency([60.0, 62.0, 64.0], [30.0, 31.0, 32.0], RULES)
     assert (got.window, got.baseline) == (62.0, 31.0)
