@@ -1366,6 +1366,14 @@ def history(ctx: Ctx) -> Result:
     )
 
 
+def judgement(ctx: Ctx) -> Result:
+    """Verdict quality over a corpus of simulated deploys (bench/judgement.py): pure, no daemon."""
+    from bench import judgement as corpus
+
+    result: Result = corpus.run(ctx)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "httpx": httpx_alone,
     "idle": idle,
@@ -1378,6 +1386,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "ceiling": ceiling,
     "origins": origins,
     "history": history,
+    "judgement": judgement,
     "profile": profile,
 }
 DEFAULT = [name for name in SCENARIOS if name != "profile"]

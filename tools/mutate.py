@@ -69,6 +69,7 @@ TARGETS = (
             "tests/unit/test_verdict.py",
             "tests/unit/test_verdict_rules.py",
             "tests/unit/test_judgement_rules.py",
+            "tests/unit/test_baseline.py",
             "tests/checks/test_rules.py",
         ),
     ),
@@ -90,8 +91,13 @@ TARGETS = (
             "tests/unit/test_series.py",
             "tests/unit/test_series_rules.py",
             "tests/unit/test_judgement_rules.py",
+            "tests/unit/test_baseline.py",
             "tests/checks/test_rules.py",
         ),
+    ),
+    Target("stats", "postdeploy.stats", PACKAGE / "stats.py", ("tests/unit/test_stats.py",)),
+    Target(
+        "baseline", "postdeploy.baseline", PACKAGE / "baseline.py", ("tests/unit/test_baseline.py",)
     ),
     Target(
         "checks",

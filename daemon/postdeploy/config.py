@@ -141,6 +141,18 @@ class WindowOverrides(_Table):
     rollback_timeout_s: PositiveFloat | None = None
     mode: Literal["act", "shadow"] | None = None
     verify_ticks: Annotated[int, Field(ge=0)] | None = None
+    # The baseline (what normal looked like before the deploy; see baseline.py): probe every
+    # baseline_interval_s while no window is open (0: off), keep the last baseline_keep_s of
+    # rows, and leave out the last baseline_gap_s before armed_at (the deploy's own restart).
+    baseline_interval_s: NonNegativeFloat | None = None
+    baseline_keep_s: PositiveFloat | None = None
+    baseline_gap_s: NonNegativeFloat | None = None
+    # DEGRADED when the window is significantly worse than the baseline and by at least this
+    # much: latency relative to the baseline median (0.5: +50 %), 5xx ratio absolute (0.01:
+    # one percentage point). Unset: that comparison is off.
+    latency_increase: PositiveFloat | None = None
+    fivexx_increase: Annotated[float, Field(gt=0, le=1)] | None = None
+    baseline_confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
 
 
 class ProbeOverrides(_Table):
@@ -264,6 +276,12 @@ class WindowSettings(_Table):
     rollback_timeout_s: float = 300
     mode: Literal["act", "shadow"] = "act"
     verify_ticks: int = 3  # probes after ROLLBACK_OK that confirm recovery (0: none)
+    baseline_interval_s: float = 0  # 0: no baseline is kept
+    baseline_keep_s: float = 3600
+    baseline_gap_s: float = 60
+    latency_increase: float | None = None
+    fivexx_increase: float | None = None
+    baseline_confidence: float = 0.99
 
     @property
     def effective_initial_delay_s(self) -> float:
@@ -594,6 +612,7 @@ def _cross_key_problems(
                         f"{check.fail_lookback} is below the check's fail_threshold ({need})",
                     )
                 )
+        problems += _baseline_problems(config, name, removed)
         if settings.probe_timeout_s >= settings.interval_s and not _tainted(
             removed, name, ("probe_timeout_s", "interval_s")
         ):
@@ -622,6 +641,49 @@ def _cross_key_problems(
             problems.append(
                 (f"{key_at}.tls_key_file", "is set without tls_cert_file (the key's certificate)")
             )
+    return problems
+
+
+BASELINE_COMPARISONS = ("latency_increase", "fivexx_increase")
+
+
+def _baseline_problems(
+    config: Config, name: str, removed: Sequence[tuple[str, ...]] = ()
+) -> list[tuple[str, str]]:
+    """The baseline keys of one repo: a comparison set in its own table needs a baseline
+    (one set in [defaults] may serve other repos), and the baseline must outlast its gap."""
+    settings = config.window_settings(name)
+    keys = ("baseline_interval_s", "baseline_keep_s", "baseline_gap_s", *BASELINE_COMPARISONS)
+    if _tainted(removed, name, keys):
+        return []
+    problems = []
+    if settings.baseline_interval_s == 0:
+        for key in BASELINE_COMPARISONS:
+            if getattr(config.repos[name], key) is not None:
+                problems.append(
+                    (
+                        f"repos.{name}.{key}",
+                        "compares with the baseline, but none is kept: "
+                        "set baseline_interval_s above 0",
+                    )
+                )
+        return problems
+    if settings.baseline_keep_s <= settings.baseline_gap_s:
+        problems.append(
+            (
+                f"{_effective(config, name, 'baseline_keep_s')[1]}.baseline_keep_s",
+                f"{settings.baseline_keep_s:g} must be above baseline_gap_s "
+                f"({settings.baseline_gap_s:g}): no baseline row would be older than the gap",
+            )
+        )
+    if settings.baseline_keep_s < settings.baseline_interval_s:
+        problems.append(
+            (
+                f"{_effective(config, name, 'baseline_keep_s')[1]}.baseline_keep_s",
+                f"{settings.baseline_keep_s:g} is below baseline_interval_s "
+                f"({settings.baseline_interval_s:g}): not even one row would be kept",
+            )
+        )
     return problems
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from postdeploy.baseline import BaselineTally
 
 RECENT_ROWS = 5  # how many of the last rows a tally keeps as evidence
 
@@ -157,6 +160,8 @@ class Tally:
     checks: dict[str, CheckTally] = field(default_factory=dict)
     inconclusive: int = 0  # ticks that counted for nothing (the control probe failed too)
     health_bits: int = 0  # the judged health results, most recent lowest (`failed_in_last`)
+    # The comparison with the baseline before the deploy (None: the repo keeps no baseline).
+    baseline: BaselineTally | None = None
 
     @property
     def judged(self) -> int:
@@ -192,6 +197,7 @@ def fold(tally: Tally, row: ProbeRow) -> Tally:
         sum_total=tally.sum_total + row.total,
         sum_fivexx=tally.sum_fivexx + row.fivexx,
         checks=_fold_checks(tally.checks, row.checks),
+        baseline=tally.baseline.fold(row) if tally.baseline is not None else None,
     )
 
 
@@ -222,9 +228,10 @@ def _fold_checks(
     return folded
 
 
-def replay(raw_rows: Iterable[Any]) -> Tally:
-    """Rebuild a window's tally from the rows of its series file, skipping malformed ones."""
-    tally = Tally()
+def replay(raw_rows: Iterable[Any], start: Tally | None = None) -> Tally:
+    """Rebuild a window's tally from the rows of its series file, skipping malformed ones;
+    `start`: the empty tally to fold them into (one holding the window's baseline)."""
+    tally = Tally() if start is None else start
     for raw in raw_rows:
         row = ProbeRow.from_dict(raw) if isinstance(raw, dict) else None
         tally = replace(tally, ignored=tally.ignored + 1) if row is None else fold(tally, row)

@@ -1,7 +1,10 @@
 """The rules: `classify` a window's tally, `decide_action` on the verdict (pure: no I/O).
 
-These are the seed module's rules, unchanged but for one fix: the 5xx ratio is only judged
-once `min_samples` 5xx-path requests were made, so a single early 5xx cannot trip it.
+These are the seed module's rules, with one fix (the 5xx ratio is only judged once
+`min_samples` 5xx-path requests were made, so a single early 5xx cannot trip it) and two
+additions: k of the last n (`fail_lookback`), and the comparison with the baseline before the
+deploy (`baseline.py`, carried in `Tally.baseline`), which also tells a DEGRADED window whose
+service was already failing before the deploy (`Verdict.preexisting`: alert only).
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class Verdict:
     status: Status
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    # DEGRADED, but the service was already failing before the deploy: not the deploy's doing.
+    preexisting: bool = False
 
 
 def _evidence(tally: Tally, th: Thresholds) -> dict[str, Any]:
@@ -84,6 +89,7 @@ def _evidence(tally: Tally, th: Thresholds) -> dict[str, Any]:
         "checks_failed": tally.checks_failed,
         "last_probes": [row.to_dict() for row in tally.recent],
         **({"inconclusive_ticks": tally.inconclusive} if tally.inconclusive else {}),
+        **({"baseline": tally.baseline.to_dict()} if tally.baseline is not None else {}),
         **(
             {
                 "checks": {
@@ -102,13 +108,32 @@ def _evidence(tally: Tally, th: Thresholds) -> dict[str, Any]:
 
 
 def classify(tally: Tally, th: Thresholds) -> Verdict | None:
-    """DEGRADED as soon as either rule holds, else None (no verdict yet).
+    """DEGRADED as soon as a rule holds, else None (no verdict yet).
 
-    - `fail_threshold` consecutive failed health probes;
+    - `fail_threshold` consecutive failed health probes (or `fail_threshold` of the last
+      `fail_lookback` judged ones);
     - the window's 5xx ratio strictly above `fivexx_threshold`, once at least `min_samples`
       5xx-path requests were made;
-    - a feature check failing its own `fail_threshold` ticks in a row.
+    - a feature check failing its own `fail_threshold` ticks in a row (or k of its last n);
+    - a regression against the baseline (latency or 5xx, see `baseline.py`).
+
+    When the baseline shows the service was already failing before the deploy, a DEGRADED
+    verdict is `preexisting` and its reason says so.
     """
+    verdict = _rules(tally, th)
+    base = tally.baseline
+    if verdict is None and base is not None and base.tripped is not None:
+        rounds = base.tripped.streak
+        reason = f"{base.tripped.sentence()}, {rounds} ticks in a row"
+        verdict = Verdict(Status.DEGRADED, reason, _evidence(tally, th))
+    if verdict is not None and base is not None and base.preexisting:
+        reason = f"{verdict.reason}; {base.reference.preexisting}: not the deploy's doing"
+        return Verdict(verdict.status, reason, verdict.evidence, preexisting=True)
+    return verdict
+
+
+def _rules(tally: Tally, th: Thresholds) -> Verdict | None:
+    """The rules on the window's own rows (see `classify`)."""
     last = tally.recent[-1].detail if tally.recent else ""
     if th.fail_lookback > th.fail_threshold:  # k of the last n judged probes
         n = th.fail_lookback
@@ -172,19 +197,26 @@ def healthy(tally: Tally, th: Thresholds) -> Verdict:
             f"; {tally.inconclusive} of {tally.checks_total} ticks were inconclusive (the control "
             f"probe failed too), so only {judged} were judged"
         )
+    against = tally.baseline.summary() if tally.baseline is not None else ""
+    if against:
+        reason += f"; against the baseline: {against}"
     return Verdict(Status.HEALTHY, reason, _evidence(tally, th))
 
 
-def decide_action(status: Status, *, self_hosting: bool, auto_rollback: bool) -> Decision:
-    """The seed's reaction rule.
+def decide_action(
+    status: Status, *, self_hosting: bool, auto_rollback: bool, preexisting: bool = False
+) -> Decision:
+    """The seed's reaction rule, and what the baseline adds.
 
     HEALTHY (and any status that is not DEGRADED): NONE. DEGRADED on a self-hosting repo:
     ALERT_ONLY, always, because rolling back the service that runs the deploy machinery could
-    take the machinery down with it. DEGRADED with auto_rollback: ROLLBACK. Else ALERT_ONLY.
+    take the machinery down with it. DEGRADED when the service was already failing before the
+    deploy (`preexisting`): ALERT_ONLY, since rolling back leads to a version that was failing
+    too. DEGRADED with auto_rollback: ROLLBACK. Else ALERT_ONLY.
     """
     if status is not Status.DEGRADED:
         return Decision.NONE
-    if self_hosting:
+    if self_hosting or preexisting:
         return Decision.ALERT_ONLY
     return Decision.ROLLBACK if auto_rollback else Decision.ALERT_ONLY
 

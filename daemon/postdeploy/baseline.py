@@ -1,0 +1,400 @@
+"""Judging a window against what normal looked like before the deploy (pure: no I/O).
+
+While no window of a repo is open, the daemon probes it every `baseline_interval_s` and keeps
+the rows (`BaselineRow`, one line of `.baseline.jsonl` each). When a window opens, the rows
+older than `armed_at - baseline_gap_s` are its `Reference` (the deploy's own restart, in the
+gap, is not "normal"). Each judged row of the window then folds into a `BaselineTally`, which
+compares the window so far with the reference:
+
+- latency: the window's passing health answers are significantly slower than the
+  baseline's (one-sided Mann-Whitney U at `baseline_confidence`), their median moved up by at
+  least `latency_increase` times the baseline median, and so did the latest answer (a
+  warm-up or a burst that is over does not count);
+- 5xx: the window's 5xx ratio is significantly above the baseline's (one-sided Fisher exact
+  test: the pooled z test is too eager on a handful of requests) and higher by at least
+  `fivexx_increase` (absolute);
+
+each evaluated once both sides have `min_samples` (latency: passing health answers; 5xx:
+requests to the 5xx paths), and a regression only when it holds at `fail_threshold`
+evaluations in a row (one noisy tick is not a verdict; see docs/JUDGEMENT.md for the measured
+false-alarm rate). The reference also tells whether the service was already failing before
+the deploy: its last `fail_threshold` judged rows before the cut all failed health.
+
+The tally rides in `series.Tally.baseline`, so `series.fold` keeps it up to date and a
+restarted daemon rebuilds it by replaying the window's rows over the same reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from postdeploy.stats import fisher_greater, mann_whitney_greater, median
+
+if TYPE_CHECKING:
+    from postdeploy.series import ProbeRow
+
+EPSILON = 1e-12  # an increase of exactly the configured size counts, despite float rounding
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    """One baseline probe: the same requests as a window's tick, as one line of
+    `.baseline.jsonl`."""
+
+    ts: float
+    health_ok: bool
+    latency_ms: float
+    total: int = 0  # requests to the 5xx paths
+    fivexx: int = 0  # of which answered 5xx (or not at all)
+    health_code: int = 0
+    detail: str = ""
+    # The control probe failed with the service: our own network; the row is not judged.
+    inconclusive: bool = False
+
+    @classmethod
+    def of_probe(cls, row: ProbeRow) -> BaselineRow:
+        """The baseline row of a probe made like a window's tick."""
+        return cls(
+            ts=row.ts,
+            health_ok=row.health_ok,
+            latency_ms=row.latency_ms,
+            total=row.total,
+            fivexx=row.fivexx,
+            health_code=row.health_code,
+            detail=row.detail,
+            inconclusive=row.inconclusive,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "ts": round(self.ts, 6),
+            "health_ok": self.health_ok,
+            "health_code": self.health_code,
+            "latency_ms": round(self.latency_ms, 3),
+            "total": self.total,
+            "fivexx": self.fivexx,
+            "detail": self.detail,
+        }
+        if self.inconclusive:
+            row["inconclusive"] = True
+        return row
+
+    @classmethod
+    def from_dict(cls, row: Any) -> BaselineRow | None:
+        """Validate a parsed line; None when it is malformed (it then counts for nothing)."""
+        if not isinstance(row, dict):
+            return None
+        ts: Any = row.get("ts")
+        latency: Any = row.get("latency_ms")
+        total, fivexx, code = row.get("total", 0), row.get("fivexx", 0), row.get("health_code", 0)
+        if not (_number(ts) and _number(latency)) or type(row.get("health_ok")) is not bool:
+            return None
+        if not all(type(v) is int for v in (total, fivexx, code)):
+            return None
+        if latency < 0 or not 0 <= fivexx <= total or not 0 <= code <= 999:
+            return None
+        return cls(
+            ts=float(ts),
+            health_ok=row["health_ok"],
+            latency_ms=float(latency),
+            total=total,
+            fivexx=fivexx,
+            health_code=code,
+            detail=str(row.get("detail", "")),
+            inconclusive=row.get("inconclusive") is True,
+        )
+
+
+def parse_rows(raw_rows: Iterable[Any]) -> tuple[list[BaselineRow], int]:
+    """The valid rows of `.baseline.jsonl` (parsed lines, e.g. `store.parse_json_lines(data)
+    .rows`, which already drops a torn last line) in file order, and how many were skipped."""
+    rows, skipped = [], 0
+    for raw in raw_rows:
+        row = BaselineRow.from_dict(raw)
+        if row is None:
+            skipped += 1
+        else:
+            rows.append(row)
+    return rows, skipped
+
+
+def kept(rows: Sequence[BaselineRow], now: float, keep_s: float) -> list[BaselineRow]:
+    """The rows to keep at `now`: those of the last `keep_s` seconds (the file's bound)."""
+    return [row for row in rows if row.ts >= now - keep_s]
+
+
+@dataclass(frozen=True)
+class BaselineRules:
+    """The baseline keys of a repo's effective settings."""
+
+    fail_threshold: int = 3
+    min_samples: int = 6
+    confidence: float = 0.99
+    latency_increase: float | None = None  # 0.5: +50 % of the baseline median; None: off
+    fivexx_increase: float | None = None  # 0.01: one percentage point; None: off
+    gap_s: float = 60.0
+
+    @property
+    def alpha(self) -> float:
+        """The largest p-value that counts as significant."""
+        return 1.0 - self.confidence
+
+    @classmethod
+    def of(cls, settings: Any) -> BaselineRules:
+        """From a `config.WindowSettings` (any object with the same attributes)."""
+        return cls(
+            fail_threshold=settings.fail_threshold,
+            min_samples=settings.min_samples,
+            confidence=settings.baseline_confidence,
+            latency_increase=settings.latency_increase,
+            fivexx_increase=settings.fivexx_increase,
+            gap_s=settings.baseline_gap_s,
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The baseline side of a window's comparison, cut once when the window opens."""
+
+    cut: float  # only rows before this time (armed_at - baseline_gap_s) count
+    rows: int  # judged rows before the cut
+    latencies: tuple[float, ...]  # health latency of each passing judged row
+    total: int  # requests to the 5xx paths
+    fivexx: int
+    # Why the service was already failing before the deploy ("" when it was not).
+    preexisting: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cut": round(self.cut, 6),
+            "rows": self.rows,
+            "latency_samples": len(self.latencies),
+            "median_ms": round(median(self.latencies), 3) if self.latencies else None,
+            "fivexx": self.fivexx,
+            "fivexx_total": self.total,
+            "preexisting": bool(self.preexisting),
+        }
+
+
+def reference(rows: Iterable[BaselineRow], armed_at: float, rules: BaselineRules) -> Reference:
+    """The reference of a window armed at `armed_at`: the judged rows older than the cut."""
+    cut = armed_at - rules.gap_s
+    judged = sorted((r for r in rows if r.ts < cut and not r.inconclusive), key=lambda r: r.ts)
+    last = judged[-rules.fail_threshold :]
+    preexisting = ""
+    if len(last) >= rules.fail_threshold and not any(r.health_ok for r in last):
+        preexisting = (
+            f"the service was already failing before the deploy: its last {len(last)} baseline "
+            f"probes failed health (last: {last[-1].detail or f'HTTP {last[-1].health_code}'})"
+        )
+    return Reference(
+        cut=cut,
+        rows=len(judged),
+        latencies=tuple(r.latency_ms for r in judged if r.health_ok),
+        total=sum(r.total for r in judged),
+        fivexx=sum(r.fivexx for r in judged),
+        preexisting=preexisting,
+    )
+
+
+Metric = Literal["latency", "5xx"]
+
+
+def _p(p_value: float) -> str:
+    return "p<0.0001" if p_value < 1e-4 else f"p={p_value:.2g}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One evaluation of one metric: the window so far against the reference."""
+
+    metric: Metric
+    window_samples: int  # latency: passing health answers; 5xx: requests
+    baseline_samples: int
+    window: float  # latency: median ms; 5xx: ratio
+    baseline: float
+    shift: float  # latency: relative to the baseline median; 5xx: absolute
+    p_value: float
+    regressed: bool  # significant and shifted by at least the configured increase
+    streak: int  # evaluations in a row that regressed, this one included
+
+    def sentence(self) -> str:
+        """What a person reads in five seconds."""
+        n = f"{self.window_samples} vs {self.baseline_samples}"
+        if self.metric == "latency":
+            return (
+                f"health latency {_ms(self.window)} vs {_ms(self.baseline)} before the deploy "
+                f"({self.shift * 100:+.0f} %, {_p(self.p_value)}, {n} probes)"
+            )
+        return (
+            f"5xx ratio {self.window * 100:.1f} % vs {self.baseline * 100:.1f} % before the "
+            f"deploy ({self.shift * 100:+.1f} points, {_p(self.p_value)}, {n} requests)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_samples": self.window_samples,
+            "baseline_samples": self.baseline_samples,
+            "window": round(self.window, 6),
+            "baseline": round(self.baseline, 6),
+            "shift": round(self.shift, 6),
+            "p_value": self.p_value,
+            "regressed": self.regressed,
+            "streak": self.streak,
+        }
+
+
+def compare_latency(
+    window: Sequence[float], baseline: Sequence[float], rules: BaselineRules, streak: int = 0
+) -> Comparison:
+    """The window's health latencies (in tick order) against the baseline's; `streak`: the
+    evaluations in a row that regressed before this one. Regressed: significant, and both the
+    median and the latest answer are up by at least `latency_increase`."""
+    if rules.latency_increase is None:
+        raise ValueError("latency_increase is not set")
+    ours, theirs = median(window), median(baseline)
+    p_value = mann_whitney_greater(window, baseline).p_value
+    moved = ours - theirs
+    # Relative to the baseline median; a baseline of 0 ms (a stub) makes any rise infinite.
+    shift = moved / theirs if theirs > 0 else (math.inf if moved > 0 else 0.0)
+    least = rules.latency_increase * theirs
+    latest = window[-1] - theirs
+    regressed = p_value < rules.alpha and moved + EPSILON >= least and latest + EPSILON >= least
+    return Comparison(
+        "latency",
+        len(window),
+        len(baseline),
+        ours,
+        theirs,
+        shift,
+        p_value,
+        regressed,
+        streak + 1 if regressed else 0,
+    )
+
+
+def compare_fivexx(
+    fivexx: int,
+    total: int,
+    base_fivexx: int,
+    base_total: int,
+    rules: BaselineRules,
+    streak: int = 0,
+) -> Comparison:
+    """The window's 5xx ratio against the baseline's (see `compare_latency` for `streak`)."""
+    if rules.fivexx_increase is None:
+        raise ValueError("fivexx_increase is not set")
+    ours, theirs = fivexx / total, base_fivexx / base_total
+    p_value = fisher_greater(fivexx, total, base_fivexx, base_total)
+    regressed = p_value < rules.alpha and ours - theirs + EPSILON >= rules.fivexx_increase
+    return Comparison(
+        "5xx",
+        total,
+        base_total,
+        ours,
+        theirs,
+        ours - theirs,
+        p_value,
+        regressed,
+        streak + 1 if regressed else 0,
+    )
+
+
+@dataclass(frozen=True)
+class BaselineTally:
+    """The window side of the comparison, updated one judged row at a time (`fold`)."""
+
+    rules: BaselineRules
+    reference: Reference
+    latencies: tuple[float, ...] = ()  # health latency of each passing judged row
+    total: int = 0
+    fivexx: int = 0
+    latency: Comparison | None = None  # the last evaluation of each metric
+    fivexx_comparison: Comparison | None = None
+    tripped: Comparison | None = None  # the first to regress `fail_threshold` times in a row
+
+    @property
+    def preexisting(self) -> bool:
+        return bool(self.reference.preexisting)
+
+    def fold(self, row: ProbeRow) -> BaselineTally:
+        """The tally after one more row of the window (an inconclusive row counts for
+        nothing). A metric is evaluated when the row adds to it and both sides have
+        `min_samples`."""
+        if row.inconclusive:
+            return self
+        rules, ref = self.rules, self.reference
+        latencies = (*self.latencies, row.latency_ms) if row.health_ok else self.latencies
+        total, fivexx = self.total + row.total, self.fivexx + row.fivexx
+        latency, errors = self.latency, self.fivexx_comparison
+        need = rules.min_samples
+        if (
+            rules.latency_increase is not None
+            and row.health_ok
+            and len(latencies) >= need
+            and len(ref.latencies) >= need
+        ):
+            streak = latency.streak if latency else 0
+            latency = compare_latency(latencies, ref.latencies, rules, streak)
+        if rules.fivexx_increase is not None and row.total and total >= need and ref.total >= need:
+            streak = errors.streak if errors else 0
+            errors = compare_fivexx(fivexx, total, ref.fivexx, ref.total, rules, streak)
+        tripped = self.tripped
+        for comparison in (latency, errors):
+            if tripped is None and comparison and comparison.streak >= rules.fail_threshold:
+                tripped = comparison
+        return replace(
+            self,
+            latencies=latencies,
+            total=total,
+            fivexx=fivexx,
+            latency=latency,
+            fivexx_comparison=errors,
+            tripped=tripped,
+        )
+
+    def summary(self) -> str:
+        """The latest comparisons in words ("" before the first evaluation)."""
+        done = [c.sentence() for c in (self.latency, self.fivexx_comparison) if c is not None]
+        return "; ".join(done)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`done.baseline`: the figures on each side."""
+        figures: dict[str, Any] = {"reference": self.reference.to_dict()}
+        if self.latency is not None:
+            figures["latency"] = self.latency.to_dict()
+        if self.fivexx_comparison is not None:
+            figures["fivexx"] = self.fivexx_comparison.to_dict()
+        if self.tripped is not None:
+            figures["tripped"] = self.tripped.metric
+        return figures
+
+
+def start(rows: Iterable[BaselineRow], armed_at: float, rules: BaselineRules) -> BaselineTally:
+    """The tally a window armed at `armed_at` starts from (put it in `series.Tally(baseline=
+    ...)` before folding the window's rows)."""
+    return BaselineTally(rules, reference(rows, armed_at, rules))
+
+
+def judge_window(
+    rows: Iterable[BaselineRow],
+    window: Iterable[ProbeRow],
+    armed_at: float,
+    rules: BaselineRules,
+) -> BaselineTally:
+    """The whole-window replay: the tally after every row of `window` (tick order)."""
+    tally = start(rows, armed_at, rules)
+    for row in window:
+        tally = tally.fold(row)
+    return tally
