@@ -26,7 +26,7 @@ from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config
 from postdeploy.probe import Prober
 from postdeploy.samples import SampleFile, due_for_compaction, recent
-from postdeploy.series import ProbeRow
+from postdeploy.baseline import BaselineRow
 
 log = structlog.get_logger("postdeploy.baseline")
 
@@ -132,7 +132,7 @@ class Sampler:
             log.error("baseline.unreadable", file=".baseline.jsonl", error=str(exc))
             rows = []
         times = deque(row.ts for row in rows)
-        tick = rows[-1].tick + 1 if rows else 0
+        tick = 0  # the probes of this run (a row's `tick` in the log lines)
         failing = bool(rows) and not rows[-1].health_ok
         # Resume the cadence across a restart: the next probe is due one interval after the
         # last one on disk (at once when that is past).
@@ -150,26 +150,27 @@ class Sampler:
             row = await self._prober.probe(
                 repo_config, plan.timeout_s, tick, scheduled, False, urgent=False
             )
+            sample = BaselineRow.of_probe(row)
             try:
-                await anyio.to_thread.run_sync(file.append, row)
+                await anyio.to_thread.run_sync(file.append, sample)
             except OSError as exc:
                 log.warning("baseline.write_failed", file=".baseline.jsonl", error=str(exc))
                 continue
             tick += 1
             times.append(row.ts)
-            failing = self._say_if_changed(row, failing)
+            failing = self._say_if_changed(row.tick, sample, failing)
             times = await self._compact_if_due(file, times, plan)
 
     @staticmethod
-    def _say_if_changed(row: ProbeRow, failing: bool) -> bool:
+    def _say_if_changed(tick: int, row: BaselineRow, failing: bool) -> bool:
         """Log when the baseline's health starts or stops failing (not every probe)."""
         now_failing = not row.health_ok and not row.inconclusive
         if now_failing != failing:
             if now_failing:
-                log.warning("baseline.failing", tick=row.tick, detail=row.detail)
+                log.warning("baseline.failing", tick=tick, detail=row.detail)
             else:
-                log.info("baseline.recovered", tick=row.tick)
-        log.debug("baseline.probe", tick=row.tick, ok=not row.failed, detail=row.detail)
+                log.info("baseline.recovered", tick=tick)
+        log.debug("baseline.probe", tick=tick, ok=row.health_ok, detail=row.detail)
         return now_failing
 
     async def _compact_if_due(

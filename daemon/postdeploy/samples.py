@@ -7,8 +7,9 @@ is appended whole and fsynced, a torn last line (a crash mid-append) is skipped 
 never glued to the next row. It is bounded: once enough rows are older than `baseline_keep_s`,
 the file is rewritten atomically with the recent rows only.
 
-The functions that decide (`parse`, `recent`, `due_for_compaction`) are pure; `SampleFile`
-does the blocking I/O (callers run it in a worker thread), relative to the repo directory's
+A row is a `baseline.BaselineRow` (its JSON form is defined there, with the pure rules that
+judge a window against the rows). The functions that decide here (`parse`, `recent`,
+`due_for_compaction`) are pure; `SampleFile` does the blocking I/O (callers run it in a worker thread), relative to the repo directory's
 descriptor and never through a symlink.
 """
 
@@ -20,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from postdeploy import layout
+from postdeploy.baseline import BaselineRow, kept, parse_rows
 from postdeploy.durable import append_fd, mkdir_at, write_atomic_at
-from postdeploy.series import ProbeRow
 from postdeploy.store import dump_line, parse_json_lines, read_at
 
 BASELINE = ".baseline.jsonl"
@@ -36,16 +37,15 @@ MAX_ROWS = 20_000
 MAX_BYTES = 64 * 1024 * 1024
 
 
-def parse(data: bytes) -> list[ProbeRow]:
+def parse(data: bytes) -> list[BaselineRow]:
     """The valid rows of a baseline file, oldest first; bad and torn lines count for nothing."""
-    rows = (ProbeRow.from_dict(raw) for raw in parse_json_lines(data).rows)
-    return sorted((row for row in rows if row is not None), key=lambda row: row.ts)
+    rows, _skipped = parse_rows(parse_json_lines(data).rows)
+    return sorted(rows, key=lambda row: row.ts)
 
 
-def recent(rows: Sequence[ProbeRow], now: float, keep_s: float) -> list[ProbeRow]:
+def recent(rows: Sequence[BaselineRow], now: float, keep_s: float) -> list[BaselineRow]:
     """The rows still within `keep_s` of `now` (at most MAX_ROWS, the newest)."""
-    kept = [row for row in rows if row.ts >= now - keep_s]
-    return kept[-MAX_ROWS:]
+    return kept(rows, now, keep_s)[-MAX_ROWS:]
 
 
 def due_for_compaction(total: int, expired: int) -> bool:
@@ -73,7 +73,7 @@ class SampleFile:
         finally:
             os.close(root_fd)
 
-    def load(self) -> list[ProbeRow]:
+    def load(self) -> list[BaselineRow]:
         """Every valid row, oldest first; none when the file or the repo directory is missing.
 
         Raises OSError when the file cannot be read (not a regular file, an I/O error)."""
@@ -87,7 +87,7 @@ class SampleFile:
             os.close(repo_fd)
         return parse(data) if data is not None else []
 
-    def append(self, row: ProbeRow) -> None:
+    def append(self, row: BaselineRow) -> None:
         """Append one row and fsync it (all or nothing)."""
         data = dump_line(row.to_dict())
         flags = layout.open_file_flags(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
@@ -106,7 +106,7 @@ class SampleFile:
         finally:
             os.close(repo_fd)
 
-    def rewrite(self, rows: Sequence[ProbeRow]) -> None:
+    def rewrite(self, rows: Sequence[BaselineRow]) -> None:
         """Replace the file atomically with `rows` (a crash leaves the old file or the new)."""
         repo_fd = self._repo_fd(create=True)
         try:
