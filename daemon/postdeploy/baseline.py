@@ -177,6 +177,9 @@ class Reference:
             "rows": self.rows,
             "latency_samples": len(self.latencies),
             "median_ms": round(median(self.latencies), 3) if self.latencies else None,
+            # The middle 80 % of its latencies: the band the timeline draws.
+            "p10_ms": round(quantile(self.latencies, 0.1), 3) if self.latencies else None,
+            "p90_ms": round(quantile(self.latencies, 0.9), 3) if self.latencies else None,
             "fivexx": self.fivexx,
             "fivexx_total": self.total,
             "preexisting": bool(self.preexisting),
@@ -205,6 +208,12 @@ def reference(rows: Iterable[BaselineRow], armed_at: float, rules: BaselineRules
 
 
 Metric = Literal["latency", "5xx"]
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The `q` quantile of `values` (nearest rank, 0 < q < 1; at least one value)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _p(p_value: float) -> str:
@@ -372,6 +381,8 @@ class BaselineTally:
     def to_dict(self) -> dict[str, Any]:
         """`done.baseline`: the figures on each side."""
         figures: dict[str, Any] = {"reference": self.reference.to_dict()}
+        if self.summary():
+            figures["summary"] = self.summary()
         if self.latency is not None:
             figures["latency"] = self.latency.to_dict()
         if self.fivexx_comparison is not None:

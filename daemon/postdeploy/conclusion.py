@@ -71,6 +71,7 @@ class Conclusion:
             verdict.status,
             self_hosting=ctx.repo.self_hosting,
             auto_rollback=ctx.settings.auto_rollback,
+            preexisting=verdict.preexisting,
         )
         shadow = ctx.settings.mode == "shadow" or ctx.metadata.get("mode") == "shadow"
         if manual is not None:  # a person decided: no rule of the repo's applies
@@ -169,6 +170,7 @@ class Conclusion:
             armed_at=ctx.start.schedule.armed_at,
             metadata=ctx.metadata,
             evidence=verdict.evidence,
+            preexisting=verdict.preexisting,
             rollback=rollback,
             manual_rollback=manual.to_json() if manual else None,
             ticks_missed=ticks_missed(ctx.tally, ctx.start.schedule.max_ticks),

@@ -47,6 +47,7 @@ from postdeploy.notify import Notifier
 from postdeploy.probe import Prober
 from postdeploy.registry import Registry
 from postdeploy.runner import Phase, WindowRunner
+from postdeploy.sampler import Sampler
 
 log = structlog.get_logger("postdeploy.daemon")
 
@@ -115,6 +116,14 @@ class Daemon:
         self.discovery = Discovery(
             self.ctx, self.history, self.intake, self.registry, self.approvals, self.ready
         )
+        # The repos' baselines: never while one of the repo's work items is open.
+        self.sampler = Sampler(
+            self.root,
+            config=lambda: self.ctx.config,
+            prober=self.prober,
+            busy=self.ctx.items.open_in,
+            clock=clock,
+        )
 
     @property
     def config(self) -> Config:
@@ -155,6 +164,7 @@ class Daemon:
                 outer.start_soon(self.discovery.rescan_loop)
                 outer.start_soon(self.archive.journal_loop)
                 outer.start_soon(self.archive.sweep_loop)  # after READY: it never delays it
+                outer.start_soon(self.sampler.run)  # after READY too, once windows are known
                 await self._should_exit.wait()
                 await self.shutdown()
                 outer.start_soon(self._extend_stop_timeout)
@@ -297,6 +307,7 @@ class Daemon:
         logs.register_config_secrets(new)
         old, self.ctx.config = self.config, new
         self.outbox.reconfigure(new.alerts, new.outbox)
+        self.sampler.reconfigure()
         for runner in self.runners.values():
             if runner.key.repo in new.repos:
                 runner.reconfigure(new.repos[runner.key.repo], new.window_settings(runner.key.repo))

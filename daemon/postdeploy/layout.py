@@ -32,6 +32,9 @@ ROLLBACK_INTENT = "rollback.intent"  # written durably before the rollback comma
 ROLLBACK_RESULT = "rollback.json"  # the rollback command's outcome
 ROLLBACK_LOG = "rollback.log"  # the rollback command's stdout and stderr
 VERIFY = "verify.jsonl"  # probe rows after a rollback, confirming recovery
+# The repo's baseline rows this window is compared with, copied from the repo's
+# `.baseline.jsonl` when the window is first loaded: a restart compares with the same rows.
+BASELINE = "baseline.jsonl"
 REPORT = "report.md"
 TIMELINE = "timeline.svg"  # the window's picture, written with report.md (which embeds it)
 DONE = "done"  # written last: the window is finished for good

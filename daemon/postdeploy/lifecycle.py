@@ -37,6 +37,10 @@ class State(StrEnum):
     FINISHED = "finished"  # `done` is written: the history index holds it (not held here)
 
 
+# The states in which a work item is not on its way to a window nor in one.
+_AT_REST = frozenset({State.UNSEEN, State.REJECTED, State.SETTLED, State.VANISHED, State.FINISHED})
+
+
 class Event(StrEnum):
     """What moves a work item from one state to the next."""
 
@@ -127,6 +131,13 @@ class WorkItems:
 
     def state(self, key: ItemKey) -> State:
         return self._states.get(key, State.UNSEEN)
+
+    def open_in(self, repo: str) -> bool:
+        """Whether a work item of `repo` is on its way to a window or in one: the repo's
+        baseline is not probed then."""
+        return any(
+            key.repo == repo and state not in _AT_REST for key, state in self._states.items()
+        )
 
     def accepts(self, key: ItemKey, event: Event) -> bool:
         """Whether `event` applies to `key` now (a hint that does not is ignored)."""

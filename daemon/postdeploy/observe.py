@@ -11,10 +11,11 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from postdeploy import layout, metrics
+from postdeploy import baseline, layout, metrics, samples
 from postdeploy.emission import Emitter
-from postdeploy.series import fold, replay
+from postdeploy.series import Tally, fold, replay
 from postdeploy.series_log import SeriesLog
+from postdeploy.store import dump_line
 from postdeploy.verdict import Status, Verdict, classify
 from postdeploy.window import Admission, Finish, Probe, Wait, admit, missed, next_step
 from postdeploy.window_context import WindowContext
@@ -61,7 +62,7 @@ class Observation:
             lines = await ctx.store.parse_lines(layout.SERIES, self._lines)
             self._lines = None
         self._series.loaded(lines.rows)
-        ctx.tally = replay(lines.rows)
+        ctx.tally = replay(lines.rows, start=await self._start())
         if lines.bad_lines or lines.torn_bytes or ctx.tally.ignored:
             log.warning(
                 "series.repaired",
@@ -69,6 +70,48 @@ class Observation:
                 torn_bytes=lines.torn_bytes,
                 ignored_rows=ctx.tally.ignored,
             )
+
+    async def _start(self) -> Tally:
+        """The tally the window's rows fold into: with its baseline comparison when the repo
+        keeps a baseline (`baseline_interval_s`)."""
+        ctx = self._ctx
+        if ctx.settings.baseline_interval_s <= 0:
+            return Tally()
+        rules = baseline.BaselineRules.of(ctx.settings)
+        armed_at = ctx.start.schedule.armed_at
+        rows = await self._reference_rows(armed_at - rules.gap_s)
+        tally = baseline.start(rows, armed_at, rules)
+        log.info(
+            "baseline.reference",
+            rows=tally.reference.rows,
+            latency_samples=len(tally.reference.latencies),
+            preexisting=tally.preexisting,
+        )
+        return Tally(baseline=tally)
+
+    async def _reference_rows(self, cut: float) -> list[baseline.BaselineRow]:
+        """The baseline rows this window is compared with: its own copy (`baseline.jsonl`),
+        made from the repo's `.baseline.jsonl` the first time the window is loaded, so that a
+        restart (after the baseline file was compacted, say) compares with the same rows."""
+        ctx = self._ctx
+        data = await ctx.store.read(layout.BASELINE)
+        if data is not None:
+            return samples.parse(data)
+        file = samples.SampleFile(ctx.store.root, ctx.key.repo)
+        try:
+            rows = await anyio.to_thread.run_sync(file.load)
+        except OSError as exc:
+            log.error("baseline.unreadable", file=samples.BASELINE, error=str(exc))
+            rows = []
+        keep = ctx.settings.baseline_keep_s
+        rows = [r for r in rows if cut - keep <= r.ts < cut][-samples.MAX_ROWS :]
+        try:
+            await ctx.store.write_atomic(
+                layout.BASELINE, b"".join(dump_line(r.to_dict()) for r in rows)
+            )
+        except OSError as exc:  # compared all the same; a restart copies the rows again
+            log.warning("baseline.copy_failed", file=layout.BASELINE, error=str(exc))
+        return rows
 
     def reacting_verdict(self) -> Verdict:
         """The verdict of a window whose rollback had started before a restart."""

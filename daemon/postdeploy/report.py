@@ -28,6 +28,8 @@ class Outcome:
     armed_at: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
+    # DEGRADED, but the baseline shows the service was failing before the deploy too.
+    preexisting: bool = False
     rollback: dict[str, Any] | None = None  # the rollback command's result, if one ran
     manual_rollback: dict[str, Any] | None = None  # a person's rollback: who, why, result
     ticks_missed: int = 0  # due ticks never probed (the daemon was down or stalled)
@@ -68,9 +70,36 @@ def done_record(outcome: Outcome) -> dict[str, Any]:
         "finished_at": iso(outcome.finished_at),
         "repo": outcome.key.repo,
         "work_item": outcome.key.work_item,
+        **_baseline_fields(outcome),
         **({"rollback": outcome.rollback} if outcome.rollback else {}),
         **({"manual_rollback": outcome.manual_rollback} if outcome.manual_rollback else {}),
     }
+
+
+def _baseline_fields(outcome: Outcome) -> dict[str, Any]:
+    """`done.baseline` (the comparison's figures) and `done.preexisting`, for a window
+    compared with a baseline."""
+    figures = outcome.evidence.get("baseline")
+    if not isinstance(figures, dict):
+        return {"preexisting": True} if outcome.preexisting else {}
+    return {"baseline": figures, "preexisting": outcome.preexisting}
+
+
+def baseline_line(figures: dict[str, Any]) -> str:
+    """One line about the comparison with the baseline (`done.baseline`), for a person."""
+    ref = figures.get("reference")
+    if not isinstance(ref, dict):
+        ref = {}
+    before = (
+        f"{ref.get('rows', 0)} probes before the deploy, median {ref.get('median_ms')} ms"
+        if ref.get("median_ms") is not None
+        else f"{ref.get('rows', 0)} probes before the deploy"
+    )
+    said = figures.get("summary") or "not compared yet (too few samples on one side)"
+    failing = (
+        "; the service was already failing before the deploy" if ref.get("preexisting") else ""
+    )
+    return f"{said} ({before}){failing}"
 
 
 def manual_line(manual: dict[str, Any]) -> str:
@@ -123,6 +152,9 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
             f"- **Not probed:** {outcome.ticks_missed} of the window's ticks (the daemon was "
             "down or stalled: see `window.resumed` and `tick.skipped` in its log)"
         )
+    figures = outcome.evidence.get("baseline")
+    if isinstance(figures, dict):
+        lines.append(f"- **Against the baseline:** {baseline_line(figures)}")
     if outcome.rollback:
         rb = outcome.rollback
         lines.append(

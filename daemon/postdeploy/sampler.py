@@ -22,11 +22,11 @@ import anyio
 import anyio.abc
 import structlog
 
+from postdeploy.baseline import BaselineRow
 from postdeploy.clock import SYSTEM, Clock
 from postdeploy.config import Config
 from postdeploy.probe import Prober
 from postdeploy.samples import SampleFile, due_for_compaction, recent
-from postdeploy.baseline import BaselineRow
 
 log = structlog.get_logger("postdeploy.baseline")
 

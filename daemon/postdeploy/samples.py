@@ -1,7 +1,7 @@
 """A repo's baseline samples: `<state_dir>/<repo>/.baseline.jsonl`.
 
 The baseline task (`sampler.py`) probes a repo while none of its windows is open and appends
-one series row per probe here, so a window can later be compared with what normal looked like
+one row per probe here, so a window can later be compared with what normal looked like
 before its deploy. The file is append-only JSON Lines like a window's `series.jsonl`: each row
 is appended whole and fsynced, a torn last line (a crash mid-append) is skipped when read and
 never glued to the next row. It is bounded: once enough rows are older than `baseline_keep_s`,
@@ -9,8 +9,8 @@ the file is rewritten atomically with the recent rows only.
 
 A row is a `baseline.BaselineRow` (its JSON form is defined there, with the pure rules that
 judge a window against the rows). The functions that decide here (`parse`, `recent`,
-`due_for_compaction`) are pure; `SampleFile` does the blocking I/O (callers run it in a worker thread), relative to the repo directory's
-descriptor and never through a symlink.
+`due_for_compaction`) are pure; `SampleFile` does the blocking I/O (callers run it in a
+worker thread), relative to the repo directory's descriptor and never through a symlink.
 """
 
 from __future__ import annotations
@@ -113,4 +113,3 @@ class SampleFile:
             write_atomic_at(repo_fd, BASELINE, b"".join(dump_line(r.to_dict()) for r in rows))
         finally:
             os.close(repo_fd)
-

@@ -676,6 +676,20 @@ def of_outcome(
     )
 
 
+def band_of(figures: Any, latency_increase: float | None = None) -> Band | None:
+    """The baseline band of a window compared with a baseline (`done.baseline`'s figures),
+    or None; `latency_increase` draws the limit above which the shift counts."""
+    ref = figures.get("reference") if isinstance(figures, dict) else None
+    if not isinstance(ref, dict):
+        return None
+    values = [ref.get(k) for k in ("median_ms", "p10_ms", "p90_ms")]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    mid, low, high = (float(v) for v in values)  # type: ignore[arg-type]
+    limit = mid * (1 + latency_increase) if latency_increase else None
+    return Band(median_ms=mid, low_ms=low, high_ms=high, limit_ms=limit)
+
+
 def attach(
     outcome: Outcome,
     rows: Sequence[ProbeRow],
@@ -685,7 +699,9 @@ def attach(
     """`outcome` with its picture in `timeline`, drawn once when the window ends. A picture
     that cannot be drawn (a bug) is logged and left out: it never holds up the verdict."""
     try:
-        svg = render(of_outcome(outcome, rows, schedule, settings))
+        increase = settings.latency_increase if settings is not None else None
+        band = band_of(outcome.evidence.get("baseline"), increase)
+        svg = render(of_outcome(outcome, rows, schedule, settings, band))
     except Exception as exc:  # the verdict matters more than its picture
         import structlog
 

@@ -160,6 +160,9 @@ def picture(
         limits=timeline.limits_of(settings),
         rollback=rollback,
         verification=checked if rollback is not None else (),
+        band=timeline.band_of(
+            done.get("baseline"), settings.latency_increase if settings is not None else None
+        ),
         metadata=shown.get("metadata") or {},
     )
     return timeline.render(drawn, id_prefix="tl-")

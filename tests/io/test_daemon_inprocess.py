@@ -110,6 +110,11 @@ async def until(what: str, check: Callable[[], bool]) -> None:
             await anyio.sleep(0.01)
 
 
+def rows(path: Path) -> int:
+    """How many lines a JSON Lines file holds."""
+    return path.read_text().count("\n")
+
+
 def done(directory: Path) -> dict[str, Any]:
     value: dict[str, Any] = json.loads((directory / "done").read_text())
     return value
@@ -179,3 +184,90 @@ async def test_intake_with_and_without_inotify(tmp_path: Path, inotify: bool) ->
         await until("the verdict", lambda: (item / "done").exists())
         daemon.stop()
     assert done(item)["status"] == "HEALTHY"
+
+
+class SlowService(Service):
+    """A service whose health answers take `delay_s` (0: at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delay_s = 0.0
+
+    async def answer(self, request: httpx.Request) -> httpx.Response:
+        if self.delay_s:
+            await anyio.sleep(self.delay_s)
+        return self(request)
+
+
+BASELINE = """
+baseline_interval_s = 0.02
+baseline_gap_s = 0
+latency_increase = 1.0
+min_samples = 5
+"""
+
+
+async def _baseline_window(
+    tmp_path: Path, service: SlowService, after: Callable[[], None]
+) -> dict[str, Any]:
+    """Let the daemon sample the baseline, change the service (`after`: the deploy), arm a
+    window and return its `done`."""
+    path = write_config(tmp_path, BASELINE)
+    text = path.read_text().replace("window_s = 0.6", "window_s = 2.4")
+    text = text.replace("interval_s = 0.1", "interval_s = 0.15")
+    path.write_text(text.replace("probe_timeout_s = 0.05", "probe_timeout_s = 0.14"))
+    config = load_config(path)
+    prober = Prober(transport=httpx.MockTransport(service.answer))
+    daemon = Daemon(config, str(path), prober=prober, handle_signals=False)
+    baseline = daemon.root / "shop" / ".baseline.jsonl"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.serve)
+        with anyio.fail_after(DEADLINE_S):
+            await daemon.ready.wait()
+        await until("a baseline", lambda: baseline.exists() and rows(baseline) >= 12)
+        after()
+        item = arm(daemon.root, "shop", "w1")
+        await until("the verdict", lambda: (item / "done").exists())
+        daemon.stop()
+    assert rows(item / "baseline.jsonl") >= 10  # the window's own copy
+    return done(item)
+
+
+async def test_a_latency_regression_against_the_baseline_is_rolled_back(tmp_path: Path) -> None:
+    """Health stays 200 and fast enough for every fixed threshold; only the comparison with
+    the baseline before the deploy sees it."""
+    service = SlowService()
+    service.delay_s = 0.02
+
+    def deploy() -> None:
+        service.delay_s = 0.08  # 4x: far beyond the machine's own jitter
+
+    result = await _baseline_window(tmp_path, service, deploy)
+    assert (result["status"], result["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    assert "before the deploy" in result["reason"]
+    assert result["preexisting"] is False
+    assert result["baseline"]["tripped"] == "latency"
+    assert result["baseline"]["latency"]["p_value"] < 0.01
+    assert 'class="band"' in (tmp_path / "state" / "shop" / "w1" / "timeline.svg").read_text()
+    assert "Against the baseline" in (tmp_path / "state" / "shop" / "w1" / "report.md").read_text()
+
+
+async def test_a_service_failing_before_the_deploy_is_not_rolled_back(tmp_path: Path) -> None:
+    service = SlowService()
+    service.failing.add("shop.test")
+    result = await _baseline_window(tmp_path, service, lambda: None)
+    assert (result["status"], result["action_taken"]) == ("DEGRADED", "ALERT_ONLY")
+    assert result["preexisting"] is True
+    assert "already failing before the deploy" in result["reason"]
+    assert not (tmp_path / "hook-calls").exists()
+
+
+async def test_a_deploy_that_changes_nothing_stays_healthy_against_the_baseline(
+    tmp_path: Path,
+) -> None:
+    service = SlowService()
+    service.delay_s = 0.02  # the sleep, not the machine's jitter, sets the latency
+    result = await _baseline_window(tmp_path, service, lambda: None)
+    assert result["status"] == "HEALTHY"
+    assert result["preexisting"] is False
+    assert result["baseline"]["reference"]["rows"] >= 10

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support.http import HANG, Service
-from support.wait import DEADLINE_S
 
 from postdeploy.config import Config, load_config
 from postdeploy.probe import Prober
 from postdeploy.sampler import Plan, Sampler, next_due, plans
 from postdeploy.samples import BASELINE, SampleFile
+from support.http import HANG, Service
+from support.wait import DEADLINE_S
 
 
 @pytest.fixture
@@ -86,7 +86,9 @@ async def test_samples_while_no_window_is_open_and_pauses_while_one_is(
     cfg = config(tmp_path, target.url)
     busy: set[str] = set()
     async with Prober() as prober, anyio.create_task_group() as tg:
-        sampler = Sampler(tmp_path / "state", config=lambda: cfg, prober=prober, busy=busy.__contains__)
+        sampler = Sampler(
+            tmp_path / "state", config=lambda: cfg, prober=prober, busy=busy.__contains__
+        )
         tg.start_soon(sampler.run)
         await until(lambda: rows(tmp_path) >= 3, "three baseline rows")
         busy.add("shop")  # a window opens: no more baseline probes
@@ -134,7 +136,9 @@ async def test_a_write_failure_is_logged_and_sampling_goes_on(
     blocker = tmp_path / "state" / "shop" / BASELINE
     blocker.mkdir(parents=True)  # a directory where the file should be: every append fails
     async with Prober() as prober, anyio.create_task_group() as tg:
-        sampler = Sampler(tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False)
+        sampler = Sampler(
+            tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
+        )
         tg.start_soon(sampler.run)
         await until(lambda: target.hits("/health") >= 2, "probes despite the failing file")
         blocker.rmdir()
@@ -155,7 +159,9 @@ async def test_the_file_stays_bounded(tmp_path: Path, target: Service) -> None:
         return False
 
     async with Prober() as prober, anyio.create_task_group() as tg:
-        sampler = Sampler(tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False)
+        sampler = Sampler(
+            tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
+        )
         tg.start_soon(sampler.run)
         await until(shrank, "the file was compacted")
         tg.cancel_scope.cancel()
@@ -166,7 +172,9 @@ async def test_a_reload_that_turns_it_off_stops_the_task(tmp_path: Path, target:
     cfg = config(tmp_path, target.url)
     current = [cfg]
     async with Prober() as prober, anyio.create_task_group() as tg:
-        sampler = Sampler(tmp_path / "state", config=lambda: current[0], prober=prober, busy=lambda _: False)
+        sampler = Sampler(
+            tmp_path / "state", config=lambda: current[0], prober=prober, busy=lambda _: False
+        )
         tg.start_soon(sampler.run)
         await until(lambda: rows(tmp_path) >= 1, "sampling")
         current[0] = config(tmp_path, target.url, interval=0)
@@ -183,7 +191,9 @@ def test_rows_survive_a_restart(tmp_path: Path, target: Service) -> None:
 
     async def sample(count: int) -> None:
         async with Prober() as prober, anyio.create_task_group() as tg:
-            sampler = Sampler(tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False)
+            sampler = Sampler(
+                tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
+            )
             tg.start_soon(sampler.run)
             await until(lambda: rows(tmp_path) >= count, f"{count} rows")
             tg.cancel_scope.cancel()
@@ -192,4 +202,3 @@ def test_rows_survive_a_restart(tmp_path: Path, target: Service) -> None:
     anyio.run(sample, 4)
     times = [r.ts for r in SampleFile(tmp_path / "state", "shop").load()]
     assert len(times) >= 4 and times == sorted(set(times))  # the first run's rows kept
-

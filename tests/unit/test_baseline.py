@@ -174,11 +174,29 @@ def test_reference_counts_judged_rows_only() -> None:
         "rows": 2,
         "latency_samples": 1,
         "median_ms": 5.0,
+        "p10_ms": 5.0,
+        "p90_ms": 5.0,
         "fivexx": 3,
         "fivexx_total": 4,
         "preexisting": False,
     }
     assert reference([], ARMED, RULES).to_dict()["median_ms"] is None
+    assert reference([], ARMED, RULES).to_dict()["p90_ms"] is None
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([5.0], 0.1, 5.0),
+        ([5.0], 0.9, 5.0),
+        ([float(v) for v in range(1, 11)], 0.1, 1.0),  # nearest rank: ceil(0.1 * 10) = 1st
+        ([float(v) for v in range(1, 11)], 0.9, 9.0),
+        ([float(v) for v in range(10, 0, -1)], 0.9, 9.0),  # order does not matter
+        ([1.0, 2.0, 3.0], 0.5, 2.0),
+    ],
+)
+def test_quantile(values: list[float], q: float, expected: float) -> None:
+    assert bl.quantile(values, q) == expected
 
 
 @pytest.mark.parametrize(
@@ -501,7 +519,8 @@ def test_summary_and_figures() -> None:
     assert tally.summary().startswith("health latency 3")
     assert "; 5xx ratio 0.0 % vs 0.0 % before the deploy" in tally.summary()
     figures = tally.to_dict()
-    assert set(figures) == {"reference", "latency", "fivexx"}
+    assert set(figures) == {"reference", "latency", "fivexx", "summary"}
+    assert figures["summary"] == tally.summary()
     assert figures["latency"]["window_samples"] == 6
     assert bl.start(base, ARMED, RULES).summary() == ""
     assert bl.start(base, ARMED, RULES).to_dict() == {

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from postdeploy import layout
+from postdeploy.baseline import BaselineRow
 from postdeploy.samples import (
     BASELINE,
     COMPACT_MIN,
@@ -17,7 +18,6 @@ from postdeploy.samples import (
     parse,
     recent,
 )
-from postdeploy.baseline import BaselineRow
 from postdeploy.store import dump_line
 
 
