@@ -274,7 +274,7 @@ KINDS: dict[str, tuple[str, str, Maker, bool]] = {
 
 def deploys() -> list[Deploy]:
     """The corpus, in a fixed order; deploy i's seed is CORPUS_SEED + i."""
-    out = []
+    out: list[Deploy] = []
     for kind, (group, expected, make, clear) in KINDS.items():
         count = PER_CLASS["good" if group == "good" else "bad" if group == "bad" else "other"]
         for n in range(count):
@@ -552,7 +552,7 @@ def svg(figures: dict[str, Any]) -> str:
     """A bar chart per judge: false rollbacks, bad deploys missed, wrong on the others
     (share of each group), with the median detection time written above."""
     names = list(figures)
-    groups = [
+    groups: list[tuple[str, str, Callable[[dict[str, Any]], float]]] = [
         ("false rollbacks (good)", "#d9534f", lambda f: f["false_rollbacks"] / f["good"]),
         ("bad deploys missed", "#f0ad4e", lambda f: (f["bad"] - f["caught"]) / f["bad"]),
         (
