@@ -27,7 +27,7 @@ restarted daemon rebuilds it by replaying the window's rows over the same refere
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -409,3 +409,19 @@ def judge_window(
     for row in window:
         tally = tally.fold(row)
     return tally
+
+
+def describe(figures: Mapping[str, Any]) -> str:
+    """`done.baseline` (`BaselineTally.to_dict`) in one line a person reads in five seconds."""
+    ref = figures.get("reference")
+    if not isinstance(ref, Mapping):
+        ref = {}
+    rows = ref.get("rows", 0)
+    before = f"{rows} probes before the deploy"
+    if ref.get("median_ms") is not None:
+        before += f", median {ref.get('median_ms')} ms"
+    said = figures.get("summary") or "not compared (too few samples on one side)"
+    failing = (
+        "; the service was already failing before the deploy" if ref.get("preexisting") else ""
+    )
+    return f"{said} ({before}){failing}"

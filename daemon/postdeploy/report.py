@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from postdeploy.baseline import describe
 from postdeploy.layout import TIMELINE, ItemKey
 from postdeploy.series import ProbeRow
 from postdeploy.verdict import Action, Status
@@ -85,23 +86,6 @@ def _baseline_fields(outcome: Outcome) -> dict[str, Any]:
     return {"baseline": figures, "preexisting": outcome.preexisting}
 
 
-def baseline_line(figures: dict[str, Any]) -> str:
-    """One line about the comparison with the baseline (`done.baseline`), for a person."""
-    ref = figures.get("reference")
-    if not isinstance(ref, dict):
-        ref = {}
-    before = (
-        f"{ref.get('rows', 0)} probes before the deploy, median {ref.get('median_ms')} ms"
-        if ref.get("median_ms") is not None
-        else f"{ref.get('rows', 0)} probes before the deploy"
-    )
-    said = figures.get("summary") or "not compared yet (too few samples on one side)"
-    failing = (
-        "; the service was already failing before the deploy" if ref.get("preexisting") else ""
-    )
-    return f"{said} ({before}){failing}"
-
-
 def manual_line(manual: dict[str, Any]) -> str:
     """One line about a person's rollback, for the report."""
     return (
@@ -154,7 +138,7 @@ def render_report(outcome: Outcome, rows: list[ProbeRow]) -> str:
         )
     figures = outcome.evidence.get("baseline")
     if isinstance(figures, dict):
-        lines.append(f"- **Against the baseline:** {baseline_line(figures)}")
+        lines.append(f"- **Against the baseline:** {describe(figures)}")
     if outcome.rollback:
         rb = outcome.rollback
         lines.append(

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from postdeploy.alerts import format_telegram
-from postdeploy.alerts.format import alertmanager_alert, template_values, title
+from postdeploy.alerts.format import (
+    alertmanager_alert,
+    details,
+    evidence_facts,
+    slack_message,
+    template_values,
+    title,
+)
 from postdeploy.alerts.template import check_template, render_template
 from postdeploy.events import KINDS
 
@@ -209,3 +216,19 @@ def test_alertmanager_alert_shape() -> None:
     assert alert["generatorURL"] == "https://shop.example/deploys/42"
     no_url = alertmanager_alert(degraded(metadata={}), {})
     assert "generatorURL" not in no_url
+
+
+def test_a_baseline_verdict_says_before_and_after_in_every_message() -> None:
+    """The comparison with the baseline is one of the facts every sink shows."""
+    figures = {
+        "reference": {"rows": 60, "median_ms": 30.0, "preexisting": False},
+        "summary": "health latency 71 ms vs 30 ms before the deploy (+137 %, p<0.0001, "
+        "20 vs 60 probes)",
+        "tripped": "latency",
+    }
+    event = degraded(evidence={"baseline": figures, "health_streak": 0, "fail_threshold": 3})
+    want = "health latency 71 ms vs 30 ms before the deploy"
+    assert want in format_telegram(event)
+    assert want in details(event)
+    assert want in json.dumps(slack_message(event))
+    assert evidence_facts(event["evidence"])[0].startswith("against the baseline: ")

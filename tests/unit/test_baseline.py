@@ -730,3 +730,26 @@ def test_a_comparison_in_defaults_may_serve_other_repos() -> None:
     config = parse_config(text)
     assert config.window_settings("b").baseline_interval_s == 30
     assert config.window_settings("a").latency_increase == 0.5  # no baseline: never compared
+
+
+@pytest.mark.parametrize(
+    ("figures", "said"),
+    [
+        ({}, "not compared (too few samples on one side) (0 probes before the deploy)"),
+        (
+            {"reference": {"rows": 60, "median_ms": 30.5}, "summary": "health latency 71 ms vs"},
+            "health latency 71 ms vs (60 probes before the deploy, median 30.5 ms)",
+        ),
+        (
+            {"reference": {"rows": 3, "median_ms": None, "preexisting": True}},
+            "not compared (too few samples on one side) (3 probes before the deploy); "
+            "the service was already failing before the deploy",
+        ),
+        (
+            {"reference": "not a table"},
+            "not compared (too few samples on one side) (0 probes before the deploy)",
+        ),
+    ],
+)
+def test_describe(figures: dict[str, object], said: str) -> None:
+    assert bl.describe(figures) == said

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from postdeploy.baseline import describe
 from postdeploy.layout import valid_name
 from postdeploy.text import clip
 
@@ -105,6 +106,9 @@ def evidence_facts(evidence: Any) -> list[str]:
     streak, fail_threshold = _num(ev.get("health_streak")), _num(ev.get("fail_threshold"))
     if streak and fail_threshold is not None:
         facts.append(f"health failed {_g(streak)} probes in a row (threshold {_g(fail_threshold)})")
+    figures = ev.get("baseline")
+    if isinstance(figures, Mapping):
+        facts.append(f"against the baseline: {clip(describe(figures), 2 * MAX_DETAIL)}")
     ratio, total = _num(ev.get("fivexx_ratio")), _num(ev.get("fivexx_total"))
     fivexx, threshold = _num(ev.get("fivexx")), _num(ev.get("fivexx_threshold"))
     if ratio is not None and total and fivexx:
