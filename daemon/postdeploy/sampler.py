@@ -127,10 +127,17 @@ class Sampler:
     async def _loop(self, repo: str, plan: Plan) -> None:
         file = SampleFile(self.root, repo)
         try:
-            rows = await anyio.to_thread.run_sync(file.load)
+            rows, untidy = await anyio.to_thread.run_sync(file.load_checked)
         except OSError as exc:
             log.error("baseline.unreadable", file=".baseline.jsonl", error=str(exc))
-            rows = []
+            rows, untidy = [], False
+        if untidy:  # torn or bad lines, or oversized: rewritten with its valid recent rows
+            rows = recent(rows, self._clock.time(), plan.keep_s)
+            try:
+                await anyio.to_thread.run_sync(file.rewrite, rows)
+                log.warning("baseline.repaired", file=".baseline.jsonl", kept=len(rows))
+            except OSError as exc:
+                log.warning("baseline.compact_failed", file=".baseline.jsonl", error=str(exc))
         times = deque(row.ts for row in rows)
         tick = 0  # the probes of this run (a row's `tick` in the log lines)
         failing = bool(rows) and not rows[-1].health_ok

@@ -39,8 +39,16 @@ MAX_BYTES = 64 * 1024 * 1024
 
 def parse(data: bytes) -> list[BaselineRow]:
     """The valid rows of a baseline file, oldest first; bad and torn lines count for nothing."""
-    rows, _skipped = parse_rows(parse_json_lines(data).rows)
-    return sorted(rows, key=lambda row: row.ts)
+    return read_rows(data)[0]
+
+
+def read_rows(data: bytes) -> tuple[list[BaselineRow], bool]:
+    """The valid rows, oldest first, and whether anything else was there (bad lines, a torn
+    last line, rows that are not baseline rows): a file to rewrite with its rows alone."""
+    lines = parse_json_lines(data)
+    rows, skipped = parse_rows(lines.rows)
+    untidy = bool(lines.bad_lines or lines.torn_bytes or skipped)
+    return sorted(rows, key=lambda row: row.ts), untidy
 
 
 def recent(rows: Sequence[BaselineRow], now: float, keep_s: float) -> list[BaselineRow]:
@@ -77,15 +85,23 @@ class SampleFile:
         """Every valid row, oldest first; none when the file or the repo directory is missing.
 
         Raises OSError when the file cannot be read (not a regular file, an I/O error)."""
+        return self.load_checked()[0]
+
+    def load_checked(self) -> tuple[list[BaselineRow], bool]:
+        """`load`, and whether the file holds more than its rows (see `read_rows`), or is
+        larger than MAX_BYTES (only that much is read): then it should be rewritten."""
         try:
             repo_fd = self._repo_fd(create=False)
         except FileNotFoundError:
-            return []
+            return [], False
         try:
-            data = read_at(repo_fd, BASELINE, limit=MAX_BYTES)
+            data = read_at(repo_fd, BASELINE, limit=MAX_BYTES + 1)
         finally:
             os.close(repo_fd)
-        return parse(data) if data is not None else []
+        if data is None:
+            return [], False
+        rows, untidy = read_rows(data[:MAX_BYTES])
+        return rows, untidy or len(data) > MAX_BYTES
 
     def append(self, row: BaselineRow) -> None:
         """Append one row and fsync it (all or nothing)."""

@@ -202,3 +202,20 @@ def test_rows_survive_a_restart(tmp_path: Path, target: Service) -> None:
     anyio.run(sample, 4)
     times = [r.ts for r in SampleFile(tmp_path / "state", "shop").load()]
     assert len(times) >= 4 and times == sorted(set(times))  # the first run's rows kept
+
+
+async def test_a_damaged_file_is_rewritten_with_its_rows_when_the_task_starts(
+    tmp_path: Path, target: Service
+) -> None:
+    cfg = config(tmp_path, target.url)
+    path = tmp_path / "state" / "shop" / BASELINE
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage\n" * 1000 + b'{"ts": 1, "hea')  # bad lines, a torn tail
+    async with Prober() as prober, anyio.create_task_group() as tg:
+        sampler = Sampler(
+            tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
+        )
+        tg.start_soon(sampler.run)
+        await until(lambda: b"garbage" not in path.read_bytes(), "the file rewritten")
+        await until(lambda: rows(tmp_path) >= 1, "sampling goes on")
+        tg.cancel_scope.cancel()

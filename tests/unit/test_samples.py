@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from postdeploy import layout
+from postdeploy import layout, samples
 from postdeploy.baseline import BaselineRow
 from postdeploy.samples import (
     BASELINE,
@@ -150,3 +150,35 @@ def test_a_fifo_in_the_files_place_does_not_block(tmp_path: Path) -> None:
 def test_a_hostile_repo_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(layout.UnsafePath):
         SampleFile(tmp_path, "../etc")
+
+
+@pytest.mark.parametrize(
+    ("tail", "untidy"),
+    [
+        (b"", False),
+        (b"not json\n", True),
+        (b'{"ts": "x"}\n', True),  # an object that is not a row
+        (b'{"ts": 3, "hea', True),  # torn
+    ],
+)
+def test_load_checked_says_when_the_file_holds_more_than_rows(
+    tmp_path: Path, tail: bytes, untidy: bool
+) -> None:
+    file = SampleFile(tmp_path, "shop")
+    file.append(row(0, 1.0))
+    with (tmp_path / "shop" / BASELINE).open("ab") as f:
+        f.write(tail)
+    assert file.load_checked() == ([row(0, 1.0)], untidy)
+
+
+def test_an_oversized_file_is_read_up_to_the_bound_and_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(samples, "MAX_BYTES", 1000)
+    file = SampleFile(tmp_path, "shop")
+    for i in range(40):  # ~140 bytes a row: well over the bound
+        file.append(row(i, float(i)))
+    rows, untidy = file.load_checked()
+    assert untidy
+    assert 0 < len(rows) < 40
+    assert numbers(rows) == list(range(len(rows)))  # the first rows, whole
