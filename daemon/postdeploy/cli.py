@@ -181,7 +181,9 @@ def cmd_arm(args: argparse.Namespace) -> int:
     except (OSError, layout.UnsafePath) as exc:
         print(f"postdeploy: cannot arm {key}: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    print(store.path / layout.ARMED, flush=True)
+    # With --json, stdout is the verdict's one JSON object alone (`| jq` must parse it): the
+    # path goes to stderr with the progress lines.
+    print(store.path / layout.ARMED, flush=True, file=sys.stderr if args.json else sys.stdout)
     if not args.wait:
         return EXIT_OK
     return _wait_for_verdict(args, root, key)

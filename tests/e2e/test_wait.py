@@ -212,7 +212,8 @@ def test_wait_before_the_item_exists(pd: Harness) -> None:
 
 
 def test_arm_wait(pd: Harness) -> None:
-    """`arm --wait` prints the sentinel's path, then the verdict; its exit code is wait's."""
+    """`arm --wait` prints the sentinel's path, then the verdict; its exit code is wait's.
+    With `--json`, stdout is the verdict's JSON object alone (the path goes to stderr)."""
     pd.configure({"shop": pd.repo(), "api": pd.repo(fail_threshold=1, health_path="/nope")})
     pd.start()
     healthy = _cli(pd, "arm", "shop", "w1", "--wait", "--timeout", "60")
@@ -222,8 +223,9 @@ def test_arm_wait(pd: Harness) -> None:
     assert outcome.startswith("HEALTHY / NONE: ")
     degraded = _cli(pd, "arm", "api", "w1", "--wait", "--json")
     assert degraded.returncode == 1, degraded.stderr
-    body = json.loads(degraded.stdout.splitlines()[1])
+    body = json.loads(degraded.stdout)
     assert (body["status"], body["repo"], body["work_item"]) == ("DEGRADED", "api", "w1")
+    assert str(pd.item("api", "w1") / "armed") in degraded.stderr.splitlines()
 
 
 # -- a user who may only read the state directory --------------------------------------------
