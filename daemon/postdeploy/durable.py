@@ -10,7 +10,8 @@ directory's descriptor, never following a symlink:
   `window.json` and `rejected`), phase by phase, with the fsyncs of a phase issued from many
   threads together so the disk commits them as a group. Its temporary files may be made
   ahead of time (`make_spare`).
-- `append_fd`: append complete lines and fsync, all or nothing.
+- `append_fd`: append complete lines and fsync, all or nothing; `append_lines_at` opens the
+  file for it (or for one plain write, a cache's) and keeps a torn last line apart.
 - `truncate_fd`: cut a file back (a torn last line), durably.
 - `mkdir_at`, `move_at`, `write_dir_at`: directories made, moved, and built whole (the
   alert outbox's event directories), each with the fsyncs that make them survive a crash.
@@ -22,9 +23,11 @@ dot-names, and a leftover of a crash is recognised by `is_tmp_name`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -120,6 +123,26 @@ def append_fd(fd: int, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, size)
         raise
+
+
+def append_lines_at(dir_fd: int, name: str, data: bytes, *, sync: bool) -> None:
+    """Append complete lines to `name` in `dir_fd` (created if missing), with `append_fd`
+    when `sync`, else one plain write (a cache). Anything but a regular file raises OSError;
+    after a torn last line, the new lines start on a line of their own."""
+    flags = open_file_flags(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
+    fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            data = b"\n" + data  # after a torn line: never glued to it
+        if sync:
+            append_fd(fd, data)
+        else:
+            write_fd(fd, data)
+    finally:
+        os.close(fd)
 
 
 def truncate_fd(fd: int, size: int) -> None:

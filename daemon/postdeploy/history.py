@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from postdeploy import layout
-from postdeploy.durable import write_atomic_at
+from postdeploy.durable import append_lines_at, write_atomic_at
 from postdeploy.layout import NAME_RE, ItemKey, valid_name
 from postdeploy.store import read_at
 
@@ -494,20 +494,10 @@ class JournalWriter:
     def append(self, repo: str, records: Sequence[Record]) -> None:
         """Append lines (one write, not fsynced: the journal is a cache)."""
         data = b"".join(r.to_line() for r in records)
-        flags = layout.open_file_flags(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
         with self._lock:
             repo_fd = _open_repo(self.root, repo)
             try:
-                fd = os.open(JOURNAL, flags, 0o664, dir_fd=repo_fd)
-                try:
-                    st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode):
-                        raise OSError(f"{JOURNAL} is not a regular file")
-                    if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
-                        data = b"\n" + data  # after a torn line: never glued to it
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
+                append_lines_at(repo_fd, JOURNAL, data, sync=False)
             finally:
                 os.close(repo_fd)
 

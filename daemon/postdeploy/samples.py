@@ -16,13 +16,12 @@ worker thread), relative to the repo directory's descriptor and never through a 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from postdeploy import layout
 from postdeploy.baseline import BaselineRow, kept, parse_rows
-from postdeploy.durable import append_fd, mkdir_at, write_atomic_at
+from postdeploy.durable import append_lines_at, mkdir_at, write_atomic_at
 from postdeploy.store import dump_line, parse_json_lines, read_at
 
 BASELINE = ".baseline.jsonl"
@@ -105,20 +104,9 @@ class SampleFile:
 
     def append(self, row: BaselineRow) -> None:
         """Append one row and fsync it (all or nothing)."""
-        data = dump_line(row.to_dict())
-        flags = layout.open_file_flags(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
         repo_fd = self._repo_fd(create=True)
         try:
-            fd = os.open(BASELINE, flags, 0o664, dir_fd=repo_fd)
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise OSError(f"{BASELINE} is not a regular file")
-                if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
-                    data = b"\n" + data  # after a torn line: never glued to it
-                append_fd(fd, data)
-            finally:
-                os.close(fd)
+            append_lines_at(repo_fd, BASELINE, dump_line(row.to_dict()), sync=True)
         finally:
             os.close(repo_fd)
 
