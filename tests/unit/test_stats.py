@@ -99,6 +99,7 @@ def test_equal_samples_and_all_equal_values(n: int) -> None:
     flat = [7.0] * n
     ours = mann_whitney_greater(flat, [7.0] * (n + 1))
     assert ours.p_value == 1.0  # no evidence at all
+    assert ours.method == "asymptotic"
     assert_close(ours.p_value, scipy_p(flat, [7.0] * (n + 1), "asymptotic"))
 
 
