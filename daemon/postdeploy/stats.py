@@ -126,16 +126,20 @@ def mann_whitney_greater(
     return RankTest(u, normal_sf(z), "asymptotic")
 
 
+def _check_counts(x1: int, n1: int, x2: int, n2: int) -> None:
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both samples need at least one trial")
+    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
+        raise ValueError("successes must be between 0 and the number of trials")
+
+
 def two_proportions_greater(x1: int, n1: int, x2: int, n2: int) -> float:
     """The p-value of the one-sided pooled two-proportion z test that x1/n1 is above x2/n2.
 
     With no spread in the pooled sample (no successes at all, or nothing but successes) the
     two cannot be told apart: p = 1.
     """
-    if n1 <= 0 or n2 <= 0:
-        raise ValueError("both samples need at least one trial")
-    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
-        raise ValueError("successes must be between 0 and the number of trials")
+    _check_counts(x1, n1, x2, n2)
     pooled = (x1 + x2) / (n1 + n2)
     spread = pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)
     if spread <= 0:
@@ -152,10 +156,7 @@ def fisher_greater(x1: int, n1: int, x2: int, n2: int) -> float:
     """The p-value of Fisher's exact test, one-sided: the chance, with the margins fixed, of
     at least `x1` successes in the first sample (`scipy.stats.fisher_exact([[x1, n1 - x1],
     [x2, n2 - x2]], alternative="greater")`)."""
-    if n1 <= 0 or n2 <= 0:
-        raise ValueError("both samples need at least one trial")
-    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
-        raise ValueError("successes must be between 0 and the number of trials")
+    _check_counts(x1, n1, x2, n2)
     successes, n = x1 + x2, n1 + n2
     whole = _log_comb(n, successes)
     top = min(n1, successes)
