@@ -195,9 +195,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "`'asymptotic'` -> `'XXasymptoticXX'`",
     ): "the variable is only compared with 'exact'; the result's label is another literal",
     **{
-        ("baseline", "if TYPE_CHECKING:", change): (
-            "imports ProbeRow for the annotations only; importing it at run time changes nothing"
+        (target, "if TYPE_CHECKING:", change): (
+            "imports a type for the annotations only (baseline: ProbeRow, series: BaselineTally); "
+            "importing it at run time changes nothing"
         )
+        for target in ("baseline", "series")
         for change in ("`if TYPE_CHECKING` -> `if True`", "`if TYPE_CHECKING` -> `if False`")
     },
     **{
