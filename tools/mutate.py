@@ -183,6 +183,54 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("checks", 'last = Result(True, None, f"status {response.code}")', "`True` -> `False`"): (
         "only `last.value` is read; the result is built with ok=True"
     ),
+    **{
+        ("stats", 'Method = Literal["auto", "exact", "asymptotic"]', f"`'{v}'` -> `'XX{v}XX'`"): (
+            "a type alias: read by mypy, never at run time"
+        )
+        for v in ("auto", "exact", "asymptotic")
+    },
+    (
+        "stats",
+        'method = "asymptotic" if (n1 > EXACT_MAX and n2 > EXACT_MAX) or tied else "exact"',
+        "`'asymptotic'` -> `'XXasymptoticXX'`",
+    ): "the variable is only compared with 'exact'; the result's label is another literal",
+    **{
+        (target, "if TYPE_CHECKING:", change): (
+            "imports a type for the annotations only (baseline: ProbeRow, series: BaselineTally); "
+            "importing it at run time changes nothing"
+        )
+        for target in ("baseline", "series")
+        for change in ("`if TYPE_CHECKING` -> `if True`", "`if TYPE_CHECKING` -> `if False`")
+    },
+    **{
+        ("baseline", 'Metric = Literal["latency", "5xx"]', f"`'{v}'` -> `'XX{v}XX'`"): (
+            "a type alias: read by mypy, never at run time"
+        )
+        for v in ("latency", "5xx")
+    },
+    **{
+        (
+            "baseline",
+            "regressed = p_value < rules.alpha and moved + EPSILON >= least and latest + EPSILON "
+            ">= least",
+            f"`{side} + EPSILON >= least` -> `{side} + EPSILON > least`",
+        ): "differs only when the shift is exactly least - EPSILON (1e-12 below the increase)"
+        for side in ("moved", "latest")
+    },
+    (
+        "baseline",
+        "regressed = p_value < rules.alpha and ours - theirs + EPSILON >= rules.fivexx_increase",
+        "`ours - theirs + EPSILON >= rules.fivexx_increase` -> "
+        "`ours - theirs + EPSILON > rules.fivexx_increase`",
+    ): "differs only when the rise is exactly fivexx_increase - EPSILON",
+    (
+        "baseline",
+        "regressed = p_value < rules.alpha and ours - theirs + EPSILON >= rules.fivexx_increase",
+        "`p_value < rules.alpha` -> `p_value <= rules.alpha`",
+    ): (
+        "Fisher's p is a sum of exp(lgamma) terms, never exactly a decimal alpha "
+        "(1 in 4 comes out 0.2500000000000003)"
+    ),
     (
         "intake.judge",
         "delay = QUIET_S - age if 0 <= age < QUIET_S else QUIET_S",

@@ -92,11 +92,7 @@ def u_counts(n1: int, n2: int) -> list[int]:
 def _exact_sf(u: int, n1: int, n2: int) -> float:
     """P(U >= u) under the null hypothesis, with the exact distribution."""
     counts = u_counts(min(n1, n2), max(n1, n2))  # symmetric in n1, n2: the cheaper way round
-    if u <= 0:
-        return 1.0
-    if u >= len(counts):
-        return 0.0
-    return sum(counts[u:]) / math.comb(n1 + n2, n1)
+    return sum(counts[u:]) / math.comb(n1 + n2, n1)  # U is always within 0 .. n1*n2
 
 
 def mann_whitney_greater(
@@ -127,7 +123,14 @@ def mann_whitney_greater(
     if variance <= 0:  # every value tied: U is exactly its mean
         return RankTest(u, 1.0, "asymptotic")
     z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(variance)
-    return RankTest(u, min(1.0, max(0.0, normal_sf(z))), "asymptotic")
+    return RankTest(u, normal_sf(z), "asymptotic")
+
+
+def _check_counts(x1: int, n1: int, x2: int, n2: int) -> None:
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both samples need at least one trial")
+    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
+        raise ValueError("successes must be between 0 and the number of trials")
 
 
 def two_proportions_greater(x1: int, n1: int, x2: int, n2: int) -> float:
@@ -136,10 +139,7 @@ def two_proportions_greater(x1: int, n1: int, x2: int, n2: int) -> float:
     With no spread in the pooled sample (no successes at all, or nothing but successes) the
     two cannot be told apart: p = 1.
     """
-    if n1 <= 0 or n2 <= 0:
-        raise ValueError("both samples need at least one trial")
-    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
-        raise ValueError("successes must be between 0 and the number of trials")
+    _check_counts(x1, n1, x2, n2)
     pooled = (x1 + x2) / (n1 + n2)
     spread = pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)
     if spread <= 0:
@@ -156,16 +156,12 @@ def fisher_greater(x1: int, n1: int, x2: int, n2: int) -> float:
     """The p-value of Fisher's exact test, one-sided: the chance, with the margins fixed, of
     at least `x1` successes in the first sample (`scipy.stats.fisher_exact([[x1, n1 - x1],
     [x2, n2 - x2]], alternative="greater")`)."""
-    if n1 <= 0 or n2 <= 0:
-        raise ValueError("both samples need at least one trial")
-    if not (0 <= x1 <= n1 and 0 <= x2 <= n2):
-        raise ValueError("successes must be between 0 and the number of trials")
+    _check_counts(x1, n1, x2, n2)
     successes, n = x1 + x2, n1 + n2
     whole = _log_comb(n, successes)
     top = min(n1, successes)
-    # Summed from the far end of the tail, where the terms are smallest.
-    p = math.fsum(
+    # Summed exactly (fsum), from the far end of the tail, where the terms are smallest.
+    return math.fsum(
         math.exp(_log_comb(n1, k) + _log_comb(n2, successes - k) - whole)
         for k in range(top, x1 - 1, -1)
     )
-    return min(1.0, p)

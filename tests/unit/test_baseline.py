@@ -15,6 +15,7 @@ from postdeploy.baseline import (
     BaselineRules,
     BaselineTally,
     Comparison,
+    Reference,
     compare_fivexx,
     compare_latency,
     judge_window,
@@ -75,6 +76,21 @@ def test_row_round_trips_through_its_json_line() -> None:
     assert flagged.to_dict()["inconclusive"] is True
     assert "inconclusive" not in row.to_dict()
     assert BaselineRow.from_dict(flagged.to_dict()) == flagged
+
+
+def test_row_json_rounds_times_to_microseconds_and_latency_to_microseconds() -> None:
+    row = BaselineRow(12.12345678, True, 3.14159265)
+    assert (row.to_dict()["ts"], row.to_dict()["latency_ms"]) == (12.123457, 3.142)
+
+
+def test_rules_and_reference_defaults() -> None:
+    assert BaselineRules() == BaselineRules(3, 6, 0.99, None, None, 60.0)
+    assert Reference(0.0, 0, (), 0, 0).preexisting == ""
+
+
+def test_reference_figures_are_rounded() -> None:
+    ref = Reference(7.12345678, 1, (3.14159265,), 0, 0)
+    assert (ref.to_dict()["cut"], ref.to_dict()["median_ms"]) == (7.123457, 3.142)
 
 
 def test_row_of_a_probe_keeps_what_the_comparison_reads() -> None:
@@ -277,6 +293,14 @@ def test_compare_latency_wants_the_latest_answer_up(latest: float, regressed: bo
     assert got.regressed is regressed
 
 
+def test_an_increase_of_exactly_latency_increase_counts() -> None:
+    window = [40.0 + i for i in range(11)]  # median 45 = +50 % of 30, and so is the latest
+    window[-1], window[5] = 45.0, 50.0
+    got = compare_latency(window, [float(v) for v in range(15, 46)], RULES)
+    assert (got.window, got.baseline) == (45.0, 30.0)
+    assert got.regressed
+
+
 def test_compare_fivexx_is_exact_on_a_handful_of_requests() -> None:
     # One 5xx in 16 requests against 1 in 1416: the chance of at least one is about 1.6 %.
     got = compare_fivexx(1, 16, 1, 1416, RULES)
@@ -297,7 +321,12 @@ def test_compare_latency_figures() -> None:
 
 @pytest.mark.parametrize(
     ("window", "base", "shift"),
-    [([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], math.inf), ([0.0, 0.0], [0.0, 0.0], 0.0)],
+    [
+        ([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], math.inf),
+        ([0.0, 0.5, 1.0], [0.0, 0.0, 0.0], math.inf),  # any rise, even under a millisecond
+        ([0.0, 0.0], [0.0, 0.0], 0.0),
+        ([1.0, 1.0], [0.5, 0.5], 1.0),  # a baseline under a millisecond is still a baseline
+    ],
 )
 def test_compare_latency_with_a_zero_baseline(
     window: list[float], base: list[float], shift: float
@@ -327,6 +356,7 @@ def test_p_value_at_exactly_alpha_is_not_significant() -> None:
 def test_compare_fivexx(fivexx: int, total: int, increase: float, regressed: bool) -> None:
     rules = replace(RULES, fivexx_increase=increase)
     got = compare_fivexx(fivexx, total, 12, 1200, rules, streak=1)
+    assert compare_fivexx(fivexx, total, 12, 1200, rules).streak == int(regressed)
     assert got.regressed is regressed
     assert got.streak == (2 if regressed else 0)
     assert (got.metric, got.window_samples, got.baseline_samples) == ("5xx", total, 1200)
@@ -358,6 +388,10 @@ def test_a_comparison_that_is_off_is_refused() -> None:
             "health latency 10 ms vs 10.0 ms before the deploy (+0 %, p<0.0001, 6 vs 8 probes)",
         ),
         (
+            Comparison("latency", 6, 8, 10.0, 9.99, 0.001, 0.0001, False, 0),
+            "health latency 10 ms vs 10.0 ms before the deploy (+0 %, p=0.0001, 6 vs 8 probes)",
+        ),
+        (
             Comparison("5xx", 120, 480, 0.03, 0.001, 0.029, 0.00012, True, 3),
             "5xx ratio 3.0 % vs 0.1 % before the deploy (+2.9 points, p=0.00012, "
             "120 vs 480 requests)",
@@ -369,12 +403,12 @@ def test_sentences(comparison: Comparison, sentence: str) -> None:
 
 
 def test_comparison_figures() -> None:
-    c = Comparison("latency", 20, 60, 71.00001234, 30.0, 1.36671234, 0.0004, True, 3)
+    c = Comparison("latency", 20, 60, 71.00001234, 30.00000077, 1.36671234, 0.0004, True, 3)
     assert c.to_dict() == {
         "window_samples": 20,
         "baseline_samples": 60,
         "window": 71.000012,
-        "baseline": 30.0,
+        "baseline": 30.000001,
         "shift": 1.366712,
         "p_value": 0.0004,
         "regressed": True,
@@ -482,6 +516,7 @@ def test_a_5xx_rise_trips_after_fail_threshold_evaluations() -> None:
         ([wrow(0, total=6, fivexx=3)], 10, True),
         ([wrow(0, total=5, fivexx=3)], 10, False),  # 5 requests in the window
         ([wrow(0, total=6, fivexx=3)], 5, False),  # 5 in the baseline
+        ([wrow(0, total=6, fivexx=3)], 6, True),
         ([wrow(0, total=6, fivexx=3), wrow(1, total=0)], 10, True),
     ],
 )
