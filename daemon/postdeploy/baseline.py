@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from postdeploy.stats import fisher_greater, mann_whitney_greater, median
@@ -60,17 +60,9 @@ class BaselineRow:
 
     @classmethod
     def of_probe(cls, row: ProbeRow) -> BaselineRow:
-        """The baseline row of a probe made like a window's tick."""
-        return cls(
-            ts=row.ts,
-            health_ok=row.health_ok,
-            latency_ms=row.latency_ms,
-            total=row.total,
-            fivexx=row.fivexx,
-            health_code=row.health_code,
-            detail=row.detail,
-            inconclusive=row.inconclusive,
-        )
+        """The baseline row of a probe made like a window's tick (every field of a baseline
+        row is a probe row's field of the same name)."""
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {
