@@ -14,17 +14,22 @@ same judge (`+ baseline (0.99)`: k of n, and the baseline comparison):
   after sleeping the row's latency), the k-th request to each 5xx path and to the feature
   check gets row k's answers; the control URL answers. A blind deploy's repo points at a
   bound port that does not listen (connection refused), its control URL too;
-- each repo's `.baseline.jsonl` is the deploy's baseline rows, written with the daemon's own
-  writer (`samples.SampleFile`, the file format the contract defines), time-shifted to the
-  moment of the arm. It is written before the daemon starts, with `baseline_interval_s` an
-  hour, so the baseline task finds a recent row and adds none during the run; the rows are
-  shifted again once the daemon is READY, just before `postdeploy arm` runs for every repo.
+- each repo's `.baseline.jsonl` is the deploy's hour of baseline rows, written with the
+  daemon's own writer (`samples.SampleFile`: the file format the contract defines). With
+  `baseline_interval_s` an hour, the baseline task probes each repo once when the daemon
+  starts (the server answers healthy, outside the script) and then not again during the run;
+  once every repo has that first row, the file is rewritten with the corpus' rows and
+  `postdeploy arm` runs for every repo at once. (Not written before the daemon starts: the
+  daemon does not watch a repo directory that exists at its start with no work item in it,
+  so an arm in it would be found by the rescan, up to `rescan_interval_s` late.)
 
 Time runs 20x faster than in the corpus (a 0.5 s interval for its 10 s): the window's rows
-are the same, only the latencies are real. The baseline rows keep the corpus' own times,
-shifted by half a baseline interval more, so the rows the reference keeps (older than
-`armed_at - baseline_gap_s`) are the pure replay's as long as the arm lands within
-+-5 s of the moment the shift assumed (checked: `done.baseline.reference.rows`).
+are the same, only the latencies are real. The baseline rows keep the corpus' own times
+(10 s apart), shifted to the moment the arms are expected; the rows older than the corpus'
+cut (`armed_at - baseline_gap_s`) move SHIFT_SLACK_S earlier still and the gap's rows (the
+deploy's own restart) SHIFT_SLACK_S later, so the daemon's cut keeps the pure replay's rows
+for an arm landing within +-SHIFT_SLACK_S of that moment (checked against each `done`'s
+`baseline.reference.rows`).
 
 Which deploys: in corpus order, the first `per_kind` of each kind whose window the scripted
 server can play (no answer slower than `MAX_LATENCY_MS`, no timeout; the blind kind aside)
@@ -45,8 +50,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,13 +85,10 @@ MAX_LATENCY_MS = 350.0  # a window the server plays answers within this (well un
 JITTER_MS = 10.0  # a pure verdict that changes with this much more latency is borderline
 JITTER_DRAWS = 5
 SHIFT_SLACK_S = 20.0  # the baseline rows keep this far off the cut on either side
-ARM_LANDS_S = 2.0  # when the `armed` files are expected after the arm commands start
+ARM_LANDS_S = 3.0  # when the `armed` files are expected after the arm commands start
 ITEM = "release-1"
 HEALTH, CHECK_PATH, CONTROL = "/health", "/checkout", "/control"
 FIVEXX = [f"/api/{i}" for i in range(J.FIVEXX_PATHS)]
-
-Item = tuple[J.Deploy, list[BaselineRow], list[ProbeRow], str]
-
 
 # -- which deploys (pure) ----------------------------------------------------------------------
 
@@ -141,12 +144,20 @@ def borderline(
     return any(_key(J.judge(judge, base, _slower(window, e))) != want for e in extras)
 
 
-def pick(items: Sequence[Item], judge: J.Judge, per_kind: int = PER_KIND) -> list[Pick]:
-    """The first `per_kind` deploys of each kind that are playable and not borderline."""
+def pick(
+    judge: J.Judge, per_kind: int = PER_KIND, kinds: Collection[str] | None = None
+) -> list[Pick]:
+    """The first `per_kind` deploys of each kind (of `kinds`: None for all), in corpus order,
+    that are playable and not borderline."""
     chosen: list[Pick] = []
     taken: dict[str, int] = {}
-    for index, (deploy, base, window, _expected) in enumerate(items):
-        if taken.get(deploy.kind, 0) >= per_kind or not playable(deploy, window):
+    for index, deploy in enumerate(J.deploys()):
+        if kinds is not None and deploy.kind not in kinds:
+            continue
+        if taken.get(deploy.kind, 0) >= per_kind:
+            continue
+        base, window = J.rows_of(deploy)  # what `J.corpus()` yields for this deploy
+        if not playable(deploy, window):
             continue
         if borderline(judge, base, window, deploy.seed):
             continue
@@ -183,21 +194,43 @@ def shifted(rows: Sequence[BaselineRow], armed_at: float, gap_s: float) -> list[
 
 
 class Script:
-    """Answers each repo's requests from its window rows, in arrival order per path."""
+    """Answers each repo's requests from its window rows, in arrival order per path, once
+    `play()` was called; before that (the baseline task's first probe) every answer is a
+    healthy one, and counts for nothing."""
 
     def __init__(self, picks: Sequence[Pick]) -> None:
         self.rows = {p.repo: p.window for p in picks}
         self.extra = 0  # requests past a window's last row (there should be none)
+        self.before = 0  # requests before `play()`
+        self._hits: dict[str, int] = {}
+        self._playing = False
+        self._lock = threading.Lock()  # the server answers in a thread per connection
 
-    def answer(self, hit: int, request: Request) -> Reply:
-        """The `hit`-th request to this path (1 for the first) gets row `hit - 1`."""
-        repo, _, path = urlsplit(request.path).path.lstrip("/").partition("/")
-        path = "/" + path
-        if path == CONTROL:
-            return Reply(200, {"ok": True})
+    def play(self) -> None:
+        with self._lock:
+            self._playing = True
+
+    def _hit(self, path: str) -> int:
+        """The number of this request to `path` since `play()` (1 for the first; 0 before)."""
+        with self._lock:
+            if not self._playing:
+                self.before += 1
+                return 0
+            hit = self._hits[path] = self._hits.get(path, 0) + 1
+            return hit
+
+    def answer(self, _server_hit: int, request: Request) -> Reply:
+        """The k-th request to a repo's path gets row k - 1 of its window."""
+        full = urlsplit(request.path).path
+        repo, _, rest = full.lstrip("/").partition("/")
+        path = "/" + rest
+        hit = self._hit(full)
+        if path == CONTROL or hit == 0:
+            return Reply(200, {"status": "ok"})
         rows = self.rows.get(repo, [])
         if hit > len(rows):
-            self.extra += 1
+            with self._lock:
+                self.extra += 1
             return Reply(410, {"error": "past the scripted window"})
         row = rows[hit - 1]
         if path == HEALTH:
@@ -216,7 +249,7 @@ class Script:
 # -- the daemon's config ---------------------------------------------------------------------
 
 
-def settings(judge: J.Judge) -> dict[str, Any]:
+def settings(judge: J.Judge, initial_delay_s: float = INITIAL_DELAY_S) -> dict[str, Any]:
     """`[defaults]`: the judge's thresholds and baseline rules, in the daemon's keys."""
     th, rules = judge.th, judge.rules
     assert rules is not None and rules.fail_threshold == th.fail_threshold
@@ -225,7 +258,7 @@ def settings(judge: J.Judge) -> dict[str, Any]:
         "window_s": J.TICKS * INTERVAL_S,
         "interval_s": INTERVAL_S,
         "probe_timeout_s": PROBE_TIMEOUT_S,
-        "initial_delay_s": INITIAL_DELAY_S,
+        "initial_delay_s": initial_delay_s,
         "fail_threshold": th.fail_threshold,
         "fail_lookback": max(th.fail_lookback, th.fail_threshold),
         "fivexx_threshold": th.fivexx_threshold,
@@ -254,7 +287,7 @@ def windows(picks: Sequence[Pick], port: int, dead: int, judge: J.Judge) -> list
         if lookback:
             check["fail_lookback"] = lookback
         overrides = {
-            "control_url": f"http://127.0.0.1:{at}{CONTROL}",
+            "control_url": f"http://127.0.0.1:{at}/{p.repo}{CONTROL}",
             "rollback_command": [hook],
             "checks": [check],
         }
@@ -277,6 +310,7 @@ class Run:
     seconds: float
     late_ticks: int
     extra_requests: int
+    error_lines: list[str]  # the daemon's log lines at error level or worse
 
 
 def seed(state: Path, picks: Sequence[Pick], armed_at: float, gap_s: float) -> None:
@@ -306,7 +340,9 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
     return parse_json_lines(path.read_bytes()).rows if path.exists() else []
 
 
-def run(d: Path, picks: list[Pick], judge: J.Judge) -> Run:
+def run(
+    d: Path, picks: list[Pick], judge: J.Judge, initial_delay_s: float = INITIAL_DELAY_S
+) -> Run:
     """Every pick through one daemon in `d`; returns when every window has its `done`."""
     script = Script(picks)
     server = HttpServer(script.answer)
@@ -316,16 +352,26 @@ def run(d: Path, picks: list[Pick], judge: J.Judge) -> Run:
     gap = judge.rules.gap_s
     state.mkdir(parents=True, exist_ok=True)
     wins = windows(picks, server.port, dead.port, judge)
-    write_config(config, state, wins, settings(judge))
+    write_config(config, state, wins, settings(judge, initial_delay_s))
     started = time.monotonic()
-    seed(state, picks, time.time(), gap)  # the baseline task must find rows: no probe of its own
     daemon = Daemon(config, d)
     try:
         daemon.wait_ready()
+        # The baseline task probes each repo once at its start (the server answers healthy,
+        # outside the script), then not for an hour: its row is replaced by the corpus' ones.
+        files = [state / p.repo / samples.BASELINE for p in picks]
+        wait_until(
+            lambda: all(f.exists() for f in files),
+            "the baseline task's first row of every repo",
+            poll=0.05,
+            daemon=daemon.process,
+            while_alive=True,
+        )
         assumed = time.time() + ARM_LANDS_S
         seed(state, picks, assumed, gap)
+        script.play()
         arm_all(config, picks)
-        deadline = J.TICKS * INTERVAL_S + 120
+        deadline = initial_delay_s + J.TICKS * INTERVAL_S + 120
         items = [w.dir(state) for w in wins]
         wait_until(
             lambda: all((i / "done").exists() for i in items),
@@ -336,6 +382,7 @@ def run(d: Path, picks: list[Pick], judge: J.Judge) -> Run:
             while_alive=True,
         )
         late = len(daemon.find("tick.late")) + len(daemon.find("tick.skipped"))
+        errors = [str(line)[:300] for line in daemon.problems()]
     finally:
         daemon.stop()
         server.stop()
@@ -353,7 +400,8 @@ def run(d: Path, picks: list[Pick], judge: J.Judge) -> Run:
         w.repo: float(json.loads((w.dir(state) / "window.json").read_text())["armed_at"])
         for w in wins
     }
-    return Run(picks, done, series, armed, assumed, time.monotonic() - started, late, script.extra)
+    took = time.monotonic() - started
+    return Run(picks, done, series, armed, assumed, took, late, script.extra, errors)
 
 
 # -- the comparison --------------------------------------------------------------------------
@@ -460,6 +508,7 @@ def figures(result: Run, rows: Sequence[Row]) -> dict[str, Any]:
         "late_or_skipped_ticks": result.late_ticks,
         "ticks_missed": sum(int(d.get("ticks_missed") or 0) for d in result.done.values()),
         "requests_past_the_script": result.extra_requests,
+        "error_lines": result.error_lines[:5],
         "overhead_ms": {
             "answers": len(over),
             "median": round(statistics.median(over), 2) if over else None,
@@ -478,7 +527,8 @@ def summary(f: dict[str, Any]) -> str:
         f"{f['seconds']:.0f} s; measured latency minus scripted, over {o['answers']} answers: "
         f"median {o['median']} ms, p99 {o['p99']} ms, max {o['max']} ms; arms landed "
         f"{f['arm_vs_assumed_s'][0]:+.1f}..{f['arm_vs_assumed_s'][1]:+.1f} s from the assumed "
-        f"moment; {f['late_or_skipped_ticks']} late or skipped ticks, {f['ticks_missed']} missed"
+        f"moment; {f['late_or_skipped_ticks']} late or skipped ticks, {f['ticks_missed']} missed, "
+        f"{f['requests_past_the_script']} requests past the script"
     )
 
 
@@ -496,8 +546,18 @@ def write_doc(text: str, path: Path = DOC) -> None:
 
 
 def generated(rows: Sequence[Row], f: dict[str, Any]) -> str:
+    """The section's measured part: the run's figures and the table."""
+    o, arms = f["overhead_ms"], f["arm_vs_assumed_s"]
     lines = [
-        f"Last run: {time.strftime('%Y-%m-%d')}, {summary(f)}.",
+        f"Last run ({time.strftime('%Y-%m-%d')}): **{f['equal']} of {f['deploys']}** daemon "
+        f"verdicts equal to the pure replay's; the daemon ran {f['seconds']:.0f} s.",
+        "",
+        f"- measured minus scripted latency, over {o['answers']} passing health answers: "
+        f"median {o['median']} ms, p99 {o['p99']} ms, max {o['max']} ms;",
+        f"- the arms landed {arms[0]:+.1f} to {arms[1]:+.1f} s from the moment the baseline "
+        f"shift assumed (+-{SHIFT_SLACK_S:g} s allowed); {f['late_or_skipped_ticks']} ticks "
+        f"late or skipped, {f['ticks_missed']} missed, {f['requests_past_the_script']} "
+        "requests past a window's rows.",
         "",
         table(rows),
     ]
@@ -509,10 +569,17 @@ def generated(rows: Sequence[Row], f: dict[str, Any]) -> str:
 # -- entry points ----------------------------------------------------------------------------
 
 
-def measure(d: Path, per_kind: int = PER_KIND) -> tuple[list[Row], dict[str, Any]]:
+def measure(
+    d: Path,
+    per_kind: int = PER_KIND,
+    kinds: Collection[str] | None = None,
+    initial_delay_s: float = INITIAL_DELAY_S,
+) -> tuple[list[Row], dict[str, Any]]:
+    """Pick the deploys, run them through the daemon in `d`, compare: the table's rows and
+    the run's figures."""
     judge = the_judge()
-    picks = pick(list(J.corpus()), judge, per_kind)
-    result = run(d, picks, judge)
+    picks = pick(judge, per_kind, kinds)
+    result = run(d, picks, judge, initial_delay_s)
     rows = compare(result, judge)
     return rows, figures(result, rows)
 
