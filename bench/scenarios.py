@@ -1374,6 +1374,15 @@ def judgement(ctx: Ctx) -> Result:
     return result
 
 
+def judgement_daemon(ctx: Ctx) -> Result:
+    """Deploys of that corpus through the real daemon, each verdict compared with the pure
+    replay's (bench/judgement_daemon.py)."""
+    from bench import judgement_daemon as through
+
+    result: Result = through.run_scenario(ctx)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "httpx": httpx_alone,
     "idle": idle,
@@ -1387,6 +1396,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "origins": origins,
     "history": history,
     "judgement": judgement,
+    "judgement-daemon": judgement_daemon,
     "profile": profile,
 }
 DEFAULT = [name for name in SCENARIOS if name != "profile"]
