@@ -188,6 +188,7 @@ class Daemon:
         try:  # before the first scan: whatever arrives during it raises an event
             self._watcher = self._watcher_factory(self.root)
             self._watcher.watch_requests()
+            self._watcher.watch_repos()
             self.intake.watcher = self.discovery.watcher = self._watcher
         except OSError as exc:
             log.error(

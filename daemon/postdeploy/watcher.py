@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from postdeploy.layout import (
     CANCEL,
     REQUESTS_DIR,
     ItemKey,
+    valid_name,
 )
 
 log = structlog.get_logger("postdeploy.watcher")
@@ -106,6 +108,16 @@ class Watcher:
         self._where[wd] = parts
         self._wd[parts] = wd
         return True
+
+    def watch_repos(self) -> None:
+        """Watch every repo directory there is now (blocking: one listing of the root). A
+        repo directory made while the daemon runs is watched as the root reports it; one
+        made before, holding no work item yet (or only its `.baseline.jsonl`), would
+        otherwise be found by the periodic rescan alone, seconds after an arm."""
+        with os.scandir(self.root) as entries:
+            names = [e.name for e in entries if valid_name(e.name)]
+        for name in names:
+            self._add((name,))  # IN_ONLYDIR | IN_DONT_FOLLOW: files and symlinks are refused
 
     def watch_requests(self) -> None:
         """Watch `<root>/.requests`, where `postdeploy rollback` leaves its pokes."""

@@ -271,3 +271,19 @@ async def test_a_deploy_that_changes_nothing_stays_healthy_against_the_baseline(
     assert result["status"] == "HEALTHY"
     assert result["preexisting"] is False
     assert result["baseline"]["reference"]["rows"] >= 10
+
+
+async def test_an_arm_in_a_repo_directory_made_before_the_start_is_seen_by_inotify(
+    tmp_path: Path,
+) -> None:
+    """A repo directory that exists at start-up with no work item in it (a repo with only
+    its `.baseline.jsonl`, say) is watched from the start: with the rescan an hour away,
+    only inotify can bring the window in."""
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("rescan_interval_s = 0.2", "rescan_interval_s = 3600"))
+    (tmp_path / "state" / "shop").mkdir(parents=True)
+    (tmp_path / "state" / "shop" / ".baseline.jsonl").write_text("")
+    async with running(load_config(path), Service(), path) as daemon:
+        item = arm(daemon.root, "shop", "w1")
+        await until("the verdict", lambda: (item / "done").exists())
+    assert done(item)["status"] == "HEALTHY"
