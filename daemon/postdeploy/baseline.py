@@ -203,9 +203,9 @@ Metric = Literal["latency", "5xx"]
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """The `q` quantile of `values` (nearest rank, 0 < q < 1; at least one value)."""
+    """The `q` quantile of `values` (nearest rank, 0 <= q <= 1; at least one value)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def _p(p_value: float) -> str:

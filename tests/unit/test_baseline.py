@@ -209,6 +209,9 @@ def test_reference_counts_judged_rows_only() -> None:
         ([float(v) for v in range(1, 11)], 0.9, 9.0),
         ([float(v) for v in range(10, 0, -1)], 0.9, 9.0),  # order does not matter
         ([1.0, 2.0, 3.0], 0.5, 2.0),
+        ([float(v) for v in range(1, 11)], 0.95, 10.0),  # the top rank
+        ([float(v) for v in range(1, 11)], 1.0, 10.0),
+        ([float(v) for v in range(1, 11)], 0.0, 1.0),
     ],
 )
 def test_quantile(values: list[float], q: float, expected: float) -> None:
@@ -788,3 +791,10 @@ def test_a_comparison_in_defaults_may_serve_other_repos() -> None:
 )
 def test_describe(figures: dict[str, object], said: str) -> None:
     assert bl.describe(figures) == said
+
+
+def test_reference_figures_give_the_band_rounded_to_the_microsecond() -> None:
+    """p10 and p90 of the reference's passing latencies, as the timeline's band draws them."""
+    rows = [at(k, latency=10.0 + k + 0.12345) for k in range(1, 11)]
+    figures = reference(rows, ARMED, RULES).to_dict()
+    assert (figures["p10_ms"], figures["median_ms"], figures["p90_ms"]) == (11.123, 15.623, 19.123)
