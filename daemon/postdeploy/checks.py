@@ -13,8 +13,8 @@ A condition is one readable line, parsed by a small hand-written grammar (never 
 Values are JSON literals (`200`, `1.5`, `"text"`, `true`, `null`); single quotes work too.
 
 A parsed condition is one of five small types, one per kind of line: `Compare`, `Length`,
-`Presence`, `Contains` and `Matches`. `Condition` is their union; `evaluate` is the one place
-that tells them apart.
+`Presence`, `Contains` and `Matches`. `Condition` is their union; `evaluate` judges one and
+`_expectation` words what it expects.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 _PATH_RE = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*)$")
 _PATH_PREFIX_RE = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*")
@@ -65,8 +65,20 @@ _ORDERING: dict[CompareOp, Callable[[Any, Any], bool]] = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Parsed:
+    """What every kind of condition has besides its own fields."""
+
+    text: str = ""  # the line as written
+
+    @property
+    def expectation(self) -> str:
+        """The expected part, for reasons: e.g. `> 0`, `== "ok"`, `exists`."""
+        return _expectation(cast("Condition", self))  # every subclass is one of Condition
+
+
 @dataclass(frozen=True)
-class Compare:
+class Compare(_Parsed):
     """`status == 200`, `latency_ms < 500`, `$.stock >= 1`: the subject's value against `value`.
 
     `subject` is status, latency_ms or a JSON path; the body's kinds have no subject field.
@@ -75,68 +87,58 @@ class Compare:
     subject: str
     op: CompareOp
     value: Any
-    text: str = ""  # the line as written
-
-    @property
-    def expectation(self) -> str:
-        """The expected part, for reasons: e.g. `== "ok"`."""
-        return f"{self.op.value} {_show(self.value)}"
 
 
 @dataclass(frozen=True)
-class Length:
+class Length(_Parsed):
     """`$.items length > 0`: the length of the list, object or string at a JSON path."""
 
     subject: str
     op: CompareOp
     value: int | float
-    text: str = ""
-
-    @property
-    def expectation(self) -> str:
-        return f"length {self.op.value} {_show(self.value)}"
 
 
 @dataclass(frozen=True)
-class Presence:
+class Presence(_Parsed):
     """`$.version exists` (present) or `$.legacy missing` (not present)."""
 
     subject: str
     present: bool
-    text: str = ""
-
-    @property
-    def expectation(self) -> str:
-        return "exists" if self.present else "missing"
 
 
 @dataclass(frozen=True)
-class Contains:
+class Contains(_Parsed):
     """`body contains "ok"`, or with `negate` `body not_contains "error"`: a plain substring."""
 
     needle: str
     negate: bool = False
-    text: str = ""
-
-    @property
-    def expectation(self) -> str:
-        return f"{'not_contains' if self.negate else 'contains'} {_show(self.needle)}"
 
 
 @dataclass(frozen=True)
-class Matches:
+class Matches(_Parsed):
     """`body matches "v\\d+"`: a regular expression found anywhere in the body."""
 
     pattern: str
-    text: str = ""
-
-    @property
-    def expectation(self) -> str:
-        return f"matches {_show(self.pattern)}"
 
 
-# One parsed condition; `parse_condition` returns one, `evaluate` tells them apart.
+# One parsed condition, as `parse_condition` returns it. Two functions tell the kinds apart:
+# `evaluate` and `_expectation`.
 Condition = Compare | Length | Presence | Contains | Matches
+
+
+def _expectation(condition: Condition) -> str:
+    """The expected part of a condition, for reasons: e.g. `> 0`, `== "ok"`, `exists`."""
+    match condition:
+        case Compare(op=op, value=value):
+            return f"{op.value} {_show(value)}"
+        case Length(op=op, value=value):
+            return f"length {op.value} {_show(value)}"
+        case Presence(present=present):
+            return "exists" if present else "missing"
+        case Contains(needle=needle, negate=negate):
+            return f"{'not_contains' if negate else 'contains'} {_show(needle)}"
+        case Matches(pattern=pattern):
+            return f"matches {_show(pattern)}"
 
 
 def _show(value: Any) -> str:
@@ -196,20 +198,20 @@ def parse_condition(text: str) -> Condition:
     if word in ("exists", "missing"):
         if not subject.startswith("$") or tail.strip():
             raise ConditionError(f"{text!r}: {word} goes alone after a JSON path")
-        return Presence(subject, word == "exists", text)
+        return Presence(subject, word == "exists", text=text)
     if word == "length":
         if not subject.startswith("$"):
             raise ConditionError(f"{text!r}: length applies to a JSON path")
         op, value = _split_op(tail.strip(), text)
         if not _is_number(value):
             raise ConditionError(f"{text!r}: length compares with a number")
-        return Length(subject, op, value, text)
+        return Length(subject, op, value, text=text)
     op, value = _split_op(rest, text)
     if subject in ("status", "latency_ms") and not _is_number(value):
         raise ConditionError(f"{text!r}: {subject} compares with a number")
     if op.orders and not _is_number(value):
         raise ConditionError(f"{text!r}: {op.value} compares with a number")
-    return Compare(subject, op, value, text)
+    return Compare(subject, op, value, text=text)
 
 
 def _parse_body(word: str, tail: str, text: str) -> Contains | Matches:
@@ -225,7 +227,7 @@ def _parse_body(word: str, tail: str, text: str) -> Contains | Matches:
         re.compile(value)
     except re.error as exc:
         raise ConditionError(f"{text!r}: bad regular expression: {exc}") from None
-    return Matches(value, text)
+    return Matches(value, text=text)
 
 
 def _is_number(value: Any) -> bool:
