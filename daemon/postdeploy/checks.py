@@ -74,7 +74,7 @@ class _Parsed:
     @property
     def expectation(self) -> str:
         """The expected part, for reasons: e.g. `> 0`, `== "ok"`, `exists`."""
-        return _expectation(cast("Condition", self))  # every subclass is one of Condition
+        return _expectation(cast(Condition, self))  # every subclass is one of Condition
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ def test_valid_conditions_parse(text: str, expected: Condition) -> None:
     assert parse_condition(text) == replace(expected, text=text)
 
 
+def test_a_condition_built_by_hand_has_no_line() -> None:
+    # `text` is the line a condition was parsed from; one built in code has none.
+    assert Compare("status", EQ, 200).text == ""
+
+
 @pytest.mark.parametrize(
     ("text", "expectation"),
     [
