@@ -11,18 +11,24 @@ A condition is one readable line, parsed by a small hand-written grammar (never 
     $.stock >= 1                  numeric comparisons: == != < <= > >=
 
 Values are JSON literals (`200`, `1.5`, `"text"`, `true`, `null`); single quotes work too.
+
+A parsed condition is one of five small types, one per kind of line: `Compare`, `Length`,
+`Presence`, `Contains` and `Matches`. `Condition` is their union; `evaluate` judges one and
+`_expectation` words what it expects.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-_OPS = ("==", "!=", "<=", ">=", "<", ">")
 _PATH_RE = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*)$")
 _PATH_PREFIX_RE = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*")
 _STEP_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]")
@@ -33,24 +39,106 @@ class ConditionError(ValueError):
     """A condition that cannot be parsed; the message says what is wrong."""
 
 
-@dataclass(frozen=True)
-class Condition:
-    """One parsed condition. `subject` is status | latency_ms | body | a JSON path."""
+class CompareOp(enum.Enum):
+    """A comparison operator, by its spelling in a condition."""
 
-    text: str
-    subject: str
-    op: str  # one of _OPS, exists, missing, contains, not_contains, matches, length
-    value: Any = None
-    length_op: str = ""  # with op == "length": the comparison applied to the length
+    # In the order the parser tries them: `<=` before `<`, or `<= 5` would read as `<` `= 5`.
+    EQ = "=="
+    NE = "!="
+    LE = "<="
+    GE = ">="
+    LT = "<"
+    GT = ">"
+
+    @property
+    def orders(self) -> bool:
+        """`<`, `<=`, `>`, `>=`: defined on numbers only (`==` and `!=` take any value)."""
+        return self in _ORDERING
+
+
+# The ordering operators, applied once both sides are numbers.
+_ORDERING: dict[CompareOp, Callable[[Any, Any], bool]] = {
+    CompareOp.LT: operator.lt,
+    CompareOp.LE: operator.le,
+    CompareOp.GT: operator.gt,
+    CompareOp.GE: operator.ge,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Parsed:
+    """What every kind of condition has besides its own fields."""
+
+    text: str = ""  # the line as written
 
     @property
     def expectation(self) -> str:
         """The expected part, for reasons: e.g. `> 0`, `== "ok"`, `exists`."""
-        if self.op == "length":
-            return f"length {self.length_op} {_show(self.value)}"
-        if self.op in ("exists", "missing"):
-            return self.op
-        return f"{self.op} {_show(self.value)}"
+        return _expectation(cast(Condition, self))  # every subclass is one of Condition
+
+
+@dataclass(frozen=True)
+class Compare(_Parsed):
+    """`status == 200`, `latency_ms < 500`, `$.stock >= 1`: the subject's value against `value`.
+
+    `subject` is status, latency_ms or a JSON path; the body's kinds have no subject field.
+    """
+
+    subject: str
+    op: CompareOp
+    value: Any
+
+
+@dataclass(frozen=True)
+class Length(_Parsed):
+    """`$.items length > 0`: the length of the list, object or string at a JSON path."""
+
+    subject: str
+    op: CompareOp
+    value: int | float
+
+
+@dataclass(frozen=True)
+class Presence(_Parsed):
+    """`$.version exists` (present) or `$.legacy missing` (not present)."""
+
+    subject: str
+    present: bool
+
+
+@dataclass(frozen=True)
+class Contains(_Parsed):
+    """`body contains "ok"`, or with `negate` `body not_contains "error"`: a plain substring."""
+
+    needle: str
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Matches(_Parsed):
+    """`body matches "v\\d+"`: a regular expression found anywhere in the body."""
+
+    pattern: str
+
+
+# One parsed condition, as `parse_condition` returns it. Two functions tell the kinds apart:
+# `evaluate` and `_expectation`.
+Condition = Compare | Length | Presence | Contains | Matches
+
+
+def _expectation(condition: Condition) -> str:
+    """The expected part of a condition, for reasons: e.g. `> 0`, `== "ok"`, `exists`."""
+    match condition:
+        case Compare(op=op, value=value):
+            return f"{op.value} {_show(value)}"
+        case Length(op=op, value=value):
+            return f"length {op.value} {_show(value)}"
+        case Presence(present=present):
+            return "exists" if present else "missing"
+        case Contains(needle=needle, negate=negate):
+            return f"{'not_contains' if negate else 'contains'} {_show(needle)}"
+        case Matches(pattern=pattern):
+            return f"matches {_show(pattern)}"
 
 
 def _show(value: Any) -> str:
@@ -73,14 +161,15 @@ def _literal(text: str, condition: str) -> Any:
         ) from None
 
 
-def _split_op(rest: str, condition: str) -> tuple[str, Any]:
-    for op in _OPS:
-        if rest.startswith(op):
-            value_text = rest[len(op) :].strip()
+def _split_op(rest: str, condition: str) -> tuple[CompareOp, Any]:
+    for op in CompareOp:
+        if rest.startswith(op.value):
+            value_text = rest[len(op.value) :].strip()
             if not value_text:
-                raise ConditionError(f"{condition!r}: a value is missing after {op}")
+                raise ConditionError(f"{condition!r}: a value is missing after {op.value}")
             return op, _literal(value_text, condition)
-    raise ConditionError(f"{condition!r}: expected one of {' '.join(_OPS)} after the subject")
+    spellings = " ".join(op.value for op in CompareOp)
+    raise ConditionError(f"{condition!r}: expected one of {spellings} after the subject")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -105,34 +194,40 @@ def parse_condition(text: str) -> Condition:
         raise ConditionError(f"{text!r}: {subject!r} is not a JSON path like $.a.b[0]")
     word, _, tail = rest.partition(" ")
     if subject == "body":
-        if word in ("contains", "not_contains", "matches"):
-            value = _literal(tail, text)
-            if not isinstance(value, str):
-                raise ConditionError(f"{text!r}: {word} needs a string")
-            if word == "matches":
-                try:
-                    re.compile(value)
-                except re.error as exc:
-                    raise ConditionError(f"{text!r}: bad regular expression: {exc}") from None
-            return Condition(text, subject, word, value)
-        raise ConditionError(f"{text!r}: body takes contains, not_contains or matches")
+        return _parse_body(word, tail, text)
     if word in ("exists", "missing"):
         if not subject.startswith("$") or tail.strip():
             raise ConditionError(f"{text!r}: {word} goes alone after a JSON path")
-        return Condition(text, subject, word)
+        return Presence(subject, word == "exists", text=text)
     if word == "length":
         if not subject.startswith("$"):
             raise ConditionError(f"{text!r}: length applies to a JSON path")
         op, value = _split_op(tail.strip(), text)
         if not _is_number(value):
             raise ConditionError(f"{text!r}: length compares with a number")
-        return Condition(text, subject, "length", value, length_op=op)
+        return Length(subject, op, value, text=text)
     op, value = _split_op(rest, text)
     if subject in ("status", "latency_ms") and not _is_number(value):
         raise ConditionError(f"{text!r}: {subject} compares with a number")
-    if op in ("<", "<=", ">", ">=") and not _is_number(value):
-        raise ConditionError(f"{text!r}: {op} compares with a number")
-    return Condition(text, subject, op, value)
+    if op.orders and not _is_number(value):
+        raise ConditionError(f"{text!r}: {op.value} compares with a number")
+    return Compare(subject, op, value, text=text)
+
+
+def _parse_body(word: str, tail: str, text: str) -> Contains | Matches:
+    """The rest of a `body ...` condition: contains, not_contains or matches, and a string."""
+    if word not in ("contains", "not_contains", "matches"):
+        raise ConditionError(f"{text!r}: body takes contains, not_contains or matches")
+    value = _literal(tail, text)
+    if not isinstance(value, str):
+        raise ConditionError(f"{text!r}: {word} needs a string")
+    if word != "matches":
+        return Contains(value, negate=word == "not_contains", text=text)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConditionError(f"{text!r}: bad regular expression: {exc}") from None
+    return Matches(value, text=text)
 
 
 def _is_number(value: Any) -> bool:
@@ -163,16 +258,14 @@ def _equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
-def _compare(op: str, left: Any, right: Any) -> bool:
-    if op == "==":
+def _compare(op: CompareOp, left: Any, right: Any) -> bool:
+    if op is CompareOp.EQ:
         return _equal(left, right)
-    if op == "!=":
+    if op is CompareOp.NE:
         return not _equal(left, right)
     if not (_is_number(left) and _is_number(right)):
         return False
-    return bool(
-        {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
-    )
+    return _ORDERING[op](left, right)
 
 
 @dataclass(frozen=True)
@@ -199,53 +292,48 @@ def evaluate(condition: Condition, response: Response) -> Result:
     """Evaluate one condition against a response."""
     if response.error is not None:
         return Result(False, None, response.error)
-    if condition.subject == "status":
-        return _judge(condition, response.code, f"status {response.code}")
-    if condition.subject == "latency_ms":
-        result = _judge(condition, response.latency_ms, f"latency_ms {response.latency_ms:.1f}")
-        return Result(result.ok, round(response.latency_ms, 1), result.detail)
+    match condition:
+        case Compare(subject="status"):
+            ok = _compare(condition.op, response.code, condition.value)
+            return Result(ok, response.code, f"status {response.code}")
+        case Compare(subject="latency_ms"):
+            ok = _compare(condition.op, response.latency_ms, condition.value)
+            shown = f"latency_ms {response.latency_ms:.1f}"
+            return Result(ok, round(response.latency_ms, 1), shown)
+    # Every other kind reads the body: as text, or the value at a JSON path.
     text = response.body.decode("utf-8", "replace")
-    if condition.subject == "body":
-        return _body(condition, text)
+    match condition:
+        case Contains():
+            ok = (condition.needle in text) is not condition.negate
+            return _body(ok, condition)
+        case Matches():
+            return _body(re.search(condition.pattern, text) is not None, condition)
     try:
         document = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, an int over the digit limit, too deep
         return Result(False, None, f"{condition.subject}: the body is not JSON")
     value = json_path(document, condition.subject)
-    if condition.op == "exists":
-        return Result(value is not _MISSING, None, f"{condition.subject} {_presence(value)}")
-    if condition.op == "missing":
-        return Result(value is _MISSING, None, f"{condition.subject} {_presence(value)}")
+    if isinstance(condition, Presence):
+        ok = (value is not _MISSING) is condition.present
+        return Result(ok, None, f"{condition.subject} {_presence(value)}")
     if value is _MISSING:
         return Result(False, None, f"{condition.subject} missing")
-    if condition.op == "length":
-        if not isinstance(value, list | dict | str):
-            kind = (
-                "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
-            )
-            return Result(False, None, f"{condition.subject} is {kind}, it has no length")
-        size = len(value)
-        ok = _compare(condition.length_op, size, condition.value)
-        return Result(ok, size, f"{condition.subject} length {size}")
-    return _judge(condition, value, f"{condition.subject} {_show(value)}")
+    if isinstance(condition, Compare):
+        ok = _compare(condition.op, value, condition.value)
+        return Result(ok, value, f"{condition.subject} {_show(value)}")
+    if not isinstance(value, list | dict | str):
+        kind = "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
+        return Result(False, None, f"{condition.subject} is {kind}, it has no length")
+    size = len(value)
+    ok = _compare(condition.op, size, condition.value)
+    return Result(ok, size, f"{condition.subject} length {size}")
 
 
 def _presence(value: Any) -> str:
     return "missing" if value is _MISSING else "exists"
 
 
-def _judge(condition: Condition, value: Any, shown: str) -> Result:
-    return Result(_compare(condition.op, value, condition.value), value, shown)
-
-
-def _body(condition: Condition, text: str) -> Result:
-    needle = str(condition.value)
-    if condition.op == "contains":
-        ok = needle in text
-    elif condition.op == "not_contains":
-        ok = needle not in text
-    else:
-        ok = re.search(needle, text) is not None
+def _body(ok: bool, condition: Contains | Matches) -> Result:
     return Result(ok, None, f"body {'matches' if ok else 'does not match'} {condition.expectation}")
 
 

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from postdeploy.checks import (
     Bound,
+    Compare,
+    CompareOp,
     Condition,
     ConditionError,
+    Contains,
+    Length,
+    Matches,
+    Presence,
     Response,
     Result,
     evaluate,
@@ -45,56 +52,56 @@ def resp(body: Any = None, code: int = 200, latency_ms: float = 12.34) -> Respon
 
 # -- parsing: valid conditions of every kind -----------------------------------------------
 
-VALID = [
-    # text, subject, op, value, length_op
-    ("status == 200", "status", "==", 200, ""),
-    ("status != 500", "status", "!=", 500, ""),
-    ("status >= 200", "status", ">=", 200, ""),
-    ("status < 300", "status", "<", 300, ""),
-    ("  status   ==   200  ", "status", "==", 200, ""),
-    ("latency_ms < 500", "latency_ms", "<", 500, ""),
-    ("latency_ms <= 12.5", "latency_ms", "<=", 12.5, ""),
-    ('body contains "in stock"', "body", "contains", "in stock", ""),
-    ("body contains 'in stock'", "body", "contains", "in stock", ""),
-    ('body not_contains "error"', "body", "not_contains", "error", ""),
-    (r'body matches "v\\d+\\.\\d+"', "body", "matches", r"v\d+\.\d+", ""),
-    ('$.status == "ok"', "$.status", "==", "ok", ""),
-    ("$.status == 'ok'", "$.status", "==", "ok", ""),
-    ("$.a.b[0].c == 1", "$.a.b[0].c", "==", 1, ""),
-    ("$.stock >= 1", "$.stock", ">=", 1, ""),
-    ("$.ratio < 0.25", "$.ratio", "<", 0.25, ""),
-    ("$.ready == true", "$.ready", "==", True, ""),
-    ("$.ready != false", "$.ready", "!=", False, ""),
-    ("$.error == null", "$.error", "==", None, ""),
-    ("$.tags == [1, 2]", "$.tags", "==", [1, 2], ""),
-    ('$.meta == {"a": 1}', "$.meta", "==", {"a": 1}, ""),
-    ("$.items length > 0", "$.items", "length", 0, ">"),
-    ("$.items length == 2", "$.items", "length", 2, "=="),
-    ("$.version exists", "$.version", "exists", None, ""),
-    ("$.legacy missing", "$.legacy", "missing", None, ""),
-    ("$ exists", "$", "exists", None, ""),
-    ("$[0].id == 7", "$[0].id", "==", 7, ""),
-    ('$["content-type"] == "json"', '$["content-type"]', "==", "json", ""),
+EQ, NE, LT, LE, GT, GE = (CompareOp(op) for op in ("==", "!=", "<", "<=", ">", ">="))
+
+VALID: list[tuple[str, Condition]] = [
+    # text, the condition it parses to (its `text` aside)
+    ("status == 200", Compare("status", EQ, 200)),
+    ("status != 500", Compare("status", NE, 500)),
+    ("status >= 200", Compare("status", GE, 200)),
+    ("status < 300", Compare("status", LT, 300)),
+    ("  status   ==   200  ", Compare("status", EQ, 200)),
+    ("latency_ms < 500", Compare("latency_ms", LT, 500)),
+    ("latency_ms <= 12.5", Compare("latency_ms", LE, 12.5)),
+    ("latency_ms > 1", Compare("latency_ms", GT, 1)),
+    ('body contains "in stock"', Contains("in stock")),
+    ("body contains 'in stock'", Contains("in stock")),
+    ('body not_contains "error"', Contains("error", negate=True)),
+    (r'body matches "v\\d+\\.\\d+"', Matches(r"v\d+\.\d+")),
+    ('$.status == "ok"', Compare("$.status", EQ, "ok")),
+    ("$.status == 'ok'", Compare("$.status", EQ, "ok")),
+    ("$.a.b[0].c == 1", Compare("$.a.b[0].c", EQ, 1)),
+    ("$.stock >= 1", Compare("$.stock", GE, 1)),
+    ("$.ratio < 0.25", Compare("$.ratio", LT, 0.25)),
+    ("$.ready == true", Compare("$.ready", EQ, True)),
+    ("$.ready != false", Compare("$.ready", NE, False)),
+    ("$.error == null", Compare("$.error", EQ, None)),
+    ("$.tags == [1, 2]", Compare("$.tags", EQ, [1, 2])),
+    ('$.meta == {"a": 1}', Compare("$.meta", EQ, {"a": 1})),
+    ("$.items length > 0", Length("$.items", GT, 0)),
+    ("$.items length == 2", Length("$.items", EQ, 2)),
+    ("$.version exists", Presence("$.version", present=True)),
+    ("$.legacy missing", Presence("$.legacy", present=False)),
+    ("$ exists", Presence("$", present=True)),
+    ("$[0].id == 7", Compare("$[0].id", EQ, 7)),
+    ('$["content-type"] == "json"', Compare('$["content-type"]', EQ, "json")),
     # Unicode: in a quoted key, in a value, in a body needle.
-    ('$["名前"] == "値"', '$["名前"]', "==", "値", ""),
-    ('$.city == "Zürich"', "$.city", "==", "Zürich", ""),
-    ('$.icon == "\\ud83d\\ude80"', "$.icon", "==", "🚀", ""),
-    ('body contains "🚀 über"', "body", "contains", "🚀 über", ""),
+    ('$["名前"] == "値"', Compare('$["名前"]', EQ, "値")),
+    ('$.city == "Zürich"', Compare("$.city", EQ, "Zürich")),
+    ('$.icon == "\\ud83d\\ude80"', Compare("$.icon", EQ, "🚀")),
+    ('body contains "🚀 über"', Contains("🚀 über")),
 ]
 
 
-@pytest.mark.parametrize(("text", "subject", "op", "value", "length_op"), VALID)
-def test_valid_conditions_parse(
-    text: str, subject: str, op: str, value: Any, length_op: str
-) -> None:
-    condition = parse_condition(text)
-    assert (condition.subject, condition.op, condition.value, condition.length_op) == (
-        subject,
-        op,
-        value,
-        length_op,
-    )
-    assert condition.text == text
+@pytest.mark.parametrize(("text", "expected"), VALID)
+def test_valid_conditions_parse(text: str, expected: Condition) -> None:
+    # Dataclass equality also compares the kind: a Length is never equal to a Compare.
+    assert parse_condition(text) == replace(expected, text=text)
+
+
+def test_a_condition_built_by_hand_has_no_line() -> None:
+    # `text` is the line a condition was parsed from; one built in code has none.
+    assert Compare("status", EQ, 200).text == ""
 
 
 @pytest.mark.parametrize(

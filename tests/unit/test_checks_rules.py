@@ -14,6 +14,8 @@ import pytest
 
 from postdeploy.checks import (
     Bound,
+    Compare,
+    CompareOp,
     ConditionError,
     Response,
     evaluate,
@@ -48,7 +50,7 @@ def test_numeric_comparison_boundaries(op: str, expected: tuple[bool, bool, bool
     [("$.name == ''", ""), ("$.name == 'a'", "a"), ('$.name == ""', "")],
 )
 def test_single_quoted_strings(text: str, value: str) -> None:
-    assert parse_condition(text).value == value
+    assert parse_condition(text) == Compare("$.name", CompareOp.EQ, value, text=text)
 
 
 @pytest.mark.parametrize(
