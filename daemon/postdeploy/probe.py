@@ -95,12 +95,11 @@ class Prober:
     2 x `max_inflight` requests are in flight overall:
 
     - urgent: the health request of each tick (`probe`, or `request(..., urgent=True)`);
-    - the rest: 5xx paths, feature checks, Prometheus queries and control probes.
+    - the rest: 5xx paths, feature checks, Prometheus queries, control and baseline probes.
 
     Both are FIFO. With a single class, 200 windows ticking in the same instant queued a late
-    window's health request behind hundreds of the others' secondary requests, and its tick
-    reached the target 200+ ms late. With two, a health request waits only for other health
-    requests (one per window ticking), never for secondary work.
+    window's health request behind hundreds of the others' secondary requests (200+ ms late).
+    With two, a health request waits only for other windows' health requests.
     """
 
     def __init__(
@@ -145,12 +144,6 @@ class Prober:
             if len(self._urls) < 100_000:  # bounded by the config in practice; a safety cap
                 self._urls[url] = parsed
         return parsed
-
-    async def __aenter__(self) -> Prober:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -284,8 +277,8 @@ class Prober:
         the health requests' connects would queue behind the others'. Like the wait for a
         request slot, that wait is not part of a request's own `timeout`.
 
-        `urgent=False` (a baseline probe, see sampler.py) puts the health request in the
-        non-urgent class too: a baseline probe never takes a slot a window's tick needs."""
+        `urgent=False` (a baseline probe, see sampler.py): its health request takes a
+        non-urgent slot, never one a window's tick needs."""
         ts = time.time()
         settings = repo.resolved_probe  # prepared when the config was loaded
         if settings is None:  # a repo validated on its own: once, off the event loop

@@ -6,6 +6,7 @@ own task, so a task group must never span a fixture's setup and teardown)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import aclosing as closing
 from pathlib import Path
 
 import anyio
@@ -85,7 +86,7 @@ async def test_samples_while_no_window_is_open_and_pauses_while_one_is(
 ) -> None:
     cfg = config(tmp_path, target.url)
     busy: set[str] = set()
-    async with Prober() as prober, anyio.create_task_group() as tg:
+    async with closing(Prober()) as prober, anyio.create_task_group() as tg:
         sampler = Sampler(
             tmp_path / "state", config=lambda: cfg, prober=prober, busy=busy.__contains__
         )
@@ -117,7 +118,7 @@ async def test_a_hung_baseline_probe_never_holds_a_windows_health_slot(
         cfg = config(tmp_path, hung.url)
         (tmp_path / "window").mkdir()
         window_cfg = config(tmp_path / "window", target.url)
-        async with Prober(max_inflight=1) as prober, anyio.create_task_group() as tg:
+        async with closing(Prober(max_inflight=1)) as prober, anyio.create_task_group() as tg:
             repo = cfg.repos["shop"]
             tg.start_soon(lambda: prober.probe(repo, 30.0, 0, 0.0, False, urgent=False))
             await anyio.to_thread.run_sync(lambda: hung.wait_requests(1, "/health"))
@@ -135,7 +136,7 @@ async def test_a_write_failure_is_logged_and_sampling_goes_on(
     cfg = config(tmp_path, target.url)
     blocker = tmp_path / "state" / "shop" / BASELINE
     blocker.mkdir(parents=True)  # a directory where the file should be: every append fails
-    async with Prober() as prober, anyio.create_task_group() as tg:
+    async with closing(Prober()) as prober, anyio.create_task_group() as tg:
         sampler = Sampler(
             tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
         )
@@ -158,7 +159,7 @@ async def test_the_file_stays_bounded(tmp_path: Path, target: Service) -> None:
         compacted.append(count)
         return False
 
-    async with Prober() as prober, anyio.create_task_group() as tg:
+    async with closing(Prober()) as prober, anyio.create_task_group() as tg:
         sampler = Sampler(
             tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
         )
@@ -171,7 +172,7 @@ async def test_the_file_stays_bounded(tmp_path: Path, target: Service) -> None:
 async def test_a_reload_that_turns_it_off_stops_the_task(tmp_path: Path, target: Service) -> None:
     cfg = config(tmp_path, target.url)
     current = [cfg]
-    async with Prober() as prober, anyio.create_task_group() as tg:
+    async with closing(Prober()) as prober, anyio.create_task_group() as tg:
         sampler = Sampler(
             tmp_path / "state", config=lambda: current[0], prober=prober, busy=lambda _: False
         )
@@ -190,7 +191,7 @@ def test_rows_survive_a_restart(tmp_path: Path, target: Service) -> None:
     cfg = config(tmp_path, target.url)
 
     async def sample(count: int) -> None:
-        async with Prober() as prober, anyio.create_task_group() as tg:
+        async with closing(Prober()) as prober, anyio.create_task_group() as tg:
             sampler = Sampler(
                 tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
             )
@@ -211,7 +212,7 @@ async def test_a_damaged_file_is_rewritten_with_its_rows_when_the_task_starts(
     path = tmp_path / "state" / "shop" / BASELINE
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage\n" * 1000 + b'{"ts": 1, "hea')  # bad lines, a torn tail
-    async with Prober() as prober, anyio.create_task_group() as tg:
+    async with closing(Prober()) as prober, anyio.create_task_group() as tg:
         sampler = Sampler(
             tmp_path / "state", config=lambda: cfg, prober=prober, busy=lambda _: False
         )
