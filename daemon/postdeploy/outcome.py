@@ -8,6 +8,7 @@ import dataclasses
 from functools import partial
 
 import anyio
+from anyio.lowlevel import RunVar
 
 from postdeploy import layout, reaction, timeline
 from postdeploy.report import Outcome, done_record, render_report
@@ -15,6 +16,18 @@ from postdeploy.series import ProbeRow
 from postdeploy.series_log import SeriesLog
 from postdeploy.store import ItemStore
 from postdeploy.window_context import WindowContext
+
+_DRAWING: RunVar[anyio.CapacityLimiter] = RunVar("postdeploy_drawing")
+
+
+def _drawing() -> anyio.CapacityLimiter:
+    """The one worker thread the pictures are drawn in (one per event loop)."""
+    try:
+        return _DRAWING.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _DRAWING.set(limiter)
+        return limiter
 
 
 class OutcomeWriter:
@@ -42,9 +55,12 @@ class OutcomeWriter:
             verified = (await self._store.read_lines(layout.VERIFY)).rows
             checked = [r for r in map(ProbeRow.from_dict, verified) if r is not None]
             outcome = dataclasses.replace(outcome, verification=checked)
-        # Drawn off the event loop: 10,000 ticks take a while, and other windows are ticking.
+        # Drawn off the event loop (10,000 ticks take a while, and other windows are ticking),
+        # one picture at a time: windows ending together would otherwise draw in dozens of
+        # threads at once, and the event loop waits for the interpreter behind all of them
+        # (1,000 windows ending within 5 s: ticks' p99 lateness 40 ms instead of 1.4).
         draw = partial(timeline.attach, outcome, rows, self._ctx.start.schedule, self._ctx.settings)
-        outcome = await anyio.to_thread.run_sync(draw)
+        outcome = await anyio.to_thread.run_sync(draw, limiter=_drawing())
         report = render_report(outcome, rows)
         await self._store.write_atomic(layout.REPORT, report.encode())
         await self._store.write_atomic(layout.TIMELINE, outcome.timeline.encode())
