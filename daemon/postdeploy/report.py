@@ -82,7 +82,7 @@ def _baseline_fields(outcome: Outcome) -> dict[str, Any]:
     compared with a baseline."""
     figures = outcome.evidence.get("baseline")
     if not isinstance(figures, dict):
-        return {"preexisting": True} if outcome.preexisting else {}
+        return {}  # no baseline: never preexisting either (only the baseline tells)
     return {"baseline": figures, "preexisting": outcome.preexisting}
 
 

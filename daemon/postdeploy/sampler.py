@@ -13,7 +13,7 @@ with the repo and the task goes on at its next interval; the daemon and every wi
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +138,7 @@ class Sampler:
                 log.warning("baseline.repaired", file=".baseline.jsonl", kept=len(rows))
             except OSError as exc:
                 log.warning("baseline.compact_failed", file=".baseline.jsonl", error=str(exc))
-        times = deque(row.ts for row in rows)
+        times = [row.ts for row in rows]
         tick = 0  # the probes of this run (a row's `tick` in the log lines)
         failing = bool(rows) and not rows[-1].health_ok
         # Resume the cadence across a restart: the next probe is due one interval after the
@@ -181,11 +181,11 @@ class Sampler:
         return now_failing
 
     async def _compact_if_due(
-        self, file: SampleFile, times: deque[float], plan: Plan
-    ) -> deque[float]:
+        self, file: SampleFile, times: list[float], plan: Plan
+    ) -> list[float]:
         """Rewrite the file with its recent rows once enough of them expired."""
         now = self._clock.time()
-        expired = sum(1 for ts in times if ts < now - plan.keep_s)
+        expired = bisect_left(times, now - plan.keep_s)  # rows are appended in time order
         if not due_for_compaction(len(times), expired):
             return times
         try:
@@ -195,4 +195,4 @@ class Sampler:
             log.warning("baseline.compact_failed", file=".baseline.jsonl", error=str(exc))
             return times
         log.info("baseline.compacted", kept=len(rows), dropped=len(times) - len(rows))
-        return deque(row.ts for row in rows)
+        return [row.ts for row in rows]

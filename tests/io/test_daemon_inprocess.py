@@ -230,6 +230,10 @@ async def _baseline_window(
         await until("the verdict", lambda: (item / "done").exists())
         daemon.stop()
     assert rows(item / "baseline.jsonl") >= 10  # the window's own copy
+    # No baseline probe while the window was open (the daemon samples every 20 ms otherwise).
+    ticks = [json.loads(line)["ts"] for line in (item / "series.jsonl").read_text().splitlines()]
+    sampled = [json.loads(line)["ts"] for line in baseline.read_text().splitlines()]
+    assert not [ts for ts in sampled if min(ticks) < ts < max(ticks)]
     return done(item)
 
 
