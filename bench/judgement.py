@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from postdeploy import baseline
-from postdeploy.baseline import BaselineRow, BaselineRules
+from postdeploy.baseline import BaselineRow, BaselineRules, CheckRule
 from postdeploy.series import ProbeRow, Tally, fold
 from postdeploy.verdict import Status, Thresholds, classify, healthy
 
@@ -43,6 +43,13 @@ TICKS = 60
 BASELINE_S = 3600.0
 GAP_S = 60.0
 FIVEXX_PATHS = 4
+# The request-level error ratio (a Prometheus check, `TRAFFIC_CHECK`): the service's own
+# 5xx / requests over one interval, drawn from its real traffic of TRAFFIC_RPS requests per
+# second (log-uniform per deploy). Only the judges with `sees_traffic` are given it.
+TRAFFIC_CHECK = "errors"
+TRAFFIC_RPS = (20.0, 200.0)
+TRAFFIC_MAX = 0.05  # the check's fixed bound: an error ratio above 5 % fails the check
+TRAFFIC_MIN_SHIFT = 0.005  # its baseline comparison: half a percentage point worse
 ARMED_AT = 1_800_000_000.0
 CORPUS_SEED = 20_260_301  # every deploy's seed derives from it and its index
 PER_CLASS = {"good": 24, "bad": 16, "other": 12}
@@ -119,6 +126,39 @@ def probe(model: Model, t: float, rng: random.Random) -> Outcome:
         latency = min(latency, 2.0 + rng.random())  # a 503 answers fast
     feature_ok = rng.random() >= model.feature_fail_p
     return Outcome(health_ok, code, latency, fivexx, feature_ok, True)
+
+
+def _binomial(n: int, p: float, rng: random.Random) -> int:
+    """How many of `n` requests fail with probability `p` each (skipping by geometric gaps,
+    so a draw costs one step per failure, not per request)."""
+    if p <= 0.0:
+        return 0
+    if p >= 1.0:
+        return n
+    count, at, log_q = 0, -1, math.log1p(-p)
+    while True:
+        at += 1 + int(math.log(1.0 - rng.random()) / log_q)
+        if at >= n:
+            return count
+        count += 1
+
+
+def traffic(model: Model, t: float, rps: float, rng: random.Random) -> float | None:
+    """The service's own 5xx ratio over the interval ending at `t` (what a Prometheus query
+    such as `increase(5xx[10s]) / increase(requests[10s])` returns); None when our own
+    network is down (the query cannot be made)."""
+    if any(i.kind == "blind" and i.covers(t) for i in model.incidents):
+        return None
+    start = t - INTERVAL_S
+    n = max(1, round(rps * INTERVAL_S * rng.uniform(0.9, 1.1)))
+    # A request fails on the bad backend (one of four, half of its answers) or at random.
+    p = model.fivexx_p + (1 - model.fivexx_p) * model.bad_backends / 4 * 0.5
+    errors = _binomial(n, p, rng)
+    for i in model.incidents:  # a 5xx incident fails every request while it lasts
+        if i.kind == "fivexx":
+            overlap = max(0.0, min(t, i.end) - max(start, i.start))
+            errors = min(n, errors + round(n * overlap / INTERVAL_S))
+    return errors / n
 
 
 # -- the corpus ----------------------------------------------------------------------------------
@@ -293,11 +333,16 @@ def deploys() -> list[Deploy]:
 def rows_of(deploy: Deploy) -> tuple[list[BaselineRow], list[ProbeRow]]:
     """The baseline rows (the hour before the deploy) and the window rows of `deploy`."""
     rng = random.Random(deploy.seed * 7919)
+    # The traffic has a stream of its own: the probes' rows are the same with or without it.
+    mrng = random.Random(deploy.seed * 7919 + 1)
+    rps = math.exp(mrng.uniform(*map(math.log, TRAFFIC_RPS)))
     base = []
     t = -BASELINE_S
     while t < 0:
         # The restart (in the gap) belongs to the new version's model; before it, the old one.
-        o = probe(deploy.after if t >= -GAP_S else deploy.before, t, rng)
+        model = deploy.after if t >= -GAP_S else deploy.before
+        o = probe(model, t, rng)
+        ratio = traffic(model, t, rps, mrng)
         base.append(
             BaselineRow(
                 ts=ARMED_AT + t,
@@ -308,6 +353,7 @@ def rows_of(deploy: Deploy) -> tuple[list[BaselineRow], list[ProbeRow]]:
                 health_code=o.code,
                 detail="ok" if o.health_ok else f"health HTTP {o.code}",
                 inconclusive=not o.health_ok and not o.control_ok,
+                checks={} if ratio is None else {TRAFFIC_CHECK: {"value": ratio}},
             )
         )
         t += INTERVAL_S
@@ -315,6 +361,7 @@ def rows_of(deploy: Deploy) -> tuple[list[BaselineRow], list[ProbeRow]]:
     for tick in range(TICKS):
         t = INTERVAL_S * (tick + 1)
         o = probe(deploy.after, t, rng)
+        ratio = traffic(deploy.after, t, rps, mrng)
         window.append(
             ProbeRow(
                 tick=tick,
@@ -326,11 +373,23 @@ def rows_of(deploy: Deploy) -> tuple[list[BaselineRow], list[ProbeRow]]:
                 fivexx=o.fivexx,
                 latency_ms=round(o.latency_ms, 3),
                 detail="ok" if o.health_ok else f"health HTTP {o.code}",
-                checks={"checkout": {"ok": o.feature_ok, "detail": "checkout"}},
+                checks={
+                    "checkout": {"ok": o.feature_ok, "detail": "checkout"},
+                    TRAFFIC_CHECK: _traffic_result(ratio),
+                },
                 inconclusive=(not o.health_ok or o.fivexx > 0) and not o.control_ok,
             )
         )
     return base, window
+
+
+def _traffic_result(ratio: float | None) -> dict[str, Any]:
+    """The Prometheus check's result as the daemon records it."""
+    if ratio is None:
+        return {"ok": None, "detail": "prometheus: unreachable"}
+    ok = ratio <= TRAFFIC_MAX
+    bound = "" if ok else f", expected <= {TRAFFIC_MAX:g}"
+    return {"ok": ok, "value": ratio, "detail": f"value {ratio:g}{bound}"}
 
 
 def corpus() -> Iterator[tuple[Deploy, list[BaselineRow], list[ProbeRow], str]]:
@@ -352,6 +411,7 @@ class Judge:
     th: Thresholds
     rules: BaselineRules | None = None
     knows_control: bool = True
+    sees_traffic: bool = False  # the repo has the request-level error-ratio check
 
 
 CHECK = "checkout"
@@ -363,12 +423,17 @@ def judges(
     latency_increase: float = 0.25,
     fivexx_increase: float = 0.01,
     confidences: Sequence[float] = (0.99, 0.999),
+    traffic_confidences: Sequence[float] = (0.999,),
+    traffic_floor: int | None = 3,
 ) -> list[Judge]:
     """The seed's rules, today's, today's with k of n, and k of n with the baseline (one
-    judge per confidence: 0.99 is the contract's default)."""
+    judge per confidence: 0.99 is the contract's default); then the baseline judge on a repo
+    that also has the request-level error-ratio check, compared with the baseline too
+    (`baseline_min_samples` = `traffic_floor`)."""
     seed = Thresholds(3, 0.2, 1, min_judged_fraction=0.0)
     today = Thresholds(3, 0.2, 6, min_judged_fraction=0.5)
-    k_of_n = replace(today, fail_lookback=lookback, check_lookbacks={CHECK: lookback})
+    lookbacks = {CHECK: lookback, TRAFFIC_CHECK: lookback}
+    k_of_n = replace(today, fail_lookback=lookback, check_lookbacks=lookbacks)
     rules = BaselineRules(
         fail_threshold=3,
         min_samples=min_samples,
@@ -387,6 +452,20 @@ def judges(
                 replace(rules, confidence=c),
             )
             for c in confidences
+        ),
+        *(
+            Judge(
+                f"+ traffic ({c:g})",
+                replace(k_of_n, min_samples=min_samples),
+                replace(
+                    rules,
+                    confidence=c,
+                    min_samples=traffic_floor or min_samples,
+                    checks=(CheckRule(TRAFFIC_CHECK, "value", min_shift=TRAFFIC_MIN_SHIFT),),
+                ),
+                sees_traffic=True,
+            )
+            for c in traffic_confidences
         ),
     ]
 
@@ -411,11 +490,11 @@ def judge(j: Judge, base: Sequence[BaselineRow], window: Sequence[ProbeRow]) -> 
     for row in window:
         if not j.knows_control:
             row = replace(row, inconclusive=False)
+        if not j.sees_traffic:
+            row = replace(row, checks={k: v for k, v in row.checks.items() if k != TRAFFIC_CHECK})
         tally = fold(tally, row)
         b = tally.baseline
-        if b is not None and any(
-            c is not None and c.regressed for c in (b.latency, b.fivexx_comparison)
-        ):
+        if b is not None and any(c.regressed for c in b.comparisons):
             alarms += 1
         verdict = classify(tally, j.th)
         if verdict is not None:

@@ -13,9 +13,13 @@ compares the window so far with the reference:
 - 5xx: the window's 5xx ratio is significantly above the baseline's (one-sided Fisher exact
   test: the pooled z test is too eager on a handful of requests) and higher by at least
   `fivexx_increase` (absolute);
+- a feature check's number (a Prometheus check's value, an HTTP check's latency) with
+  `baseline_increase` and/or `baseline_min_shift`: the latency rule's comparison on that
+  number, in the direction that is worse for it;
 
-each evaluated once both sides have `min_samples` (latency: passing health answers; 5xx:
-requests to the 5xx paths), and a regression only when it holds at `fail_threshold`
+each evaluated once both sides have `baseline_min_samples` (default `min_samples`; latency:
+passing health answers; 5xx: requests to the 5xx paths; a check: its numbers), and a
+regression only when it holds at `fail_threshold`
 evaluations in a row (one noisy tick is not a verdict; see docs/JUDGEMENT.md for the measured
 false-alarm rate). The reference also tells whether the service was already failing before
 the deploy: its last `fail_threshold` judged rows before the cut all failed health.
@@ -28,15 +32,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from postdeploy.stats import fisher_greater, mann_whitney_greater, median
+from postdeploy.stats import falling, fisher_greater, mann_whitney_greater, median
 
 if TYPE_CHECKING:
     from postdeploy.series import ProbeRow
 
 EPSILON = 1e-12  # an increase of exactly the configured size counts, despite float rounding
+# A level whose last TREND_SPAN numbers are getting better with a trend test's p below
+# RECOVERING_P is still recovering (a warm-up after the restart): not a regression yet.
+TREND_SPAN = 10
+RECOVERING_P = 0.05
 
 
 def _number(value: Any) -> bool:
@@ -57,12 +65,15 @@ class BaselineRow:
     detail: str = ""
     # The control probe failed with the service: our own network; the row is not judged.
     inconclusive: bool = False
+    # The numbers of each feature check that could be judged: {"value": .., "latency_ms": ..}.
+    checks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
     def of_probe(cls, row: ProbeRow) -> BaselineRow:
         """The baseline row of a probe made like a window's tick (every field of a baseline
-        row is a probe row's field of the same name)."""
-        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+        row is a probe row's field of the same name; of its checks, only the numbers)."""
+        kept = {f.name: getattr(row, f.name) for f in fields(cls) if f.name != "checks"}
+        return cls(**kept, checks=check_numbers(row.checks))
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -76,6 +87,8 @@ class BaselineRow:
         }
         if self.inconclusive:
             row["inconclusive"] = True
+        if self.checks:
+            row["checks"] = {name: dict(numbers) for name, numbers in self.checks.items()}
         return row
 
     @classmethod
@@ -101,7 +114,26 @@ class BaselineRow:
             health_code=code,
             detail=str(row.get("detail", "")),
             inconclusive=row.get("inconclusive") is True,
+            checks=check_numbers(row.get("checks")),
         )
+
+
+NUMBER_FIELDS = ("value", "latency_ms")
+
+
+def check_numbers(checks: Any) -> dict[str, dict[str, float]]:
+    """The finite numbers (`value`, `latency_ms`) of each check result that could be
+    judged (`ok` not null); anything else is left out, never an error."""
+    if not isinstance(checks, Mapping):
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for name, result in checks.items():
+        if not isinstance(result, Mapping) or result.get("ok", True) is None:
+            continue
+        numbers = {k: float(result[k]) for k in NUMBER_FIELDS if _number(result.get(k))}
+        if numbers:
+            out[str(name)] = numbers
+    return out
 
 
 def parse_rows(raw_rows: Iterable[Any]) -> tuple[list[BaselineRow], int]:
@@ -123,15 +155,42 @@ def kept(rows: Sequence[BaselineRow], now: float, keep_s: float) -> list[Baselin
 
 
 @dataclass(frozen=True)
+class CheckRule:
+    """How one feature check's number is compared with the baseline's."""
+
+    name: str
+    number: Literal["value", "latency_ms"]  # a Prometheus check's value; an HTTP check's latency
+    increase: float | None = None  # relative to the baseline median (0.5: +50 %)
+    min_shift: float | None = None  # absolute, in the number's unit
+    lower_is_worse: bool = False  # a check bounded by `min` alone: a fall is the regression
+
+    @classmethod
+    def of(cls, check: Any) -> CheckRule | None:
+        """From a `config.HttpCheck` or `PrometheusCheck`; None when it is not compared."""
+        increase, min_shift = check.baseline_increase, check.baseline_min_shift
+        if increase is None and min_shift is None:
+            return None
+        prometheus = check.type == "prometheus"
+        return cls(
+            check.name,
+            "value" if prometheus else "latency_ms",
+            increase,
+            min_shift,
+            lower_is_worse=prometheus and check.max is None,
+        )
+
+
+@dataclass(frozen=True)
 class BaselineRules:
     """The baseline keys of a repo's effective settings."""
 
     fail_threshold: int = 3
-    min_samples: int = 6
+    min_samples: int = 6  # `baseline_min_samples`, which defaults to `min_samples`
     confidence: float = 0.99
     latency_increase: float | None = None  # 0.5: +50 % of the baseline median; None: off
     fivexx_increase: float | None = None  # 0.01: one percentage point; None: off
     gap_s: float = 60.0
+    checks: tuple[CheckRule, ...] = ()
 
     @property
     def alpha(self) -> float:
@@ -139,15 +198,18 @@ class BaselineRules:
         return 1.0 - self.confidence
 
     @classmethod
-    def of(cls, settings: Any) -> BaselineRules:
-        """From a `config.WindowSettings` (any object with the same attributes)."""
+    def of(cls, settings: Any, checks: Iterable[Any] = ()) -> BaselineRules:
+        """From a `config.WindowSettings` (any object with the same attributes) and the
+        repo's feature checks (`config.HttpCheck`, `PrometheusCheck`)."""
+        floor = settings.baseline_min_samples
         return cls(
             fail_threshold=settings.fail_threshold,
-            min_samples=settings.min_samples,
+            min_samples=settings.min_samples if floor is None else floor,
             confidence=settings.baseline_confidence,
             latency_increase=settings.latency_increase,
             fivexx_increase=settings.fivexx_increase,
             gap_s=settings.baseline_gap_s,
+            checks=tuple(rule for rule in map(CheckRule.of, checks) if rule is not None),
         )
 
 
@@ -162,6 +224,8 @@ class Reference:
     fivexx: int
     # Why the service was already failing before the deploy ("" when it was not).
     preexisting: str = ""
+    # Each compared check's numbers (the rule's `number`), in row order.
+    values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +239,11 @@ class Reference:
             "fivexx": self.fivexx,
             "fivexx_total": self.total,
             "preexisting": bool(self.preexisting),
+            **(
+                {"checks": {name: len(values) for name, values in self.values.items()}}
+                if self.values
+                else {}
+            ),
         }
 
 
@@ -196,10 +265,15 @@ def reference(rows: Iterable[BaselineRow], armed_at: float, rules: BaselineRules
         total=sum(r.total for r in judged),
         fivexx=sum(r.fivexx for r in judged),
         preexisting=preexisting,
+        values={
+            rule.name: tuple(
+                r.checks[rule.name][rule.number]
+                for r in judged
+                if rule.number in r.checks.get(rule.name, {})
+            )
+            for rule in rules.checks
+        },
     )
-
-
-Metric = Literal["latency", "5xx"]
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -216,19 +290,25 @@ def _ms(value: float) -> str:
     return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
 
 
+def _percent(shift: float) -> str:
+    return "a rise from 0" if math.isinf(shift) else f"{shift * 100:+.0f} %"
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One evaluation of one metric: the window so far against the reference."""
 
-    metric: Metric
-    window_samples: int  # latency: passing health answers; 5xx: requests
+    metric: str  # "latency", "5xx", or "check NAME"
+    window_samples: int  # latency: passing health answers; 5xx: requests; a check: numbers
     baseline_samples: int
-    window: float  # latency: median ms; 5xx: ratio
+    window: float  # latency: median ms; 5xx: ratio; a check: the median number
     baseline: float
-    shift: float  # latency: relative to the baseline median; 5xx: absolute
+    shift: float  # latency and checks: relative to the baseline median; 5xx: absolute
     p_value: float
     regressed: bool  # significant and shifted by at least the configured increase
     streak: int  # evaluations in a row that regressed, this one included
+    unit: str = ""  # a check's number: "ms" for an HTTP check's latency, else ""
+    recovering: bool = False  # worse, but getting better: not counted as a regression
 
     def sentence(self) -> str:
         """What a person reads in five seconds."""
@@ -236,11 +316,21 @@ class Comparison:
         if self.metric == "latency":
             return (
                 f"health latency {_ms(self.window)} vs {_ms(self.baseline)} before the deploy "
-                f"({self.shift * 100:+.0f} %, {_p(self.p_value)}, {n} probes)"
+                f"({_percent(self.shift)}, {_p(self.p_value)}, {n} probes)"
             )
+        if self.metric == "5xx":
+            return (
+                f"5xx ratio {self.window * 100:.1f} % vs {self.baseline * 100:.1f} % before the "
+                f"deploy ({self.shift * 100:+.1f} points, {_p(self.p_value)}, {n} requests)"
+            )
+        name = self.metric.removeprefix("check ")
+        if self.unit == "ms":
+            what = f"latency {_ms(self.window)} vs {_ms(self.baseline)}"
+        else:
+            what = f"{self.window:.4g} vs {self.baseline:.4g}"
         return (
-            f"5xx ratio {self.window * 100:.1f} % vs {self.baseline * 100:.1f} % before the "
-            f"deploy ({self.shift * 100:+.1f} points, {_p(self.p_value)}, {n} requests)"
+            f'check "{name}" {what} before the deploy '
+            f"({_percent(self.shift)}, {_p(self.p_value)}, {n} probes)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,31 +339,53 @@ class Comparison:
             "baseline_samples": self.baseline_samples,
             "window": round(self.window, 6),
             "baseline": round(self.baseline, 6),
-            "shift": round(self.shift, 6),
+            "shift": round(self.shift, 6) if math.isfinite(self.shift) else None,
             "p_value": self.p_value,
             "regressed": self.regressed,
             "streak": self.streak,
+            **({"recovering": True} if self.recovering else {}),
         }
 
 
-def compare_latency(
-    window: Sequence[float], baseline: Sequence[float], rules: BaselineRules, streak: int = 0
+def compare_level(
+    metric: str,
+    window: Sequence[float],
+    baseline: Sequence[float],
+    alpha: float,
+    increase: float | None = None,
+    min_shift: float | None = None,
+    lower_is_worse: bool = False,
+    streak: int = 0,
+    unit: str = "",
 ) -> Comparison:
-    """The window's health latencies (in tick order) against the baseline's; `streak`: the
-    evaluations in a row that regressed before this one. Regressed: significant, and both the
-    median and the latest answer are up by at least `latency_increase`."""
-    if rules.latency_increase is None:
-        raise ValueError("latency_increase is not set")
+    """A level (a latency, a check's number) of the window (tick order) against the
+    baseline's; `streak`: the evaluations in a row that regressed before this one.
+
+    Regressed: significantly worse by a one-sided Mann-Whitney U test at `alpha`, both the
+    median and the latest number moved the worse way by at least `increase` times the
+    baseline median and by at least `min_shift` (each when set; at least one must be), and
+    not still recovering: the last `TREND_SPAN` numbers are not getting better (a one-sided
+    Mann-Kendall trend test, p >= `RECOVERING_P`), as a warm-up after the restart does."""
+    if increase is None and min_shift is None:
+        raise ValueError(f"{metric}: neither an increase nor a minimum shift is set")
     ours, theirs = median(window), median(baseline)
-    p_value = mann_whitney_greater(window, baseline).p_value
-    moved = ours - theirs
-    # Relative to the baseline median; a baseline of 0 ms (a stub) makes any rise infinite.
-    shift = moved / theirs if theirs > 0 else (math.inf if moved > 0 else 0.0)
-    least = rules.latency_increase * theirs
-    latest = window[-1] - theirs
-    regressed = p_value < rules.alpha and moved + EPSILON >= least and latest + EPSILON >= least
+    sign = -1.0 if lower_is_worse else 1.0
+    worse, better = (baseline, window) if lower_is_worse else (window, baseline)
+    p_value = mann_whitney_greater(worse, better).p_value
+    moved, latest = sign * (ours - theirs), sign * (window[-1] - theirs)
+    # Relative to the baseline median; a median of 0 makes any worsening infinite.
+    size = abs(theirs)
+    shift = moved / size if size > 0 else (math.inf if moved > 0 else 0.0)
+    least = max(
+        increase * size if increase is not None else 0.0,
+        min_shift if min_shift is not None else 0.0,
+    )
+    enough = moved > 0 and latest > 0 and min(moved, latest) + EPSILON >= least
+    recent = [sign * v for v in window[-TREND_SPAN:]]
+    recovering = p_value < alpha and enough and falling(recent) < RECOVERING_P
+    regressed = p_value < alpha and enough and not recovering
     return Comparison(
-        "latency",
+        metric,
         len(window),
         len(baseline),
         ours,
@@ -282,6 +394,41 @@ def compare_latency(
         p_value,
         regressed,
         streak + 1 if regressed else 0,
+        unit,
+        recovering,
+    )
+
+
+def compare_latency(
+    window: Sequence[float], baseline: Sequence[float], rules: BaselineRules, streak: int = 0
+) -> Comparison:
+    """The window's health latencies (in tick order) against the baseline's (see
+    `compare_level`; the increase is `latency_increase`)."""
+    if rules.latency_increase is None:
+        raise ValueError("latency_increase is not set")
+    return compare_level(
+        "latency", window, baseline, rules.alpha, rules.latency_increase, streak=streak
+    )
+
+
+def compare_check(
+    rule: CheckRule,
+    window: Sequence[float],
+    baseline: Sequence[float],
+    rules: BaselineRules,
+    streak: int = 0,
+) -> Comparison:
+    """A feature check's numbers against the baseline's (see `compare_level`)."""
+    return compare_level(
+        f"check {rule.name}",
+        window,
+        baseline,
+        rules.alpha,
+        rule.increase,
+        rule.min_shift,
+        rule.lower_is_worse,
+        streak,
+        "ms" if rule.number == "latency_ms" else "",
     )
 
 
@@ -293,7 +440,7 @@ def compare_fivexx(
     rules: BaselineRules,
     streak: int = 0,
 ) -> Comparison:
-    """The window's 5xx ratio against the baseline's (see `compare_latency` for `streak`)."""
+    """The window's 5xx ratio against the baseline's (see `compare_level` for `streak`)."""
     if rules.fivexx_increase is None:
         raise ValueError("fivexx_increase is not set")
     ours, theirs = fivexx / total, base_fivexx / base_total
@@ -312,6 +459,11 @@ def compare_fivexx(
     )
 
 
+def _check_number(row: ProbeRow, rule: CheckRule) -> float | None:
+    """The rule's number in the row's result of its check (None: none that can be judged)."""
+    return check_numbers({rule.name: row.checks.get(rule.name)}).get(rule.name, {}).get(rule.number)
+
+
 @dataclass(frozen=True)
 class BaselineTally:
     """The window side of the comparison, updated one judged row at a time (`fold`)."""
@@ -324,15 +476,23 @@ class BaselineTally:
     latency: Comparison | None = None  # the last evaluation of each metric
     fivexx_comparison: Comparison | None = None
     tripped: Comparison | None = None  # the first to regress `fail_threshold` times in a row
+    values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # each check's numbers
+    check_comparisons: Mapping[str, Comparison] = field(default_factory=dict)
 
     @property
     def preexisting(self) -> bool:
         return bool(self.reference.preexisting)
 
+    @property
+    def comparisons(self) -> list[Comparison]:
+        """The last evaluation of every metric evaluated so far."""
+        found = [self.latency, self.fivexx_comparison, *self.check_comparisons.values()]
+        return [c for c in found if c is not None]
+
     def fold(self, row: ProbeRow) -> BaselineTally:
         """The tally after one more row of the window (an inconclusive row counts for
         nothing). A metric is evaluated when the row adds to it and both sides have
-        `min_samples`."""
+        `min_samples` (`baseline_min_samples`)."""
         if row.inconclusive:
             return self
         rules, ref = self.rules, self.reference
@@ -351,8 +511,19 @@ class BaselineTally:
         if rules.fivexx_increase is not None and row.total and total >= need and ref.total >= need:
             streak = errors.streak if errors else 0
             errors = compare_fivexx(fivexx, total, ref.fivexx, ref.total, rules, streak)
+        values, checks = dict(self.values), dict(self.check_comparisons)
+        for rule in rules.checks:
+            number = _check_number(row, rule)
+            if number is None:
+                continue
+            ours = values[rule.name] = (*values.get(rule.name, ()), number)
+            theirs = ref.values.get(rule.name, ())
+            if len(ours) >= need and len(theirs) >= need:
+                before = checks.get(rule.name)
+                streak = before.streak if before else 0
+                checks[rule.name] = compare_check(rule, ours, theirs, rules, streak)
         tripped = self.tripped
-        for comparison in (latency, errors):
+        for comparison in (latency, errors, *checks.values()):
             if tripped is None and comparison and comparison.streak >= rules.fail_threshold:
                 tripped = comparison
         return replace(
@@ -363,12 +534,13 @@ class BaselineTally:
             latency=latency,
             fivexx_comparison=errors,
             tripped=tripped,
+            values=values,
+            check_comparisons=checks,
         )
 
     def summary(self) -> str:
         """The latest comparisons in words ("" before the first evaluation)."""
-        done = [c.sentence() for c in (self.latency, self.fivexx_comparison) if c is not None]
-        return "; ".join(done)
+        return "; ".join(c.sentence() for c in self.comparisons)
 
     def to_dict(self) -> dict[str, Any]:
         """`done.baseline`: the figures on each side."""
@@ -379,6 +551,8 @@ class BaselineTally:
             figures["latency"] = self.latency.to_dict()
         if self.fivexx_comparison is not None:
             figures["fivexx"] = self.fivexx_comparison.to_dict()
+        if self.check_comparisons:
+            figures["checks"] = {n: c.to_dict() for n, c in self.check_comparisons.items()}
         if self.tripped is not None:
             figures["tripped"] = self.tripped.metric
         return figures

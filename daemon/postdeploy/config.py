@@ -153,6 +153,9 @@ class WindowOverrides(_Table):
     latency_increase: PositiveFloat | None = None
     fivexx_increase: Annotated[float, Field(gt=0, le=1)] | None = None
     baseline_confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
+    # How many samples each side needs before a baseline comparison is made (default:
+    # min_samples, which is also the fixed 5xx rule's floor).
+    baseline_min_samples: Annotated[int, Field(ge=1)] | None = None
 
 
 class ProbeOverrides(_Table):
@@ -282,6 +285,7 @@ class WindowSettings(_Table):
     latency_increase: float | None = None
     fivexx_increase: float | None = None
     baseline_confidence: float = 0.99
+    baseline_min_samples: int | None = None  # None: min_samples
 
     @property
     def effective_initial_delay_s(self) -> float:
@@ -304,6 +308,11 @@ class _Check(_Table):
     # default: its fail_threshold (the consecutive rule)
     fail_lookback: Annotated[int, Field(ge=1, le=MAX_LOOKBACK)] | None = None
     timeout_s: PositiveFloat | None = None  # default: the repo's probe_timeout_s
+    # Compare the check's number (a Prometheus check's value, an HTTP check's latency) with
+    # the baseline's: worse by at least this much relative to the baseline median (0.5:
+    # +50 %) and/or by this much absolute (in the number's unit). Unset: not compared.
+    baseline_increase: PositiveFloat | None = None
+    baseline_min_shift: PositiveFloat | None = None
 
 
 class HttpCheck(_Check):
@@ -645,6 +654,7 @@ def _cross_key_problems(
 
 
 BASELINE_COMPARISONS = ("latency_increase", "fivexx_increase")
+CHECK_COMPARISONS = ("baseline_increase", "baseline_min_shift")
 
 
 def _baseline_problems(
@@ -658,15 +668,14 @@ def _baseline_problems(
         return []
     problems = []
     if settings.baseline_interval_s == 0:
+        none_kept = "compares with the baseline, but none is kept: set baseline_interval_s above 0"
         for key in BASELINE_COMPARISONS:
             if getattr(config.repos[name], key) is not None:
-                problems.append(
-                    (
-                        f"repos.{name}.{key}",
-                        "compares with the baseline, but none is kept: "
-                        "set baseline_interval_s above 0",
-                    )
-                )
+                problems.append((f"repos.{name}.{key}", none_kept))
+        for i, check in enumerate(config.repos[name].checks):
+            for key in CHECK_COMPARISONS:
+                if getattr(check, key) is not None:
+                    problems.append((f"repos.{name}.checks.{i}.{key}", none_kept))
         return problems
     if settings.baseline_keep_s <= settings.baseline_gap_s:
         problems.append(

@@ -77,7 +77,7 @@ class Observation:
         ctx = self._ctx
         if ctx.settings.baseline_interval_s <= 0:
             return Tally()
-        rules = baseline.BaselineRules.of(ctx.settings)
+        rules = baseline.BaselineRules.of(ctx.settings, ctx.repo.checks)
         armed_at = ctx.start.schedule.armed_at
         rows = await self._reference_rows(armed_at - rules.gap_s)
         tally = baseline.start(rows, armed_at, rules)

@@ -11,6 +11,10 @@ alone (the daemon does not depend on scipy; the tests check these against it).
 - `fisher_greater(x1, n1, x2, n2)`: the same question answered exactly (Fisher's exact test,
   one-sided): the z test calls one 5xx in 16 requests significant against a 0.1 % baseline,
   which it is not (the chance of at least one in 16 at 0.1 % is 1.6 %).
+- `falling(values)`: are `values` (in time order) falling? Kendall's tau between time and
+  value, one-sided, by the normal approximation with the tie correction, as
+  `scipy.stats.kendalltau(range(n), values, alternative="less", method="asymptotic")`
+  computes it (the Mann-Kendall trend test).
 - `median(values)`.
 """
 
@@ -165,3 +169,23 @@ def fisher_greater(x1: int, n1: int, x2: int, n2: int) -> float:
         math.exp(_log_comb(n1, k) + _log_comb(n2, successes - k) - whole)
         for k in range(top, x1 - 1, -1)
     )
+
+
+def falling(values: Sequence[float]) -> float:
+    """The p-value of "`values`, in time order, fall": the one-sided Mann-Kendall trend test
+    (Kendall's tau of time against value; normal approximation, ties corrected). 1.0 when
+    nothing can be said (fewer than three values, or all equal)."""
+    n = len(values)
+    if n < 3:
+        return 1.0
+    s = sum(
+        (values[j] > values[i]) - (values[j] < values[i]) for i in range(n) for j in range(i + 1, n)
+    )
+    ties: dict[float, int] = {}
+    for v in values:
+        ties[v] = ties.get(v, 0) + 1
+    m = n * (n - 1)
+    variance = (m * (2 * n + 5) - sum(t * (t - 1) * (2 * t + 5) for t in ties.values())) / 18
+    if variance <= 0:
+        return 1.0
+    return normal_sf(-s / math.sqrt(variance))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats as sp
 
 from postdeploy.stats import (
+    falling,
     fisher_greater,
     mann_whitney_greater,
     median,
@@ -251,3 +252,48 @@ def test_median_of_nothing_is_refused() -> None:
 @pytest.mark.parametrize("z", [-40.0, -3.0, -0.5, 0.0, 0.5, 2.326, 5.0, 12.0, 37.0])
 def test_normal_sf_matches_scipy(z: float) -> None:
     assert_close(normal_sf(z), float(sp.norm.sf(z)))
+
+
+# -- the trend test (a window still recovering) -------------------------------------------
+
+
+def scipy_falling(values: list[float]) -> float:
+    result = sp.kendalltau(range(len(values)), values, alternative="less", method="asymptotic")
+    return float(result.pvalue)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_falling_matches_scipy_on_random_samples(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(3, 40)
+    drift = rng.choice([-1.0, 0.0, 1.0])
+    values = [rng.lognormvariate(0, 0.4) + drift * i / n for i in range(n)]
+    assert_close(falling(values), scipy_falling(values))
+
+
+@given(st.lists(st.integers(0, 4), min_size=3, max_size=25))
+@settings(max_examples=200, deadline=None)
+def test_falling_with_ties_matches_scipy(values: list[int]) -> None:
+    if len(set(values)) == 1:
+        assert falling([float(v) for v in values]) == 1.0  # no order at all: nothing to say
+        return
+    assert_close(falling([float(v) for v in values]), scipy_falling([float(v) for v in values]))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3.0, 2.0, 1.0, 0.5, 0.2, 0.1], "falls"),
+        ([0.1, 0.2, 0.5, 1.0, 2.0, 3.0], "rises"),
+        ([1.0, 2.0], "too few"),
+        ([2.0, 2.0, 2.0, 2.0], "flat"),
+    ],
+)
+def test_falling_says_what_it_sees(values: list[float], expected: str) -> None:
+    p = falling(values)
+    if expected == "falls":
+        assert p < 0.01
+    elif expected == "rises":
+        assert p > 0.99
+    else:
+        assert p == 1.0
