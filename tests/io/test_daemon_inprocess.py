@@ -208,11 +208,11 @@ min_samples = 5
 
 
 async def _baseline_window(
-    tmp_path: Path, service: SlowService, after: Callable[[], None]
+    tmp_path: Path, service: SlowService, after: Callable[[], None], extra: str = ""
 ) -> dict[str, Any]:
     """Let the daemon sample the baseline, change the service (`after`: the deploy), arm a
-    window and return its `done`."""
-    path = write_config(tmp_path, BASELINE)
+    window and return its `done` (`extra`: more of the repo's table, e.g. a check)."""
+    path = write_config(tmp_path, BASELINE + extra)
     text = path.read_text().replace("window_s = 0.6", "window_s = 2.4")
     text = text.replace("interval_s = 0.1", "interval_s = 0.15")
     path.write_text(text.replace("probe_timeout_s = 0.05", "probe_timeout_s = 0.14"))
@@ -275,6 +275,65 @@ async def test_a_deploy_that_changes_nothing_stays_healthy_against_the_baseline(
     assert result["status"] == "HEALTHY"
     assert result["preexisting"] is False
     assert result["baseline"]["reference"]["rows"] >= 10
+
+
+class ErrorRateService(SlowService):
+    """A service whose Prometheus (host `prom.test`) reports its request error ratio."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error_ratio = 0.001
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "prom.test":
+            sample = {"metric": {}, "value": [0, str(self.error_ratio)]}
+            data = {"resultType": "vector", "result": [sample]}
+            return httpx.Response(200, json={"status": "success", "data": data})
+        return super().__call__(request)
+
+
+ERROR_RATE_CHECK = """
+[[repos.shop.checks]]
+name = "errors"
+type = "prometheus"
+url = "http://prom.test"
+query = "sum(rate(http_requests_total{code=~'5..'}[10s])) / sum(rate(http_requests_total[10s]))"
+max = 0.5
+baseline_min_shift = 0.01
+"""
+
+
+async def test_a_request_error_ratio_against_the_baseline_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """The error ratio Prometheus reports goes from 0.1 % to 3 %: far under the check's own
+    bound (50 %), so only the comparison of its value with the baseline's sees it."""
+    service = ErrorRateService()
+    service.delay_s = 0.02
+
+    def deploy() -> None:
+        service.error_ratio = 0.03
+
+    result = await _baseline_window(tmp_path, service, deploy, ERROR_RATE_CHECK)
+    assert (result["status"], result["action_taken"]) == ("DEGRADED", "ROLLBACK_OK")
+    assert result["baseline"]["tripped"] == "check errors"
+    figures = result["baseline"]["checks"]["errors"]
+    assert (figures["baseline"], figures["window"]) == (0.001, 0.03)
+    assert figures["p_value"] < 0.01
+    assert result["baseline"]["reference"]["checks"]["errors"] >= 10
+    assert 'check "errors" 0.03 vs 0.001 before the deploy' in result["reason"]
+    sampled = (tmp_path / "state" / "shop" / ".baseline.jsonl").read_text().splitlines()
+    assert json.loads(sampled[0])["checks"]["errors"]["value"] == 0.001
+
+
+async def test_an_unchanged_error_ratio_stays_healthy_against_the_baseline(
+    tmp_path: Path,
+) -> None:
+    service = ErrorRateService()
+    service.delay_s = 0.02
+    result = await _baseline_window(tmp_path, service, lambda: None, ERROR_RATE_CHECK)
+    assert result["status"] == "HEALTHY"
+    assert result["baseline"]["checks"]["errors"]["regressed"] is False
 
 
 async def test_an_arm_in_a_repo_directory_made_before_the_start_is_seen_by_inotify(
