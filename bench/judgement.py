@@ -423,7 +423,7 @@ def judges(
     latency_increase: float = 0.25,
     fivexx_increase: float = 0.01,
     confidences: Sequence[float] = (0.99, 0.999),
-    traffic_confidences: Sequence[float] = (0.999,),
+    traffic_confidences: Sequence[float] = (0.99, 0.999),
     traffic_floor: int | None = 3,
 ) -> list[Judge]:
     """The seed's rules, today's, today's with k of n, and k of n with the baseline (one
