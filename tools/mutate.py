@@ -97,7 +97,10 @@ TARGETS = (
     ),
     Target("stats", "postdeploy.stats", PACKAGE / "stats.py", ("tests/unit/test_stats.py",)),
     Target(
-        "baseline", "postdeploy.baseline", PACKAGE / "baseline.py", ("tests/unit/test_baseline.py",)
+        "baseline",
+        "postdeploy.baseline",
+        PACKAGE / "baseline.py",
+        ("tests/unit/test_baseline.py", "tests/unit/test_baseline_checks.py"),
     ),
     Target(
         "checks",
@@ -202,21 +205,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         for target in ("baseline", "series")
         for change in ("`if TYPE_CHECKING` -> `if True`", "`if TYPE_CHECKING` -> `if False`")
     },
-    **{
-        ("baseline", 'Metric = Literal["latency", "5xx"]', f"`'{v}'` -> `'XX{v}XX'`"): (
-            "a type alias: read by mypy, never at run time"
-        )
-        for v in ("latency", "5xx")
-    },
-    **{
-        (
-            "baseline",
-            "regressed = p_value < rules.alpha and moved + EPSILON >= least and latest + EPSILON "
-            ">= least",
-            f"`{side} + EPSILON >= least` -> `{side} + EPSILON > least`",
-        ): "differs only when the shift is exactly least - EPSILON (1e-12 below the increase)"
-        for side in ("moved", "latest")
-    },
+    (
+        "baseline",
+        "enough = moved > 0 and latest > 0 and min(moved, latest) + EPSILON >= least",
+        "`min(moved, latest) + EPSILON >= least` -> `min(moved, latest) + EPSILON > least`",
+    ): "differs only when the shift is exactly least - EPSILON (1e-12 below the increase)",
     (
         "baseline",
         "regressed = p_value < rules.alpha and ours - theirs + EPSILON >= rules.fivexx_increase",

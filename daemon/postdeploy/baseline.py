@@ -31,6 +31,7 @@ restarted daemon rebuilds it by replaying the window's rows over the same refere
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,7 +66,7 @@ class BaselineRow:
     detail: str = ""
     # The control probe failed with the service: our own network; the row is not judged.
     inconclusive: bool = False
-    # The numbers of each feature check that could be judged: {"value": .., "latency_ms": ..}.
+    # The numbers of each feature check that could be judged: {"value", "latency_ms", "number"}.
     checks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
@@ -118,16 +119,23 @@ class BaselineRow:
         )
 
 
-NUMBER_FIELDS = ("value", "latency_ms")
+NUMBER_FIELDS = ("value", "latency_ms", "number")
+
+
+# A check's name as the config allows it (config.CHECK_NAME_RE): a file's other keys are junk.
+_CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def check_numbers(checks: Any) -> dict[str, dict[str, float]]:
-    """The finite numbers (`value`, `latency_ms`) of each check result that could be
-    judged (`ok` not null); anything else is left out, never an error."""
+    """The finite numbers (`value`, `latency_ms`, `number`) of each check result that could be
+    judged (`ok` not null); anything else (a name no check can have, a string, an infinity)
+    is left out, never an error."""
     if not isinstance(checks, Mapping):
         return {}
     out: dict[str, dict[str, float]] = {}
     for name, result in checks.items():
+        if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name):
+            continue
         if not isinstance(result, Mapping) or result.get("ok", True) is None:
             continue
         numbers = {k: float(result[k]) for k in NUMBER_FIELDS if _number(result.get(k))}
@@ -159,10 +167,13 @@ class CheckRule:
     """How one feature check's number is compared with the baseline's."""
 
     name: str
-    number: Literal["value", "latency_ms"]  # a Prometheus check's value; an HTTP check's latency
+    # Which of the check's numbers: a Prometheus check's value, an HTTP check's latency, or
+    # the number at an HTTP check's `baseline_number` JSON path (`path`).
+    number: Literal["value", "latency_ms", "number"]
     increase: float | None = None  # relative to the baseline median (0.5: +50 %)
     min_shift: float | None = None  # absolute, in the number's unit
     lower_is_worse: bool = False  # a check bounded by `min` alone: a fall is the regression
+    path: str = ""
 
     @classmethod
     def of(cls, check: Any) -> CheckRule | None:
@@ -170,14 +181,11 @@ class CheckRule:
         increase, min_shift = check.baseline_increase, check.baseline_min_shift
         if increase is None and min_shift is None:
             return None
-        prometheus = check.type == "prometheus"
-        return cls(
-            check.name,
-            "value" if prometheus else "latency_ms",
-            increase,
-            min_shift,
-            lower_is_worse=prometheus and check.max is None,
-        )
+        if check.type == "prometheus":
+            return cls(check.name, "value", increase, min_shift, lower_is_worse=check.max is None)
+        if check.baseline_number == "latency_ms":
+            return cls(check.name, "latency_ms", increase, min_shift)
+        return cls(check.name, "number", increase, min_shift, path=check.baseline_number)
 
 
 @dataclass(frozen=True)
@@ -309,6 +317,7 @@ class Comparison:
     streak: int  # evaluations in a row that regressed, this one included
     unit: str = ""  # a check's number: "ms" for an HTTP check's latency, else ""
     recovering: bool = False  # worse, but getting better: not counted as a regression
+    quantity: str = ""  # a check's number: its JSON path, when it is one
 
     def sentence(self) -> str:
         """What a person reads in five seconds."""
@@ -328,6 +337,8 @@ class Comparison:
             what = f"latency {_ms(self.window)} vs {_ms(self.baseline)}"
         else:
             what = f"{self.window:.4g} vs {self.baseline:.4g}"
+        if self.quantity:
+            what = f"{self.quantity} {what}"
         return (
             f'check "{name}" {what} before the deploy '
             f"({_percent(self.shift)}, {_p(self.p_value)}, {n} probes)"
@@ -357,6 +368,7 @@ def compare_level(
     lower_is_worse: bool = False,
     streak: int = 0,
     unit: str = "",
+    quantity: str = "",
 ) -> Comparison:
     """A level (a latency, a check's number) of the window (tick order) against the
     baseline's; `streak`: the evaluations in a row that regressed before this one.
@@ -396,6 +408,7 @@ def compare_level(
         streak + 1 if regressed else 0,
         unit,
         recovering,
+        quantity,
     )
 
 
@@ -429,6 +442,7 @@ def compare_check(
         rule.lower_is_worse,
         streak,
         "ms" if rule.number == "latency_ms" else "",
+        rule.path,
     )
 
 

@@ -251,6 +251,21 @@ def json_path(document: Any, path: str) -> Any:
     return current
 
 
+def is_json_path(text: str) -> bool:
+    """Whether `text` is a JSON path the conditions accept ($.a.b[0], $["in stock"])."""
+    return bool(_PATH_RE.fullmatch(text))
+
+
+def json_number(body: bytes, path: str) -> float | None:
+    """The finite number at `path` in a JSON `body`; None when the body is not JSON or the
+    value is missing, not a number (a bool is not), or not finite."""
+    try:
+        value = json_path(json.loads(body), path)
+    except (ValueError, RecursionError):
+        return None
+    return float(value) if _is_number(value) else None
+
+
 def _equal(left: Any, right: Any) -> bool:
     # JSON true is not 1: booleans only equal booleans.
     if isinstance(left, bool) or isinstance(right, bool):

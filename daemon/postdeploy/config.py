@@ -38,7 +38,7 @@ from pydantic_core import ErrorDetails
 
 from postdeploy import logs
 from postdeploy.alerts.config import OutboxSettings, Sinks
-from postdeploy.checks import Bound, Condition, ConditionError, parse_condition
+from postdeploy.checks import Bound, Condition, ConditionError, is_json_path, parse_condition
 from postdeploy.configfile import ConfigError as ConfigError  # re-exported
 from postdeploy.configfile import (
     check_repo_names,
@@ -327,9 +327,19 @@ class HttpCheck(_Check):
     )  # header name -> environment variable holding its (secret) value
     body: str | None = None
     expect: Conditions = Field(default_factory=lambda: ["status == 200"])
+    # The number compared with the baseline (with baseline_increase / baseline_min_shift):
+    # the answer's latency, or the number at a JSON path of its body ("$.queue.depth").
+    baseline_number: str = "latency_ms"
     # The headers to send, secret values included, read once when the config is loaded.
     _headers: dict[str, str] = PrivateAttr(default_factory=dict)
     _secret_problem: str | None = PrivateAttr(default=None)
+
+    @field_validator("baseline_number")
+    @classmethod
+    def _number_source(cls, value: str) -> str:
+        if value != "latency_ms" and not is_json_path(value):
+            raise ValueError(f"{value!r} is neither latency_ms nor a JSON path like $.a.b[0]")
+        return value
 
     @field_validator("headers")
     @classmethod

@@ -25,7 +25,7 @@ import anyio
 import httpx
 
 from postdeploy import __version__
-from postdeploy.checks import Condition, Response, evaluate_all, judge_sample
+from postdeploy.checks import Condition, Response, Result, evaluate_all, json_number, judge_sample
 from postdeploy.config import HttpCheck, ProbeSettings, PrometheusCheck, RepoConfig
 from postdeploy.errors import error_text, short
 from postdeploy.series import ProbeRow
@@ -356,13 +356,7 @@ class Prober:
             ssl_context=tls,
         )
         response = Response(answer.code, answer.latency_ms, answer.body or b"", answer.error)
-        result = evaluate_all(spec.conditions, response)
-        return {
-            "ok": result.ok,
-            "value": result.value,
-            "latency_ms": round(answer.latency_ms, 3),
-            "detail": result.detail,
-        }
+        return _http_result(spec, response, evaluate_all(spec.conditions, response))
 
     async def _prometheus_check(self, spec: PrometheusCheck, timeout: float) -> dict[str, Any]:
         url = httpx.URL(spec.url + "/api/v1/query", params={"query": spec.query})
@@ -404,6 +398,22 @@ def prometheus_values(answer: Answer) -> list[float]:
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"unexpected answer: {type(exc).__name__}: {exc}") from None
     raise ValueError(f"unsupported result type {kind!r}")
+
+
+def _http_result(spec: HttpCheck, response: Response, result: Result) -> dict[str, Any]:
+    """An HTTP check's entry in the row; with `number`, the number at its `baseline_number`
+    JSON path when the answer has one (what the baseline comparison reads)."""
+    entry: dict[str, Any] = {
+        "ok": result.ok,
+        "value": result.value,
+        "latency_ms": round(response.latency_ms, 3),
+        "detail": result.detail,
+    }
+    if spec.baseline_number != "latency_ms" and response.error is None:
+        number = json_number(response.body, spec.baseline_number)
+        if number is not None:
+            entry["number"] = number
+    return entry
 
 
 def _row(

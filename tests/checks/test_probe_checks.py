@@ -274,3 +274,36 @@ async def test_the_control_probe_rule(
         assert row.to_dict()["inconclusive"] is True
     if control_up:
         assert service.hits("/gateway") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "number"),
+    [
+        ({"queue": {"depth": 7}}, 7.0),
+        ({"queue": {"depth": 0.25}}, 0.25),
+        ({"queue": {"depth": "7"}}, None),  # a string is not a number
+        ({"queue": {"depth": True}}, None),  # nor is a bool
+        ({"queue": {}}, None),
+        (b'{"queue": {"depth": NaN}}', None),  # Python's JSON reads NaN: not finite
+        (b"not json", None),
+        (b"\xff\xfe", None),
+        (b"[" * 1000, None),  # nested past the parser's recursion limit
+    ],
+)
+async def test_a_json_number_for_the_baseline_is_recorded_when_there_is_one(
+    prober: Prober, service: Service, body: Any, number: float | None
+) -> None:
+    service.route("/queue", lambda _n, _r: service.Reply(200, body))
+    check = {"name": "queue", "path": "/queue", "baseline_number": "$.queue.depth"}
+    result = (await probe(prober, repo(service, [check]))).checks["queue"]
+    assert result.get("number") == number
+    assert result["ok"] is True  # the number is only recorded, never judged here
+
+
+async def test_no_json_number_without_an_answer(prober: Prober, service: Service) -> None:
+    check = {"name": "queue", "path": "/queue", "baseline_number": "$.depth"}
+    dead = RepoConfig.model_validate(
+        {"base_url": "http://127.0.0.1:9", "health_path": "/health", "checks": [check]}
+    )
+    result = (await probe(prober, dead, timeout=0.5)).checks["queue"]
+    assert result["ok"] is False and "number" not in result

@@ -86,6 +86,7 @@ def run(rows: list[ProbeRow], **rules: Any) -> list[bl.BaselineTally]:
         ({"errors": {"ok": True, "value": float("inf")}}, {}),
         ({"errors": {"ok": True, "value": True}}, {}),  # a bool is not a number
         ({"errors": "junk", "other": {"latency_ms": 3}}, {"other": {"latency_ms": 3.0}}),
+        ({"../x": {"value": 1}, "": {"value": 1}, "a" * 65: {"value": 1}}, {}),  # no check's name
         ("junk", {}),
         (None, {}),
     ],
@@ -151,6 +152,11 @@ PROM = 'type = "prometheus"\nurl = "http://p"\nquery = "q"\n'
             PROM + "min = 1\nbaseline_increase = 0.2",
             CheckRule("c", "value", 0.2, None, lower_is_worse=True),
         ),
+        (
+            'path = "/x"\nbaseline_number = "$.queue.depth"\nbaseline_min_shift = 5',
+            CheckRule("c", "number", None, 5.0, path="$.queue.depth"),
+        ),
+        ('path = "/x"\nbaseline_number = "$.queue.depth"', None),  # no increase: not compared
     ],
 )
 def test_check_rules_from_the_config(check: str, rule: CheckRule | None) -> None:
@@ -252,6 +258,13 @@ def test_a_rise_from_a_zero_baseline_is_judged_by_the_shift() -> None:
         (
             compare_level("check errors", [0.03] * 8, [0.001] * 50, ALPHA, min_shift=0.01),
             'check "errors" 0.03 vs 0.001 before the deploy (+2900 %, p<0.0001, 8 vs 50 probes)',
+        ),
+        (
+            compare_level(
+                "check queue", [120.0] * 8, BASE, ALPHA, increase=1.0, quantity="$.depth"
+            ),
+            'check "queue" $.depth 120 vs 30.02 before the deploy '
+            "(+300 %, p<0.0001, 8 vs 60 probes)",
         ),
         (
             compare_level("check cart", [80.0] * 8, BASE, ALPHA, increase=0.5, unit="ms"),
