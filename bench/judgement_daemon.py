@@ -74,6 +74,9 @@ SECTION = "## Through the real daemon"
 BEGIN, END = "<!-- judgement-daemon: begin -->", "<!-- judgement-daemon: end -->"
 
 JUDGE = "+ baseline (0.99)"  # the judge of bench/judgement.py the daemon's config mirrors
+# The judge with the request-level error ratio: its repos also have a Prometheus check, which
+# the scripted server answers from the rows (`python -m bench --only judgement-daemon-traffic`).
+TRAFFIC_JUDGE = "+ traffic (0.999)"
 PER_KIND = 2  # deploys of each kind (18 kinds: 36 deploys)
 INTERVAL_S = 0.5  # the corpus' 10 s tick, 20x faster
 PROBE_TIMEOUT_S = 0.45
@@ -88,6 +91,7 @@ SHIFT_SLACK_S = 20.0  # the baseline rows keep this far off the cut on either si
 ARM_LANDS_S = 3.0  # when the `armed` files are expected after the arm commands start
 ITEM = "release-1"
 HEALTH, CHECK_PATH, CONTROL = "/health", "/checkout", "/control"
+PROMETHEUS = "/prom"  # a repo's Prometheus: its instant queries come to /prom/api/v1/query
 FIVEXX = [f"/api/{i}" for i in range(J.FIVEXX_PATHS)]
 
 # -- which deploys (pure) ----------------------------------------------------------------------
@@ -112,8 +116,8 @@ class Pick:
         return self.deploy.group == "blind"
 
 
-def the_judge() -> J.Judge:
-    return next(j for j in J.judges() if j.name == JUDGE)
+def the_judge(name: str = JUDGE) -> J.Judge:
+    return next(j for j in J.judges() if j.name == name)
 
 
 def playable(deploy: J.Deploy, window: Sequence[ProbeRow]) -> bool:
@@ -243,6 +247,11 @@ class Script:
         if path == CHECK_PATH:
             ok = row.checks.get(J.CHECK, {}).get("ok") is not False
             return Reply(200 if ok else 500, {"ok": ok})
+        if path == PROMETHEUS + "/api/v1/query":
+            value = row.checks.get(J.TRAFFIC_CHECK, {}).get("value")
+            result = [] if value is None else [{"metric": {}, "value": [0, repr(value)]}]
+            data = {"resultType": "vector", "result": result}
+            return Reply(200, {"status": "success", "data": data})
         return Reply(404, {"error": "no such path"})
 
 
@@ -253,8 +262,11 @@ def settings(judge: J.Judge, initial_delay_s: float = INITIAL_DELAY_S) -> dict[s
     """`[defaults]`: the judge's thresholds and baseline rules, in the daemon's keys."""
     th, rules = judge.th, judge.rules
     assert rules is not None and rules.fail_threshold == th.fail_threshold
-    assert rules.min_samples == th.min_samples
+    floor = (
+        {} if rules.min_samples == th.min_samples else {"baseline_min_samples": rules.min_samples}
+    )
     return {
+        **floor,
         "window_s": J.TICKS * INTERVAL_S,
         "interval_s": INTERVAL_S,
         "probe_timeout_s": PROBE_TIMEOUT_S,
@@ -284,12 +296,27 @@ def windows(picks: Sequence[Pick], port: int, dead: int, judge: J.Judge) -> list
     for p in picks:
         at = dead if p.blind else port
         check: dict[str, Any] = {"name": J.CHECK, "path": CHECK_PATH}
+        checks = [check]
+        if judge.sees_traffic:
+            assert judge.rules is not None
+            (rule,) = judge.rules.checks
+            checks.append(
+                {
+                    "name": J.TRAFFIC_CHECK,
+                    "type": "prometheus",
+                    "url": f"http://127.0.0.1:{at}/{p.repo}{PROMETHEUS}",
+                    "query": "sum(increase(http_5xx[10s])) / sum(increase(http_requests[10s]))",
+                    "max": J.TRAFFIC_MAX,
+                    "baseline_min_shift": rule.min_shift,
+                }
+            )
         if lookback:
-            check["fail_lookback"] = lookback
+            for c in checks:
+                c["fail_lookback"] = lookback
         overrides = {
             "control_url": f"http://127.0.0.1:{at}/{p.repo}{CONTROL}",
             "rollback_command": [hook],
-            "checks": [check],
+            "checks": checks,
         }
         wins.append(Window(p.repo, ITEM, at, p.repo, [HEALTH, *FIVEXX], overrides))
     return wins
@@ -532,16 +559,24 @@ def summary(f: dict[str, Any]) -> str:
     )
 
 
-def write_doc(text: str, path: Path = DOC) -> None:
-    """Put `text` between the section's markers (the section and markers appended at the end
+def markers(judge: str = JUDGE) -> tuple[str, str]:
+    """The markers around a judge's generated part of the section."""
+    if judge == JUDGE:
+        return BEGIN, END
+    return BEGIN.replace(":", " traffic:"), END.replace(":", " traffic:")
+
+
+def write_doc(text: str, path: Path = DOC, judge: str = JUDGE) -> None:
+    """Put `text` between the judge's markers (the section and markers appended at the end
     when missing); the rest of the file is left alone."""
     doc = path.read_text()
-    if BEGIN in doc and END in doc:
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        doc = f"{head}{BEGIN}\n{text}\n{END}{tail}"
+    begin, end = markers(judge)
+    if begin in doc and end in doc:
+        head, _, rest = doc.partition(begin)
+        _, _, tail = rest.partition(end)
+        doc = f"{head}{begin}\n{text}\n{end}{tail}"
     else:
-        doc = doc.rstrip("\n") + f"\n\n{SECTION}\n\n{BEGIN}\n{text}\n{END}\n"
+        doc = doc.rstrip("\n") + f"\n\n{SECTION}\n\n{begin}\n{text}\n{end}\n"
     path.write_text(doc)
 
 
@@ -574,26 +609,29 @@ def measure(
     per_kind: int = PER_KIND,
     kinds: Collection[str] | None = None,
     initial_delay_s: float = INITIAL_DELAY_S,
+    judge_name: str = JUDGE,
 ) -> tuple[list[Row], dict[str, Any]]:
-    """Pick the deploys, run them through the daemon in `d`, compare: the table's rows and
-    the run's figures."""
-    judge = the_judge()
+    """Pick the deploys, run them through the daemon in `d` under the judge named
+    `judge_name`, compare: the table's rows and the run's figures."""
+    judge = the_judge(judge_name)
     picks = pick(judge, per_kind, kinds)
     result = run(d, picks, judge, initial_delay_s)
     rows = compare(result, judge)
     return rows, figures(result, rows)
 
 
-def run_scenario(ctx: Any) -> Any:
-    """The `judgement-daemon` scenario of `python -m bench`."""
+def run_scenario(ctx: Any, judge: str = JUDGE) -> Any:
+    """The `judgement-daemon` scenario of `python -m bench` (`judgement-daemon-traffic`
+    with the traffic judge)."""
     from bench.scenarios import Result
 
-    with ctx.scratch("judgement-daemon") as d:
-        rows, f = measure(d)
+    name = "judgement-daemon" if judge == JUDGE else "judgement-daemon-traffic"
+    with ctx.scratch(name) as d:
+        rows, f = measure(d, judge_name=judge)
     if not ctx.quick:
-        write_doc(generated(rows, f))
+        write_doc(generated(rows, f), judge=judge)
     return Result(
-        "judgement-daemon",
+        name,
         summary(f),
         "every daemon verdict equal to the pure replay's",
         f["equal"] == f["deploys"],
@@ -606,12 +644,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-kind", type=int, default=PER_KIND, help="deploys of each kind")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument(
+        "--judge", default=JUDGE, choices=[JUDGE, TRAFFIC_JUDGE], help="the judge to mirror"
+    )
+    parser.add_argument(
         "--write-doc", action="store_true", help=f"write the table into {DOC.relative_to(ROOT)}"
     )
     args = parser.parse_args(argv)
     d = Path(tempfile.mkdtemp(prefix="judgement-daemon-"))
     try:
-        rows, f = measure(d, args.per_kind)
+        rows, f = measure(d, args.per_kind, judge_name=args.judge)
     finally:
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -620,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {line}")
     print(f"\n{summary(f)}")
     if args.write_doc:
-        write_doc(generated(rows, f))
+        write_doc(generated(rows, f), judge=args.judge)
         print(f"wrote {DOC}")
     return 0 if f["equal"] == f["deploys"] else 1
 

@@ -1383,6 +1383,15 @@ def judgement_daemon(ctx: Ctx) -> Result:
     return result
 
 
+def judgement_daemon_traffic(ctx: Ctx) -> Result:
+    """The same with the traffic judge: the repos also have a Prometheus check of the error
+    ratio, compared with the baseline, which the scripted server answers from the rows."""
+    from bench import judgement_daemon as through
+
+    result: Result = through.run_scenario(ctx, through.TRAFFIC_JUDGE)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "httpx": httpx_alone,
     "idle": idle,
@@ -1397,6 +1406,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Result]] = {
     "history": history,
     "judgement": judgement,
     "judgement-daemon": judgement_daemon,
+    "judgement-daemon-traffic": judgement_daemon_traffic,
     "profile": profile,
 }
 DEFAULT = [name for name in SCENARIOS if name != "profile"]

@@ -65,3 +65,24 @@ def test_the_shifted_baseline_is_cut_like_the_pure_replay_within_the_slack(
     rows = judgement_daemon.shifted(base, assumed, judge.rules.gap_s)
     got = baseline.reference(rows, assumed + landed_s, judge.rules)
     assert ((got.rows, got.latencies) == (want.rows, want.latencies)) is same
+
+
+def test_the_error_ratio_through_the_daemon_matches_the_pure_replay(tmp_path: Path) -> None:
+    """The traffic judge: a Prometheus error ratio from 0.1 % to 1 % and to 10 %, through
+    the real daemon's Prometheus check and its comparison with the baseline rows' values."""
+    kinds = {"5xx 0.1 % -> 1 %", "5xx 0.1 % -> 10 %"}
+    rows, figures = judgement_daemon.measure(
+        tmp_path,
+        per_kind=1,
+        kinds=kinds,
+        initial_delay_s=1,
+        judge_name=judgement_daemon.TRAFFIC_JUDGE,
+    )
+    assert len(rows) == 2
+    for row in rows:
+        assert row.equal, (row.pure, row.daemon, row.note)
+        assert row.daemon == "DEGRADED / ROLLBACK_OK"
+        # The error ratio, not latency, decides: the very same tick.
+        assert row.daemon_tick == row.pure_tick, (row.pick.deploy.name, row.note)
+    assert figures["differences"] == []
+    assert figures["error_lines"] == []
