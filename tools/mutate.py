@@ -192,6 +192,15 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         )
         for v in ("auto", "exact", "asymptotic")
     },
+    ("stats", "if variance <= 0:", "`0` -> `1`"): (
+        "the smallest positive variance of three or more values (three, two of them tied) is "
+        "2.67: `<= 1` and `<= 0` agree"
+    ),
+    (
+        "baseline",
+        "recovering = worse_enough and falling(recent) < RECOVERING_P",
+        "`falling(recent) < RECOVERING_P` -> `falling(recent) <= RECOVERING_P`",
+    ): "the trend's p-value comes from erfc: never exactly 0.05",
     (
         "stats",
         'method = "asymptotic" if (n1 > EXACT_MAX and n2 > EXACT_MAX) or tied else "exact"',

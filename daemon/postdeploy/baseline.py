@@ -136,7 +136,9 @@ def check_numbers(checks: Any) -> dict[str, dict[str, float]]:
     for name, result in checks.items():
         if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name):
             continue
-        if not isinstance(result, Mapping) or result.get("ok", True) is None:
+        # A baseline row's entries hold numbers only (no "ok"); a probe's say "ok": null
+        # when the check could not be judged.
+        if not isinstance(result, Mapping) or ("ok" in result and result["ok"] is None):
             continue
         numbers = {k: float(result[k]) for k in NUMBER_FIELDS if _number(result.get(k))}
         if numbers:
@@ -355,6 +357,8 @@ class Comparison:
             "regressed": self.regressed,
             "streak": self.streak,
             **({"recovering": True} if self.recovering else {}),
+            **({"unit": self.unit} if self.unit else {}),
+            **({"quantity": self.quantity} if self.quantity else {}),
         }
 
 
@@ -393,9 +397,10 @@ def compare_level(
         min_shift if min_shift is not None else 0.0,
     )
     enough = moved > 0 and latest > 0 and min(moved, latest) + EPSILON >= least
+    worse_enough = p_value < alpha and enough
     recent = [sign * v for v in window[-TREND_SPAN:]]
-    recovering = p_value < alpha and enough and falling(recent) < RECOVERING_P
-    regressed = p_value < alpha and enough and not recovering
+    recovering = worse_enough and falling(recent) < RECOVERING_P
+    regressed = worse_enough and not recovering
     return Comparison(
         metric,
         len(window),
@@ -429,7 +434,7 @@ def compare_check(
     window: Sequence[float],
     baseline: Sequence[float],
     rules: BaselineRules,
-    streak: int = 0,
+    streak: int,
 ) -> Comparison:
     """A feature check's numbers against the baseline's (see `compare_level`)."""
     return compare_level(

@@ -87,6 +87,8 @@ def run(rows: list[ProbeRow], **rules: Any) -> list[bl.BaselineTally]:
         ({"errors": {"ok": True, "value": True}}, {}),  # a bool is not a number
         ({"errors": "junk", "other": {"latency_ms": 3}}, {"other": {"latency_ms": 3.0}}),
         ({"../x": {"value": 1}, "": {"value": 1}, "a" * 65: {"value": 1}}, {}),  # no check's name
+        ({"q": {"ok": True, "value": 2, "number": 7}}, {"q": {"value": 2.0, "number": 7.0}}),
+        ({"q": {"number": 7}}, {"q": {"number": 7.0}}),  # a baseline row's entry: no "ok"
         ("junk", {}),
         (None, {}),
     ],
@@ -229,12 +231,34 @@ def test_bad_check_comparisons_are_config_errors(check: str, repo: str, problem:
         ([15.0] * 8, {"increase": 0.3}, False),  # a fall is not a rise
         ([60.0] * 8, {"increase": 0.3, "lower_is_worse": True}, False),
         ([60.0] * 7 + [31.0], {"increase": 0.5}, False),  # the latest number is back
+        ([25.0] * 8, {"increase": 0.3, "lower_is_worse": True}, False),  # -17 % < -30 %
     ],
 )
 def test_compare_level(window: list[float], kw: dict[str, Any], regressed: bool) -> None:
     got = compare_level("check c", window, BASE, ALPHA, **kw)
     assert got.regressed is regressed
     assert got.streak == (1 if regressed else 0)
+
+
+def test_a_relative_bar_on_small_numbers() -> None:
+    base = [0.001 + i * 1e-6 for i in range(50)]
+    assert compare_level("check c", [0.0025] * 8, base, ALPHA, increase=1.0).regressed
+    assert not compare_level("check c", [0.0015] * 8, base, ALPHA, increase=1.0).regressed
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        [0.0] * 5 + [1.0] * 4,  # more ones than before, but the median did not move
+        [1.0] * 5 + [0.0],  # the median moved, the latest number did not
+    ],
+)
+def test_from_a_zero_baseline_both_the_median_and_the_latest_must_move(
+    window: list[float],
+) -> None:
+    got = compare_level("check c", window, [0.0] * 50, ALPHA, increase=0.5)
+    assert got.p_value < ALPHA  # significant all the same
+    assert not got.regressed
 
 
 def test_compare_level_wants_an_increase_or_a_shift() -> None:
@@ -301,6 +325,13 @@ def test_a_level_still_recovering_is_not_a_regression(
     assert got.to_dict().get("recovering", False) is recovering
 
 
+def test_recovering_looks_at_the_last_ten_numbers() -> None:
+    # Falling over its last ten numbers (p 0.03), not over all eleven (p 0.12).
+    window = [68.0, 80.0, 76.0, 71.0, 78.0, 75.0, 69.0, 74.0, 79.0, 61.0, 63.0]
+    got = compare_level("latency", window, BASE, ALPHA, increase=0.25)
+    assert (got.regressed, got.recovering) == (False, True)
+
+
 def test_recovering_is_judged_on_the_last_numbers_only() -> None:
     # Falling over the first ten, flat and 2x over the last ten: a regression once the
     # warm-up has left the span.
@@ -330,6 +361,46 @@ def test_an_error_ratio_rise_trips_after_fail_threshold_evaluations() -> None:
     assert figures["tripped"] == "check errors"
     assert figures["checks"]["errors"]["streak"] == 3
     assert 'check "errors"' in figures["summary"]
+
+
+def test_an_http_checks_latency_against_the_baseline() -> None:
+    cart = CheckRule("cart", "latency_ms", increase=0.5)
+    base = [
+        replace(brow(i), checks={"cart": {"latency_ms": 30.0 + i % 7 + i / 1000}})
+        for i in range(60)
+    ]
+    tally = bl.start(base, ARMED, replace(RULES, checks=(cart,)))
+    for k in range(8):
+        row = wrow(k)
+        tally = tally.fold(replace(row, checks={"cart": {"ok": True, "latency_ms": 90.0 + k}}))
+    assert tally.tripped is not None and tally.tripped.metric == "check cart"
+    assert tally.summary().startswith('check "cart" latency 94 ms vs 33 ms before the deploy')
+    assert tally.to_dict()["checks"]["cart"]["unit"] == "ms"
+
+
+def test_a_prometheus_value_has_no_unit() -> None:
+    figures = run([wrow(k, 0.03 + k * 1e-5) for k in range(8)])[-1].to_dict()
+    assert "unit" not in figures["checks"]["errors"]
+    assert "quantity" not in figures["checks"]["errors"]
+
+
+def test_a_json_numbers_path_is_in_its_figures() -> None:
+    queue = CheckRule("queue", "number", increase=1.0, path="$.depth")
+    base = [replace(brow(i), checks={"queue": {"number": 10.0 + i % 5}}) for i in range(60)]
+    tally = bl.start(base, ARMED, replace(RULES, checks=(queue,)))
+    for k in range(8):
+        tally = tally.fold(replace(wrow(k), checks={"queue": {"ok": True, "number": 50.0 + k}}))
+    assert tally.tripped is not None
+    assert tally.to_dict()["checks"]["queue"]["quantity"] == "$.depth"
+    assert tally.summary().startswith('check "queue" $.depth 53.5 vs 12 before the deploy')
+
+
+@pytest.mark.parametrize(("base_rows_n", "evaluated"), [(6, True), (5, False)])
+def test_the_baseline_side_needs_min_samples_numbers(base_rows_n: int, evaluated: bool) -> None:
+    tally = bl.start(base_rows(base_rows_n), ARMED, RULES)
+    for k in range(6):
+        tally = tally.fold(wrow(k, 0.03))
+    assert ("errors" in tally.check_comparisons) is evaluated
 
 
 def test_baseline_min_samples_starts_the_comparison_sooner() -> None:
@@ -366,3 +437,9 @@ def test_the_verdict_names_the_check() -> None:
     assert verdict is not None and verdict.status is Status.DEGRADED
     assert verdict.reason.startswith('check "errors" 0.0300')
     assert verdict.reason.endswith("3 ticks in a row")
+
+
+def test_health_latency_figures_carry_no_check_labels() -> None:
+    rules = BaselineRules(latency_increase=0.5)
+    figures = bl.compare_latency([60.0] * 8, BASE, rules).to_dict()
+    assert "unit" not in figures and "quantity" not in figures

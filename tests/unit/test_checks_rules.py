@@ -19,6 +19,8 @@ from postdeploy.checks import (
     ConditionError,
     Response,
     evaluate,
+    is_json_path,
+    json_number,
     judge_sample,
     parse_condition,
 )
@@ -93,3 +95,44 @@ def test_a_path_alone_with_a_space_in_a_quoted_key_lacks_an_operator() -> None:
     # The whole path is the subject, even with a space inside its quoted key.
     with pytest.raises(ConditionError, match="expected one of == != <= >= < > after the subject"):
         parse_condition('$["in stock"]')
+
+
+# -- the number an HTTP check gives the baseline comparison (`baseline_number`) --------------
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "number"),
+    [
+        (b'{"queue": {"depth": 7}}', "$.queue.depth", 7.0),
+        (b'{"queue": {"depth": -0.5}}', "$.queue.depth", -0.5),
+        (b'{"items": [1, 2, 3]}', "$.items[2]", 3.0),
+        (b'{"in stock": 4}', '$["in stock"]', 4.0),
+        (b'{"queue": {"depth": true}}', "$.queue.depth", None),
+        (b'{"queue": {"depth": "7"}}', "$.queue.depth", None),
+        (b'{"queue": {"depth": null}}', "$.queue.depth", None),
+        (b'{"queue": {"depth": Infinity}}', "$.queue.depth", None),
+        (b'{"queue": {}}', "$.queue.depth", None),
+        (b"[]", "$.queue", None),
+        (b"{", "$.queue", None),
+        (b"\xff", "$.queue", None),
+        (b"[" * 5000, "$.queue", None),
+    ],
+)
+def test_json_number(body: bytes, path: str, number: float | None) -> None:
+    assert json_number(body, path) == number
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("$.a.b[0]", True),
+        ('$["in stock"]', True),
+        ("$", True),
+        ("latency_ms", False),
+        ("a.b", False),
+        ("$.a b", False),
+        ("$.a.", False),
+    ],
+)
+def test_is_json_path(text: str, ok: bool) -> None:
+    assert is_json_path(text) is ok
