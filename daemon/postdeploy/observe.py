@@ -85,6 +85,9 @@ class Observation:
             "baseline.reference",
             rows=tally.reference.rows,
             latency_samples=len(tally.reference.latencies),
+            # Each compared check's baseline numbers: 0 says it cannot be compared (renamed,
+            # new, or its Prometheus was down while the baseline was taken).
+            check_samples={name: len(v) for name, v in tally.reference.values.items()},
             preexisting=tally.preexisting,
         )
         return Tally(baseline=tally)
