@@ -641,8 +641,8 @@ def svg(figures: dict[str, Any]) -> str:
         ),
         ("blind, not INCONCLUSIVE", "#777777", lambda f: 1 - f["blind_ok"] / f["blind"]),
     ]
-    width, height, left, top, plot_h = 760, 360, 60, 40, 240
-    slot = (width - left - 20) / len(names)
+    left, top, plot_h, height, slot = 60, 40, 240, 360, 140.0  # a judge's slot: room for its name
+    width = max(760, round(left + 20 + slot * len(names)))
     bar = slot / (len(groups) + 1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -681,10 +681,10 @@ def svg(figures: dict[str, Any]) -> str:
         )
         parts.append(
             f'<text x="{label_x:.1f}" y="{top + plot_h + 34}" text-anchor="middle">'
-            f"clear regressions: {_fmt(med)} ticks</text>"
+            f"clear in {_fmt(med)} ticks</text>"
         )
     for g, (label, colour, _value) in enumerate(groups):
-        x = left + g * 170
+        x = left + g * 210
         parts.append(f'<rect x="{x}" y="{height - 30}" width="12" height="12" fill="{colour}"/>')
         parts.append(f'<text x="{x + 16}" y="{height - 20}">{_xml(label)}</text>')
     parts.append("</svg>")
