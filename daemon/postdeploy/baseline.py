@@ -13,15 +13,16 @@ compares the window so far with the reference:
 - 5xx: the window's 5xx ratio is significantly above the baseline's (one-sided Fisher exact
   test: the pooled z test is too eager on a handful of requests) and higher by at least
   `fivexx_increase` (absolute);
-- a feature check's number (a Prometheus check's value, an HTTP check's latency) with
-  `baseline_increase` and/or `baseline_min_shift`: the latency rule's comparison on that
-  number, in the direction that is worse for it;
+- a feature check's number (a Prometheus check's value, an HTTP check's latency or the JSON
+  number at its `baseline_number` path) with `baseline_increase` and/or `baseline_min_shift`:
+  the latency rule's comparison on that number, in the direction that is worse for it;
 
 each evaluated once both sides have `baseline_min_samples` (default `min_samples`; latency:
 passing health answers; 5xx: requests to the 5xx paths; a check: its numbers), and a
 regression only when it holds at `fail_threshold`
 evaluations in a row (one noisy tick is not a verdict; see docs/JUDGEMENT.md for the measured
-false-alarm rate). The reference also tells whether the service was already failing before
+false-alarm rate). A latency or a check's number still falling back towards the baseline (a
+warm-up after the restart) is not a regression yet. The reference also tells whether the service was already failing before
 the deploy: its last `fail_threshold` judged rows before the cut all failed health.
 
 The tally rides in `series.Tally.baseline`, so `series.fold` keeps it up to date and a
@@ -142,7 +143,7 @@ def check_numbers(checks: Any) -> dict[str, dict[str, float]]:
             continue
         numbers = {k: float(result[k]) for k in NUMBER_FIELDS if _number(result.get(k))}
         if numbers:
-            out[str(name)] = numbers
+            out[name] = numbers
     return out
 
 
