@@ -22,8 +22,9 @@ passing health answers; 5xx: requests to the 5xx paths; a check: its numbers), a
 regression only when it holds at `fail_threshold`
 evaluations in a row (one noisy tick is not a verdict; see docs/JUDGEMENT.md for the measured
 false-alarm rate). A latency or a check's number still falling back towards the baseline (a
-warm-up after the restart) is not a regression yet. The reference also tells whether the service was already failing before
-the deploy: its last `fail_threshold` judged rows before the cut all failed health.
+warm-up after the restart) is not a regression yet. The reference also tells whether the
+service was already failing before the deploy: its last `fail_threshold` judged rows before
+the cut all failed health.
 
 The tally rides in `series.Tally.baseline`, so `series.fold` keeps it up to date and a
 restarted daemon rebuilds it by replaying the window's rows over the same reference.
