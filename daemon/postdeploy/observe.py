@@ -180,11 +180,14 @@ class Observation:
             return  # the first tick after a restart: `window.resumed` said what was missed
         tally = self._ctx.tally
         late = self._ctx.now() - step.scheduled_ts
-        skipped = step.tick - tally.last_tick - 1 if tally.checks_total else 0
+        skipped = step.tick - tally.last_tick - 1  # last_tick is -1 before the first probe
         if late < LATE_TICK_S and skipped <= 0:
             return
         last_append_s = self._series.last_append_s
-        if last_append_s >= LATE_TICK_S / 2:
+        if first:
+            # Its first ticks were due before the daemon took the window up.
+            cause = "the arm was found late (by the periodic rescan, or a slow intake)"
+        elif last_append_s >= LATE_TICK_S / 2:
             cause = f"the previous series append took {last_append_s:.2f}s (slow disk)"
         else:
             cause = "the daemon's event loop was busy or the process was stopped"

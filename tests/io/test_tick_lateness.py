@@ -6,6 +6,7 @@ would), so the window's next tick can only start late."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -83,3 +84,38 @@ async def test_a_slow_append_makes_the_next_tick_late_and_says_so(
     assert first["late_s"] >= 0
     assert "slow disk" in first["cause"]
     assert os.path.exists(tmp_path / KEY.repo / KEY.work_item / "done")
+
+
+async def test_ticks_due_before_a_late_take_up_are_said_to_be_skipped(
+    tmp_path: Path, target: str
+) -> None:
+    """A window first seen after its first ticks were due (its arm found by the rescan, say)
+    starts at the latest due tick; the ticks before it are logged as skipped, with that cause,
+    and counted in `ticks_missed`."""
+    (tmp_path / KEY.repo / KEY.work_item).mkdir(parents=True)
+
+    async def emit(_: Event) -> None:
+        pass
+
+    armed = time.time() - 0.35  # ticks 0-3 (every 0.1 s from armed_at) are due already
+    window = WindowRunner(
+        ItemStore(tmp_path, KEY),
+        WindowStart(Schedule(armed, 0.0, 0.1, 8), armed, {}, 0.8),
+        RepoConfig(base_url=target),
+        WindowSettings(window_s=0.8, interval_s=0.1, initial_delay_s=0.0, probe_timeout_s=0.09),
+        Prober(),
+        emit,
+        first_seen=True,
+    )
+    try:
+        with capture_logs() as logs, anyio.fail_after(30):
+            await window.run()
+    finally:
+        await window.prober.aclose()
+    said = [line for line in logs if line["event"] == "tick.skipped"]
+    assert said, f"nothing said: {[line['event'] for line in logs]}"
+    first = said[0]
+    assert first["skipped"] == first["tick"] >= 3
+    assert "found late" in first["cause"]
+    done = json.loads((tmp_path / KEY.repo / KEY.work_item / "done").read_text())
+    assert done["ticks_missed"] >= first["skipped"]
