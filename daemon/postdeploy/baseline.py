@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from postdeploy.checks import CHECK_NAME_RE
 from postdeploy.stats import falling, fisher_greater, mann_whitney_greater, median
 
 if TYPE_CHECKING:
@@ -124,8 +125,15 @@ class BaselineRow:
 NUMBER_FIELDS = ("value", "latency_ms", "number")
 
 
-# A check's name as the config allows it (config.CHECK_NAME_RE): a file's other keys are junk.
-_CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_CHECK_NAME = re.compile(CHECK_NAME_RE)
+
+
+def _numbers(result: Any) -> dict[str, float]:
+    """The finite numbers of one check result that could be judged. A baseline row's entries
+    hold numbers only (no "ok"); a probe's say "ok": null when the check could not be judged."""
+    if not isinstance(result, Mapping) or ("ok" in result and result["ok"] is None):
+        return {}
+    return {k: float(result[k]) for k in NUMBER_FIELDS if _number(result.get(k))}
 
 
 def check_numbers(checks: Any) -> dict[str, dict[str, float]]:
@@ -134,18 +142,12 @@ def check_numbers(checks: Any) -> dict[str, dict[str, float]]:
     is left out, never an error."""
     if not isinstance(checks, Mapping):
         return {}
-    out: dict[str, dict[str, float]] = {}
-    for name, result in checks.items():
-        if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name):
-            continue
-        # A baseline row's entries hold numbers only (no "ok"); a probe's say "ok": null
-        # when the check could not be judged.
-        if not isinstance(result, Mapping) or ("ok" in result and result["ok"] is None):
-            continue
-        numbers = {k: float(result[k]) for k in NUMBER_FIELDS if _number(result.get(k))}
-        if numbers:
-            out[name] = numbers
-    return out
+    kept = {
+        name: _numbers(result)
+        for name, result in checks.items()
+        if isinstance(name, str) and _CHECK_NAME.fullmatch(name)
+    }
+    return {name: numbers for name, numbers in kept.items() if numbers}
 
 
 def parse_rows(raw_rows: Iterable[Any]) -> tuple[list[BaselineRow], int]:
@@ -482,7 +484,7 @@ def compare_fivexx(
 
 def _check_number(row: ProbeRow, rule: CheckRule) -> float | None:
     """The rule's number in the row's result of its check (None: none that can be judged)."""
-    return check_numbers({rule.name: row.checks.get(rule.name)}).get(rule.name, {}).get(rule.number)
+    return _numbers(row.checks.get(rule.name)).get(rule.number)
 
 
 @dataclass(frozen=True)

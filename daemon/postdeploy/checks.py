@@ -33,6 +33,8 @@ _PATH_RE = re.compile(r"^\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])
 _PATH_PREFIX_RE = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\[\"[^\"]*\"\])*")
 _STEP_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]")
 _MISSING = object()
+# A feature check's name (the config's rule; a baseline file's other keys are junk).
+CHECK_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class ConditionError(ValueError):
@@ -256,13 +258,20 @@ def is_json_path(text: str) -> bool:
     return bool(_PATH_RE.fullmatch(text))
 
 
-def json_number(body: bytes, path: str) -> float | None:
-    """The finite number at `path` in a JSON `body`; None when the body is not JSON or the
-    value is missing, not a number (a bool is not), or not finite."""
+def _document(text: str) -> Any:
+    """The body parsed as JSON, or _MISSING: not JSON, an int over the digit limit, too deep."""
     try:
-        value = json_path(json.loads(body), path)
+        return json.loads(text)
     except (ValueError, RecursionError):
-        return None
+        return _MISSING
+
+
+def json_number(body: bytes, path: str) -> float | None:
+    """The finite number at `path` in a JSON `body` (read as the conditions read it); None
+    when the body is not JSON or the value is missing, not a number (a bool is not), or not
+    finite."""
+    document = _document(body.decode("utf-8", "replace"))
+    value = _MISSING if document is _MISSING else json_path(document, path)
     return float(value) if _is_number(value) else None
 
 
@@ -323,9 +332,8 @@ def evaluate(condition: Condition, response: Response) -> Result:
             return _body(ok, condition)
         case Matches():
             return _body(re.search(condition.pattern, text) is not None, condition)
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, an int over the digit limit, too deep
+    document = _document(text)
+    if document is _MISSING:
         return Result(False, None, f"{condition.subject}: the body is not JSON")
     value = json_path(document, condition.subject)
     if isinstance(condition, Presence):

@@ -38,7 +38,14 @@ from pydantic_core import ErrorDetails
 
 from postdeploy import logs
 from postdeploy.alerts.config import OutboxSettings, Sinks
-from postdeploy.checks import Bound, Condition, ConditionError, is_json_path, parse_condition
+from postdeploy.checks import (
+    CHECK_NAME_RE,
+    Bound,
+    Condition,
+    ConditionError,
+    is_json_path,
+    parse_condition,
+)
 from postdeploy.configfile import ConfigError as ConfigError  # re-exported
 from postdeploy.configfile import (
     check_repo_names,
@@ -298,7 +305,6 @@ class WindowSettings(_Table):
         return max(1, math.floor(self.window_s / self.interval_s + 1e-9))
 
 
-CHECK_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
