@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import aiofiles.os
 import anyio
@@ -44,6 +45,35 @@ async def target() -> AsyncIterator[str]:
         yield url
 
 
+async def run_window(
+    tmp_path: Path, target: str, armed: float, ticks: int
+) -> list[MutableMapping[str, Any]]:
+    """Run one first-seen window of `ticks` ticks every 0.1 s from `armed`; its log lines."""
+    (tmp_path / KEY.repo / KEY.work_item).mkdir(parents=True)
+
+    async def emit(_: Event) -> None:
+        pass
+
+    window_s = ticks * 0.1
+    window = WindowRunner(
+        ItemStore(tmp_path, KEY),
+        WindowStart(Schedule(armed, 0.0, 0.1, ticks), armed, {}, window_s),
+        RepoConfig(base_url=target),
+        WindowSettings(
+            window_s=window_s, interval_s=0.1, initial_delay_s=0.0, probe_timeout_s=0.09
+        ),
+        Prober(),
+        emit,
+        first_seen=True,
+    )
+    try:
+        with capture_logs() as logs, anyio.fail_after(30):
+            await window.run()
+    finally:
+        await window.prober.aclose()
+    return logs
+
+
 async def test_a_slow_append_makes_the_next_tick_late_and_says_so(
     tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,26 +87,8 @@ async def test_a_slow_append_makes_the_next_tick_late_and_says_so(
         real(self, name, data)
 
     monkeypatch.setattr(store, "_append", aiofiles.os.wrap(slow_once))
-    (tmp_path / KEY.repo / KEY.work_item).mkdir(parents=True)
-
-    async def emit(_: Event) -> None:
-        pass
-
-    now = time.time()
-    window = WindowRunner(
-        ItemStore(tmp_path, KEY),
-        WindowStart(Schedule(now, 0.0, 0.1, 30), now, {}, 3.0),
-        RepoConfig(base_url=target),
-        WindowSettings(window_s=3.0, interval_s=0.1, initial_delay_s=0.0, probe_timeout_s=0.09),
-        Prober(),
-        emit,
-        first_seen=True,
-    )
-    try:
-        with capture_logs() as logs, anyio.fail_after(30):
-            await window.run()
-    finally:
-        await window.prober.aclose()
+    # Armed a little ahead: a slow start on a loaded machine is no late take-up here.
+    logs = await run_window(tmp_path, target, time.time() + 0.2, 30)
     said = [line for line in logs if line["event"] in ("tick.late", "tick.skipped")]
     assert said, f"the late tick was not logged: {[line['event'] for line in logs]}"
     first = said[0]
@@ -92,26 +104,8 @@ async def test_ticks_due_before_a_late_take_up_are_said_to_be_skipped(
     """A window first seen after its first ticks were due (its arm found by the rescan, say)
     starts at the latest due tick; the ticks before it are logged as skipped, with that cause,
     and counted in `ticks_missed`."""
-    (tmp_path / KEY.repo / KEY.work_item).mkdir(parents=True)
-
-    async def emit(_: Event) -> None:
-        pass
-
-    armed = time.time() - 0.35  # ticks 0-3 (every 0.1 s from armed_at) are due already
-    window = WindowRunner(
-        ItemStore(tmp_path, KEY),
-        WindowStart(Schedule(armed, 0.0, 0.1, 8), armed, {}, 0.8),
-        RepoConfig(base_url=target),
-        WindowSettings(window_s=0.8, interval_s=0.1, initial_delay_s=0.0, probe_timeout_s=0.09),
-        Prober(),
-        emit,
-        first_seen=True,
-    )
-    try:
-        with capture_logs() as logs, anyio.fail_after(30):
-            await window.run()
-    finally:
-        await window.prober.aclose()
+    # Ticks 0-3 (every 0.1 s from armed_at) are due already.
+    logs = await run_window(tmp_path, target, time.time() - 0.35, 8)
     said = [line for line in logs if line["event"] == "tick.skipped"]
     assert said, f"nothing said: {[line['event'] for line in logs]}"
     first = said[0]
