@@ -186,7 +186,10 @@ class Observation:
         last_append_s = self._series.last_append_s
         if first:
             # Its first ticks were due before the daemon took the window up.
-            cause = "the arm was found late (by the periodic rescan, or a slow intake)"
+            cause = (
+                "the arm was found late (armed while the daemon was down, found by the rescan, "
+                "or a slow intake)"
+            )
         elif last_append_s >= LATE_TICK_S / 2:
             cause = f"the previous series append took {last_append_s:.2f}s (slow disk)"
         else:
